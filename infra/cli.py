@@ -1,0 +1,183 @@
+"""``recsys``: the one command-line entry point of the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from infra.settings import Settings, load_settings
+
+console = Console()
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.services import up
+
+    for s in up(settings):
+        console.print(f"[green]✓[/] {s.describe()}")
+    console.print(f"topics ready: {settings.topics.events}, {settings.topics.dlq}  (data dir {settings.paths.root})")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.services import down
+
+    stopped = down(settings)
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.services import status
+
+    statuses = status(settings)
+    for s in statuses:
+        colour = "green" if s.ready else ("yellow" if s.running else "red")
+        console.print(f"[{colour}]●[/] {s.describe()}")
+    return 0 if statuses and all(s.ready for s in statuses) else 3
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streaming.ingest import send_events
+    from streaming.pacing import Pacer
+    from streaming.producer import EventProducer
+    from streaming.replay import load_events, parse_columns
+
+    loaded = load_events(
+        args.path,
+        columns=parse_columns(args.columns),
+        delimiter=args.delimiter,
+        event_type=args.event_type,
+        time_unit=args.time_unit,
+    )
+    console.print(f"loaded {len(loaded.events):,} events from {args.path} ({len(loaded.rejected)} bad rows)")
+    with EventProducer(settings) as producer:
+        result = send_events(
+            producer,
+            loaded.events,
+            pacer=Pacer(args.speedup, args.max_rate),
+            description="replay",
+            show_progress=not args.quiet,
+            rejected=(row for row, _ in loaded.rejected),
+        )
+    _print_report(result.report, result.rate)
+    return 0
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from streaming.ingest import send_events
+    from streaming.pacing import Pacer
+    from streaming.producer import EventProducer
+    from streaming.synthetic import SyntheticEvents
+
+    total = int(args.rate * args.duration)
+    gen = SyntheticEvents(
+        n_users=args.users,
+        n_items=args.items,
+        zipf_exponent=args.zipf,
+        malformed=args.malformed,
+        seed=args.seed,
+        max_event_bytes=settings.producer.max_event_bytes,
+    )
+    events = gen.batch(total, start_ms=int(time.time() * 1000), step_ms=1000.0 / args.rate)
+    with EventProducer(settings) as producer:
+        result = send_events(producer, events, pacer=Pacer(max_rate=args.rate), description="produce", show_progress=not args.quiet)
+    _print_report(result.report, result.rate)
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from streaming.topics import scan_topic
+
+    table = Table("topic", "records", "per partition", "DLQ reasons")
+    for topic in (settings.topics.events, settings.topics.dlq):
+        scan = scan_topic(settings, topic)
+        reasons = ", ".join(f"{k}={v}" for k, v in scan.reasons.most_common())
+        table.add_row(topic, f"{scan.records:,}", str(dict(sorted(scan.per_partition.items()))), reasons or "-")
+    console.print(table)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.demo import run_demo
+
+    return run_demo(settings, console, speedup=args.speedup)
+
+
+def _print_report(report, rate: float) -> None:  # type: ignore[no-untyped-def]
+    console.print(
+        f"sent {report.sent:,} (acked {report.acked:,}) at {rate:,.0f} ev/s; "
+        f"dead-lettered {report.rejected:,} {dict(report.reasons) if report.reasons else ''}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    parser.add_argument("--config", help="YAML settings file (default: $RECSYS_CONFIG or ./recsys.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="install if missing and start the local broker + Redis, create topics")
+    sub.add_parser("down", help="stop the local services by PID")
+    sub.add_parser("status", help="show which services run and answer (exit 3 if any does not)")
+    sub.add_parser("topics", help="count records in the events and DLQ topics, DLQ reasons")
+
+    replay = sub.add_parser("replay", help="replay an interaction file in event-time order")
+    replay.add_argument("path", help="u.data (user item rating unix_ts, tab-separated) or a CSV with --columns")
+    replay.add_argument("--columns", help="CSV header mapping, e.g. user_id=userId,item_id=movieId,value=rating,event_time=timestamp")
+    replay.add_argument("--delimiter", help="field delimiter (default: tab for u.data, comma for CSV)")
+    replay.add_argument("--event-type", default="rating", help="event type when no column maps it")
+    replay.add_argument("--time-unit", default="s", choices=["s", "ms", "us"], help="unit of the time column")
+    replay.add_argument("--speedup", type=float, help="event-time speed-up factor (e.g. 86400: a day per second)")
+    replay.add_argument("--max-rate", type=float, help="cap in events/s")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    produce = sub.add_parser("produce", help="generate synthetic Zipf events for load tests")
+    produce.add_argument("--rate", type=float, default=1000.0, help="events/s")
+    produce.add_argument("--duration", type=float, default=10.0, help="seconds")
+    produce.add_argument("--users", type=int, default=10_000)
+    produce.add_argument("--items", type=int, default=5_000)
+    produce.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent of user/item popularity")
+    produce.add_argument("--malformed", type=float, default=0.0, help="fraction of malformed events (go to the DLQ)")
+    produce.add_argument("--seed", type=int, default=0)
+    produce.add_argument("--quiet", action="store_true")
+
+    demo = sub.add_parser("demo", help="the main job end to end on the local stack")
+    demo.add_argument("--speedup", type=float, default=None, help="event-time speed-up for the replay (default: as fast as possible)")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "topics": cmd_topics,
+    "replay": cmd_replay,
+    "produce": cmd_produce,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config:
+        import os
+
+        os.environ["RECSYS_CONFIG"] = args.config
+    try:
+        settings = load_settings()
+        return COMMANDS[args.command](settings, args)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        return 130
+    except (ConnectionError, RuntimeError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""One settings object for the whole engine.
+
+Every address, port, path and topic name lives here. Values come from (highest first):
+explicit arguments, environment variables (``RECSYS_`` prefix, ``__`` for nesting, e.g.
+``RECSYS_BROKER__PORT=19093``), the YAML file named by ``RECSYS_CONFIG`` (default
+``recsys.yaml`` in the working directory, optional), then the defaults below.
+
+>>> s = Settings(data_dir="/tmp/x")
+>>> s.broker.bootstrap
+'127.0.0.1:19092'
+>>> str(s.paths.run_dir)
+'/tmp/x/run'
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "RECSYS_CONFIG"
+DEFAULT_CONFIG_FILE = "recsys.yaml"
+
+
+class BrokerSettings(BaseModel):
+    """Kafka protocol endpoint. ``managed`` starts the local Tansu broker; set it false and
+    point ``bootstrap_servers`` at a Kafka cluster in production."""
+
+    managed: bool = True
+    host: str = "127.0.0.1"
+    port: int = 19092
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port]; defaults to host:port of the local broker"
+    )
+    client_id: str = "recsys"
+    security_protocol: str = "PLAINTEXT"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class TopicSettings(BaseModel):
+    """Topic names and partition counts; ``recsys up`` creates them explicitly."""
+
+    events: str = "events"
+    events_partitions: int = Field(default=4, ge=1)
+    dlq: str = "events.dlq"
+    dlq_partitions: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class RedisSettings(BaseModel):
+    """Redis for the Feast online store. ``managed`` starts a local redis-server with AOF."""
+
+    managed: bool = True
+    host: str = "127.0.0.1"
+    port: int = 16379
+    appendonly: bool = True
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+
+class ProducerSettings(BaseModel):
+    """Producer batching, retries and bounds (see streaming.producer)."""
+
+    acks: str | int = "all"
+    linger_ms: int = 5
+    batch_size: int = 256 * 1024
+    buffer_memory: int = 64 * 1024 * 1024
+    max_block_ms: int = 10_000
+    retries: int = 5
+    request_timeout_ms: int = 15_000
+    max_event_bytes: int = Field(default=16 * 1024, description="larger payloads go to the DLQ")
+    compression_type: str | None = None
+
+
+class ConsumerSettings(BaseModel):
+    """Consumer defaults for validating consumers (see streaming.consumer)."""
+
+    group_id: str = "recsys"
+    auto_offset_reset: str = "earliest"
+    max_poll_records: int = 5000
+    session_timeout_ms: int = 10_000
+
+
+class Paths(BaseModel):
+    """Locations under the one data directory; nothing is written to $HOME."""
+
+    root: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.root / "redis"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+
+class Settings(BaseSettings):
+    """The engine's configuration (file + env vars)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RECSYS_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Path(".recsys")
+    ml100k_path: Path = Path("../shared/data/ml-100k/u.data")
+    broker: BrokerSettings = BrokerSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    producer: ProducerSettings = ProducerSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    service_start_timeout_s: float = 30.0
+
+    @cached_property
+    def paths(self) -> Paths:
+        return Paths(root=self.data_dir.absolute())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = Path(os.environ.get(CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE))
+        if CONFIG_ENV_VAR in os.environ and not config_file.is_file():
+            raise FileNotFoundError(
+                f"{CONFIG_ENV_VAR}={config_file} does not exist: create it or unset {CONFIG_ENV_VAR}"
+            )
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_file)
+        return (init_settings, env_settings, yaml_source)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from file + env, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

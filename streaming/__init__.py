@@ -1,0 +1,1 @@
+"""Events in: the event contract, producers, validating consumers, replay and streaming jobs."""

@@ -1,0 +1,141 @@
+"""Validating consumer: yields valid events, dead-letters the rest, commits only after both.
+
+A malformed record never crashes the consumer: it is copied to the DLQ (original bytes plus
+reason and source topic/partition/offset). :meth:`EventConsumer.commit` first waits for those
+DLQ writes to be acknowledged, then commits offsets, so a crash in between re-reads records
+instead of losing them (at-least-once; ``event_id`` lets sinks de-duplicate).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import NoBrokersAvailable
+
+from infra.settings import Settings
+from streaming.dlq import DeadLetter, now_ms
+from streaming.events import Event, InvalidEvent, decode_event
+from streaming.producer import DeliveryFailed, DeliveryReport, send_dead_letter
+from streaming.topics import BrokerUnavailable, broker_hint
+
+
+@dataclass(frozen=True)
+class ConsumedEvent:
+    event: Event
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class EventConsumer:
+    """Consumer-group member over the events topic with validation and a DLQ."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group_id: str | None = None,
+        topic: str | None = None,
+        **kafka_overrides: Any,
+    ) -> None:
+        self.settings = settings
+        self.topic = topic or settings.topics.events
+        self.max_event_bytes = settings.producer.max_event_bytes
+        c = settings.consumer
+        config: dict[str, Any] = dict(
+            bootstrap_servers=settings.broker.bootstrap,
+            client_id=f"{settings.broker.client_id}-consumer",
+            security_protocol=settings.broker.security_protocol,
+            group_id=group_id or c.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=c.auto_offset_reset,
+            max_poll_records=c.max_poll_records,
+            session_timeout_ms=c.session_timeout_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        config.update(kafka_overrides)
+        try:
+            self._consumer = KafkaConsumer(**config)
+            self._dlq = KafkaProducer(
+                bootstrap_servers=settings.broker.bootstrap,
+                client_id=f"{settings.broker.client_id}-dlq",
+                security_protocol=settings.broker.security_protocol,
+                acks="all",
+                retries=settings.producer.retries,
+                linger_ms=settings.producer.linger_ms,
+            )
+        except NoBrokersAvailable as exc:
+            raise BrokerUnavailable(broker_hint(settings)) from exc
+        self._consumer.subscribe([self.topic])
+        self.report = DeliveryReport()
+        self._lock = threading.Lock()
+        self.valid = 0
+
+    def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[ConsumedEvent]:
+        """One poll: valid events in partition order; invalid records are dead-lettered."""
+        batch = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        out: list[ConsumedEvent] = []
+        for tp, records in batch.items():
+            for r in records:
+                try:
+                    event = decode_event(r.value or b"", self.max_event_bytes)
+                except InvalidEvent as exc:
+                    self._dead_letter(r, exc)
+                    continue
+                out.append(ConsumedEvent(event, tp.topic, tp.partition, r.offset, r.timestamp))
+        self.valid += len(out)
+        return out
+
+    def __iter__(self) -> Iterator[ConsumedEvent]:
+        while True:
+            yield from self.poll()
+
+    def _dead_letter(self, record: Any, exc: InvalidEvent) -> None:
+        letter = DeadLetter(
+            value=record.value or b"",
+            key=record.key,
+            reason=exc.reason,
+            detail=exc.detail,
+            stage="consume",
+            time_ms=now_ms(),
+            source=f"{record.topic}/{record.partition}/{record.offset}",
+        )
+        send_dead_letter(self._dlq, self.settings.topics.dlq, letter, self.report, self._lock, self._dlq_failed)
+
+    def _dlq_failed(self, letter: Any, exc: Exception) -> None:
+        with self._lock:
+            self.report.failed.append((letter, exc))
+
+    def commit(self) -> None:
+        """Make dead letters durable, then commit the consumed offsets."""
+        self._dlq.flush()
+        if self.report.failed:
+            raise DeliveryFailed(
+                f"{len(self.report.failed)} dead letter(s) were not acknowledged; offsets NOT committed "
+                f"so the records will be re-read: check the broker (`recsys status`)",
+                list(self.report.failed),
+            )
+        self._consumer.commit()
+
+    def committed(self) -> dict[int, int | None]:
+        from kafka import TopicPartition
+
+        parts = self._consumer.partitions_for_topic(self.topic) or set()
+        return {p: self._consumer.committed(TopicPartition(self.topic, p)) for p in sorted(parts)}
+
+    def close(self) -> None:
+        try:
+            self._dlq.flush()
+        finally:
+            self._dlq.close()
+            self._consumer.close(autocommit=False)
+
+    def __enter__(self) -> "EventConsumer":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
