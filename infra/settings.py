@@ -79,7 +79,7 @@ class ProducerSettings(BaseModel):
     acks: str | int = "all"
     linger_ms: int = 5
     batch_size: int = 256 * 1024
-    buffer_memory: int = 64 * 1024 * 1024
+    max_buffered_events: int = Field(default=100_000, ge=1, description="unacknowledged events held before send() blocks")
     max_block_ms: int = 10_000
     retries: int = 5
     request_timeout_ms: int = 15_000

@@ -10,7 +10,8 @@ Valid events go to the events topic keyed by ``user_id``; invalid ones go to the
 topic with the reason (``send`` returns ``None`` for them, or raises with ``strict=True``).
 Deliveries are acknowledged by the broker (``acks=all`` by default); a delivery that still fails
 after the retries is kept in :attr:`EventProducer.failed` and reported by :meth:`flush`, so the
-caller can resend it. The client buffer is bounded (``producer.buffer_memory``): when it is full
+caller can resend it. The buffer is bounded (``producer.max_buffered_events`` unacknowledged
+events): when it is full
 ``send`` blocks up to ``max_block_ms`` and then raises :class:`ProducerBackpressure` carrying the
 event, rather than dropping it.
 """
@@ -82,6 +83,8 @@ class EventProducer:
         self._lock = threading.Lock()
         self.report = DeliveryReport()
         p = settings.producer
+        self._slots = threading.BoundedSemaphore(p.max_buffered_events)
+        self._max_block_s = p.max_block_ms / 1000.0
         config: dict[str, Any] = dict(
             bootstrap_servers=settings.broker.bootstrap,
             client_id=settings.broker.client_id,
@@ -89,7 +92,6 @@ class EventProducer:
             acks=p.acks,
             linger_ms=p.linger_ms,
             batch_size=p.batch_size,
-            buffer_memory=p.buffer_memory,
             max_block_ms=p.max_block_ms,
             retries=p.retries,
             request_timeout_ms=p.request_timeout_ms,
@@ -117,9 +119,17 @@ class EventProducer:
             if self.strict:
                 raise
             return None
+        if not self._slots.acquire(timeout=self._max_block_s):
+            raise ProducerBackpressure(
+                f"{self.settings.producer.max_buffered_events} events still unacknowledged after "
+                f"{self.settings.producer.max_block_ms} ms ({broker_hint(self.settings)}); "
+                "the event was not sent: retry it later or raise producer.max_buffered_events",
+                event,
+            )
         try:
             future = self._producer.send(self.topic, key=event.key, value=payload)
         except KafkaTimeoutError as exc:
+            self._slots.release()
             raise ProducerBackpressure(
                 f"producer buffer full or broker unreachable for {self.settings.producer.max_block_ms} ms "
                 f"({broker_hint(self.settings)}); the event was not sent: retry it",
@@ -152,11 +162,14 @@ class EventProducer:
 
     # -- callbacks (run on the producer's I/O thread) --------------------------------------
     def _acked(self, event: Event, metadata: Any) -> None:
+        self._slots.release()
         self.report.acked += 1
         if self._on_delivery is not None:
             self._on_delivery(event, metadata)
 
     def _failed(self, obj: Any, exc: Exception) -> None:
+        if isinstance(obj, Event):
+            self._slots.release()
         with self._lock:
             self.report.failed.append((obj, exc))
         if self._on_error is not None:

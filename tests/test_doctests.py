@@ -1,0 +1,13 @@
+"""Doctests in the modules are examples users copy; they must run."""
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["infra.settings", "streaming.events", "streaming.synthetic"])
+def test_module_doctests(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0
+    assert result.failed == 0

@@ -1,0 +1,88 @@
+"""`recsys up/down/status` through the real CLI, on its own ports and data dir."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.services import port_open
+from tests.conftest import free_port
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env.update(
+        RECSYS_DATA_DIR=str(tmp_path / "data"),
+        RECSYS_BROKER__PORT=str(free_port()),
+        RECSYS_REDIS__PORT=str(free_port()),
+    )
+    yield env
+    _cli(env, "down")
+
+
+def test_up_twice_status_down(cli_env: dict[str, str], tmp_path: Path) -> None:
+    broker_port, redis_port = int(cli_env["RECSYS_BROKER__PORT"]), int(cli_env["RECSYS_REDIS__PORT"])
+    stopped = _cli(cli_env, "status")
+    assert stopped.returncode == 3 and "stopped" in stopped.stdout
+
+    first = _cli(cli_env, "up")
+    assert first.returncode == 0, first.stdout + first.stderr
+    run_dir = tmp_path / "data" / "run"
+    pids = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
+    assert set(pids) == {"broker", "redis"} and all(_alive(p) for p in pids.values())
+
+    second = _cli(cli_env, "up")  # harmless: same processes, still serving
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")} == pids
+
+    status = _cli(cli_env, "status")
+    assert status.returncode == 0
+    assert f"pid {pids['broker']}" in status.stdout and f"pid {pids['redis']}" in status.stdout
+
+    assert (tmp_path / "data" / "redis").is_dir()  # AOF lives under the data dir
+    down = _cli(cli_env, "down")
+    assert down.returncode == 0 and "broker" in down.stdout and "redis" in down.stdout
+    assert not any(_alive(p) for p in pids.values())
+    assert not port_open("127.0.0.1", broker_port) and not port_open("127.0.0.1", redis_port)
+    assert list(run_dir.glob("*.pid")) == []
+    after = _cli(cli_env, "status")
+    assert after.returncode == 3 and "stopped" in after.stdout
+    assert "nothing was running" in _cli(cli_env, "down").stdout
+
+
+def test_stale_pid_file_is_not_trusted(cli_env: dict[str, str], tmp_path: Path) -> None:
+    run_dir = tmp_path / "data" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "broker.pid").write_text(str(os.getpid()))  # a live PID that is not a broker
+    status = _cli(cli_env, "status")
+    assert "broker: stopped" in status.stdout
+    assert "nothing was running" in _cli(cli_env, "down").stdout
+    assert _alive(os.getpid())
+
+
+def test_port_taken_by_someone_else_is_a_clear_error(cli_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(cli_env["RECSYS_BROKER__PORT"])))
+        squatter.listen()
+        result = _cli(cli_env, "up")
+    assert result.returncode == 2
+    assert "taken by another process" in result.stdout
