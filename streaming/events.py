@@ -60,7 +60,7 @@ class Event(BaseModel):
     event_type: EventType
     value: float | None = None
     event_time: Annotated[StrictInt, Field(ge=0, le=MAX_EVENT_TIME_MS)]
-    context: dict[str, str] = Field(default_factory=dict)
+    context: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _rating_has_value(self) -> "Event":
@@ -141,8 +141,8 @@ _serializer = Event.__pydantic_serializer__
 
 
 def encode_event(event: Event) -> bytes:
-    """Compact UTF-8 JSON bytes for the wire."""
-    return _serializer.to_json(event)
+    """Compact UTF-8 JSON bytes for the wire (absent ``value``/``context`` are left out)."""
+    return _serializer.to_json(event, exclude_none=True)
 
 
 def event_json_schema() -> dict[str, Any]:

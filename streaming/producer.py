@@ -8,9 +8,10 @@
 
 Valid events go to the events topic keyed by ``user_id``; invalid ones go to the dead-letter
 topic with the reason (``send`` returns ``None`` for them, or raises with ``strict=True``).
-Deliveries are acknowledged by the broker (``acks=all`` by default); a delivery that still fails
-after the retries is kept in :attr:`EventProducer.failed` and reported by :meth:`flush`, so the
-caller can resend it. The buffer is bounded (``producer.max_buffered_events`` unacknowledged
+Deliveries are acknowledged by the broker (``acks=all`` by default) and settled in the calling
+thread during ``send``/``flush`` (so ``on_delivery``/``on_error`` callbacks run there too); a
+delivery that still fails after the retries is kept in ``report.failed`` and reported by
+:meth:`flush`, so the caller can resend it. The buffer is bounded (``producer.max_buffered_events`` unacknowledged
 events): when it is full
 ``send`` blocks up to ``max_block_ms`` and then raises :class:`ProducerBackpressure` carrying the
 event, rather than dropping it.
@@ -19,6 +20,7 @@ event, rather than dropping it.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -83,7 +85,10 @@ class EventProducer:
         self._lock = threading.Lock()
         self.report = DeliveryReport()
         p = settings.producer
-        self._slots = threading.BoundedSemaphore(p.max_buffered_events)
+        # Deliveries are tracked in send order and settled in the caller's thread (no per-event
+        # callbacks on the I/O thread: they cost more than validation does).
+        self._pending: deque[tuple[Event, Any]] = deque()
+        self._max_buffered = p.max_buffered_events
         self._max_block_s = p.max_block_ms / 1000.0
         config: dict[str, Any] = dict(
             bootstrap_servers=settings.broker.bootstrap,
@@ -119,25 +124,20 @@ class EventProducer:
             if self.strict:
                 raise
             return None
-        if not self._slots.acquire(timeout=self._max_block_s):
-            raise ProducerBackpressure(
-                f"{self.settings.producer.max_buffered_events} events still unacknowledged after "
-                f"{self.settings.producer.max_block_ms} ms ({broker_hint(self.settings)}); "
-                "the event was not sent: retry it later or raise producer.max_buffered_events",
-                event,
-            )
+        if len(self._pending) >= self._max_buffered:
+            self._reap(block_for_one=True, event=event)
         try:
             future = self._producer.send(self.topic, key=event.key, value=payload)
         except KafkaTimeoutError as exc:
-            self._slots.release()
             raise ProducerBackpressure(
-                f"producer buffer full or broker unreachable for {self.settings.producer.max_block_ms} ms "
+                f"no metadata or buffer space within {self.settings.producer.max_block_ms} ms "
                 f"({broker_hint(self.settings)}); the event was not sent: retry it",
                 event,
             ) from exc
         self.report.sent += 1
-        future.add_callback(self._acked, event)
-        future.add_errback(self._failed, event)
+        self._pending.append((event, future))
+        if self.report.sent & 0x3FF == 0:
+            self._reap()
         return future
 
     def send_many(self, events: Iterable[Event | dict[str, Any] | bytes | str]) -> int:
@@ -160,16 +160,36 @@ class EventProducer:
         )
         send_dead_letter(self._producer, self.dlq_topic, letter, self.report, self._lock, self._failed)
 
-    # -- callbacks (run on the producer's I/O thread) --------------------------------------
-    def _acked(self, event: Event, metadata: Any) -> None:
-        self._slots.release()
-        self.report.acked += 1
-        if self._on_delivery is not None:
-            self._on_delivery(event, metadata)
+    # -- delivery tracking ------------------------------------------------------------------
+    def _reap(self, block_for_one: bool = False, event: Event | None = None) -> None:
+        """Settle finished deliveries, oldest first; optionally wait for the oldest to free a slot."""
+        pending = self._pending
+        while pending:
+            sent_event, future = pending[0]
+            if not future.is_done:
+                if not block_for_one:
+                    return
+                try:
+                    future.get(timeout=self._max_block_s)
+                except KafkaTimeoutError:
+                    raise ProducerBackpressure(
+                        f"{self._max_buffered} events still unacknowledged after "
+                        f"{self.settings.producer.max_block_ms} ms ({broker_hint(self.settings)}); "
+                        "the event was not sent: retry it later or raise producer.max_buffered_events",
+                        event,  # type: ignore[arg-type]
+                    ) from None
+                except KafkaError:
+                    pass  # failed delivery: settled below
+                block_for_one = False
+            pending.popleft()
+            if future.succeeded():
+                self.report.acked += 1
+                if self._on_delivery is not None:
+                    self._on_delivery(sent_event, future.value)
+            else:
+                self._failed(sent_event, future.exception)
 
     def _failed(self, obj: Any, exc: Exception) -> None:
-        if isinstance(obj, Event):
-            self._slots.release()
         with self._lock:
             self.report.failed.append((obj, exc))
         if self._on_error is not None:
@@ -185,6 +205,7 @@ class EventProducer:
                 f"flush timed out after {timeout}s with deliveries pending ({broker_hint(self.settings)})",
                 list(self.report.failed),
             ) from exc
+        self._reap()
         if raise_on_failure and self.report.failed:
             first = self.report.failed[0][1]
             raise DeliveryFailed(

@@ -1,0 +1,67 @@
+"""Shared bench plumbing: a throwaway local stack and result recording as shared/BENCH.md says."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import tempfile
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Iterator
+
+from infra import services
+from infra.settings import Settings
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_stack() -> Iterator[Settings]:
+    """Start broker + Redis on free ports under a temp dir, the same way the tests do."""
+    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp), broker={"port": _free_port()}, redis={"port": _free_port()})
+        services.up(settings)
+        try:
+            yield settings
+        finally:
+            services.down(settings)
+
+
+def machine() -> str:
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, {platform.machine()}"
+
+
+def record(name: str, *, value: float, baseline: float, ratio: float, unit: str, goal: float, command: str, note: str = "") -> None:
+    """Append a line to bench/RESULTS.md and update bench/results.json (ratio: bigger is better)."""
+    today = date.today().isoformat()
+    results_path = BENCH_DIR / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results[name] = {
+        "value": round(value, 3),
+        "baseline": round(baseline, 3),
+        "ratio": round(ratio, 3),
+        "unit": unit,
+        "goal": goal,
+        "measured_at": today,
+        "command": command,
+    }
+    results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    md = BENCH_DIR / "RESULTS.md"
+    if not md.exists():
+        md.write_text("# Benchmark results\n\nOne line per run: date, machine, command, numbers, ratio (bigger is better).\n\n")
+    verdict = "meets" if ratio >= goal else "MISSES"
+    with md.open("a") as fh:
+        fh.write(
+            f"- {today} | {machine()} | `{command}` | {name}: ours {value:,.1f} {unit}, "
+            f"baseline {baseline:,.1f} {unit}, ratio {ratio:.3f} ({verdict} goal {goal}){' | ' + note if note else ''}\n"
+        )
