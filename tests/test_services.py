@@ -86,3 +86,28 @@ def test_port_taken_by_someone_else_is_a_clear_error(cli_env: dict[str, str]) ->
         result = _cli(cli_env, "up")
     assert result.returncode == 2
     assert "taken by another process" in result.stdout
+
+
+def test_demo_main_job_replays_ml100k(cli_env: dict[str, str]) -> None:
+    from tests.conftest import ML100K
+
+    cli_env["RECSYS_ML100K_PATH"] = str(ML100K)
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "demo"], env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "acknowledged 100,000 events" in result.stdout
+    table = [line for line in result.stdout.splitlines() if "│" in line]
+    assert any("events " in row and "100,000" in row for row in table)
+    assert any("events.dlq" in row and "│ 0 " in row for row in table)
+
+
+def test_production_manifests_are_valid_yaml() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "infra" / "production"
+    files = sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml"))
+    assert len(files) >= 4
+    for f in files:
+        docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
+        assert docs, f
