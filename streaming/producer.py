@@ -20,11 +20,11 @@ event, rather than dropping it.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from kafka import KafkaProducer
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
 
 from infra.settings import Settings
@@ -32,7 +32,7 @@ from streaming.dlq import DeadLetter, key_of, now_ms, original_bytes
 from streaming.events import Event, InvalidEvent, coerce_event, encode_event
 from streaming.topics import BrokerUnavailable, broker_hint
 
-DeliveryCallback = Callable[[Event, Any], None]
+DeliveryCallback = Callable[[Event, "Delivery"], None]
 ErrorCallback = Callable[[Any, Exception], None]
 
 
@@ -62,6 +62,45 @@ class DeliveryReport:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Where an acknowledged event landed (``offset`` is None where the broker did not say)."""
+
+    topic: str
+    partition: int | None
+    offset: int | None
+
+
+@dataclass
+class _InFlightBatch:
+    future: Any  # kafka-python FutureProduceResult shared by the batch's records
+    events: list[Event]
+
+
+class CachedKeyPartitioner:
+    """kafka-python's default partitioner (murmur2 of the key, like the Java client), memoised.
+
+    Keys are user ids and a user sends many events, so the pure-Python murmur2 per record is
+    worth caching; results are identical to the default partitioner's, so other producers keep
+    writing a user's events to the same partition.
+    """
+
+    def __init__(self, max_keys: int = 200_000) -> None:
+        self._cache: dict[tuple[bytes, int], int] = {}
+        self._max_keys = max_keys
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return DefaultPartitioner()(key, all_partitions, available)
+        slot = (key, len(all_partitions))
+        idx = self._cache.get(slot)
+        if idx is None:
+            if len(self._cache) >= self._max_keys:
+                self._cache.clear()
+            idx = self._cache[slot] = (murmur2(key) & 0x7FFFFFFF) % len(all_partitions)
+        return all_partitions[idx]
+
+
 class EventProducer:
     """Validating, batching Kafka producer for :class:`~streaming.events.Event`."""
 
@@ -85,9 +124,11 @@ class EventProducer:
         self._lock = threading.Lock()
         self.report = DeliveryReport()
         p = settings.producer
-        # Deliveries are tracked in send order and settled in the caller's thread (no per-event
-        # callbacks on the I/O thread: they cost more than validation does).
-        self._pending: deque[tuple[Event, Any]] = deque()
+        # Deliveries are tracked per broker batch (all records of a batch are acked together) and
+        # settled in the caller's thread: per-event callbacks or per-event futures kept alive
+        # cost more than validating the event does.
+        self._batches: dict[int, _InFlightBatch] = {}
+        self._in_flight = 0
         self._max_buffered = p.max_buffered_events
         self._max_block_s = p.max_block_ms / 1000.0
         config: dict[str, Any] = dict(
@@ -102,6 +143,7 @@ class EventProducer:
             request_timeout_ms=p.request_timeout_ms,
             compression_type=p.compression_type,
             max_request_size=max(1024 * 1024, 4 * p.max_event_bytes),
+            partitioner=CachedKeyPartitioner(),
         )
         config.update(kafka_overrides)
         try:
@@ -124,7 +166,7 @@ class EventProducer:
             if self.strict:
                 raise
             return None
-        if len(self._pending) >= self._max_buffered:
+        if self._in_flight >= self._max_buffered:
             self._reap(block_for_one=True, event=event)
         try:
             future = self._producer.send(self.topic, key=event.key, value=payload)
@@ -135,7 +177,12 @@ class EventProducer:
                 event,
             ) from exc
         self.report.sent += 1
-        self._pending.append((event, future))
+        batch_future = getattr(future, "_produce_future", future)
+        batch = self._batches.get(id(batch_future))
+        if batch is None:
+            batch = self._batches[id(batch_future)] = _InFlightBatch(batch_future, [])
+        batch.events.append(event)
+        self._in_flight += 1
         if self.report.sent & 0x3FF == 0:
             self._reap()
         return future
@@ -162,32 +209,30 @@ class EventProducer:
 
     # -- delivery tracking ------------------------------------------------------------------
     def _reap(self, block_for_one: bool = False, event: Event | None = None) -> None:
-        """Settle finished deliveries, oldest first; optionally wait for the oldest to free a slot."""
-        pending = self._pending
-        while pending:
-            sent_event, future = pending[0]
-            if not future.is_done:
-                if not block_for_one:
-                    return
-                try:
-                    future.get(timeout=self._max_block_s)
-                except KafkaTimeoutError:
-                    raise ProducerBackpressure(
-                        f"{self._max_buffered} events still unacknowledged after "
-                        f"{self.settings.producer.max_block_ms} ms ({broker_hint(self.settings)}); "
-                        "the event was not sent: retry it later or raise producer.max_buffered_events",
-                        event,  # type: ignore[arg-type]
-                    ) from None
-                except KafkaError:
-                    pass  # failed delivery: settled below
-                block_for_one = False
-            pending.popleft()
-            if future.succeeded():
-                self.report.acked += 1
+        """Settle finished batches; optionally wait for the oldest one to free buffer space."""
+        if block_for_one and self._batches:
+            oldest = next(iter(self._batches.values()))
+            if not oldest.future.is_done and not oldest.future.wait(self._max_block_s):
+                raise ProducerBackpressure(
+                    f"{self._max_buffered} events still unacknowledged after "
+                    f"{self.settings.producer.max_block_ms} ms ({broker_hint(self.settings)}); "
+                    "the event was not sent: retry it later or raise producer.max_buffered_events",
+                    event,  # type: ignore[arg-type]
+                )
+        for key in [k for k, b in self._batches.items() if b.future.is_done]:
+            batch = self._batches.pop(key)
+            self._in_flight -= len(batch.events)
+            if batch.future.succeeded():
+                self.report.acked += len(batch.events)
                 if self._on_delivery is not None:
-                    self._on_delivery(sent_event, future.value)
+                    tp = getattr(batch.future, "topic_partition", None)
+                    base = batch.future.value[0] if isinstance(batch.future.value, tuple) else None
+                    for i, sent_event in enumerate(batch.events):
+                        offset = base + i if isinstance(base, int) and base >= 0 else None
+                        self._on_delivery(sent_event, Delivery(self.topic, getattr(tp, "partition", None), offset))
             else:
-                self._failed(sent_event, future.exception)
+                for sent_event in batch.events:
+                    self._failed(sent_event, batch.future.exception)
 
     def _failed(self, obj: Any, exc: Exception) -> None:
         with self._lock:

@@ -32,3 +32,16 @@ def test_full_buffer_raises_with_the_event_instead_of_dropping_it(settings: Sett
         assert producer.flush().acked == 2
     finally:
         producer.close()
+
+
+def test_cached_partitioner_matches_kafka_default() -> None:
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from streaming.producer import CachedKeyPartitioner
+
+    cached, default = CachedKeyPartitioner(max_keys=50), DefaultPartitioner()
+    for n in (1, 4, 7):
+        parts = list(range(n))
+        for i in range(300):  # past max_keys: the cache is cleared and refilled
+            key = f"user-{i}".encode()
+            assert cached(key, parts, parts) == default(key, parts, parts)
