@@ -17,6 +17,8 @@ streaming.events.InvalidEvent: missing_field: user_id: Field required; item_id: 
 from __future__ import annotations
 
 from enum import StrEnum
+
+import orjson
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
@@ -143,6 +145,24 @@ _serializer = Event.__pydantic_serializer__
 def encode_event(event: Event) -> bytes:
     """Compact UTF-8 JSON bytes for the wire (absent ``value``/``context`` are left out)."""
     return _serializer.to_json(event, exclude_none=True)
+
+
+def validate_and_encode(obj: Event | dict[str, Any] | bytes | str) -> tuple[Event, bytes]:
+    """The producer's hot path: a valid event and its wire bytes.
+
+    A dict with string ids (what backends usually send) is serialised once with orjson and
+    validated from those bytes, which is cheaper than building the model and re-serialising;
+    everything else takes the canonical path.
+    """
+    if type(obj) is dict and type(obj.get("user_id")) is str and type(obj.get("item_id")) is str:
+        try:
+            payload = orjson.dumps(obj)
+        except TypeError:
+            pass  # not JSON-serialisable: the canonical path gives the precise reason
+        else:
+            return decode_event(payload), payload
+    event = coerce_event(obj)
+    return event, encode_event(event)
 
 
 def event_json_schema() -> dict[str, Any]:

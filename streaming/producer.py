@@ -29,7 +29,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
 
 from infra.settings import Settings
 from streaming.dlq import DeadLetter, key_of, now_ms, original_bytes
-from streaming.events import Event, InvalidEvent, coerce_event, encode_event
+from streaming.events import Event, InvalidEvent, validate_and_encode
 from streaming.topics import BrokerUnavailable, broker_hint
 
 DeliveryCallback = Callable[[Event, "Delivery"], None]
@@ -155,8 +155,7 @@ class EventProducer:
     def send(self, obj: Event | dict[str, Any] | bytes | str) -> Any:
         """Validate and send one event; returns the Kafka future, or None if it went to the DLQ."""
         try:
-            event = coerce_event(obj)
-            payload = encode_event(event)
+            event, payload = validate_and_encode(obj)
             if len(payload) > self.max_event_bytes:
                 raise InvalidEvent(
                     "oversize", f"{len(payload)} bytes > limit {self.max_event_bytes}"

@@ -58,3 +58,15 @@ def test_events_are_immutable() -> None:
     e = coerce_event(GOOD)
     with pytest.raises(Exception):
         e.user_id = "other"  # type: ignore[misc]
+
+
+def test_fast_path_and_canonical_path_agree() -> None:
+    from streaming.events import validate_and_encode
+
+    for obj in (GOOD, {**GOOD, "user_id": 7}, {**GOOD, "value": 1, "context": {"a": "b"}}, coerce_event(GOOD)):
+        event, payload = validate_and_encode(obj)
+        assert decode_event(payload) == event == coerce_event(obj)
+    for bad, reason in (({**GOOD, "event_type": "zap"}, "unknown_event_type"), ({**GOOD, "event_time": object()}, "wrong_type")):
+        with pytest.raises(InvalidEvent) as info:
+            validate_and_encode(bad)
+        assert info.value.reason == reason
