@@ -8,7 +8,6 @@ import time
 from typing import Callable, Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from infra.settings import Settings, load_settings
 
@@ -92,14 +91,9 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from streaming.topics import scan_topic
+    from infra.report import topics_table
 
-    table = Table("topic", "records", "per partition", "DLQ reasons")
-    for topic in (settings.topics.events, settings.topics.dlq):
-        scan = scan_topic(settings, topic)
-        reasons = ", ".join(f"{k}={v}" for k, v in scan.reasons.most_common())
-        table.add_row(topic, f"{scan.records:,}", str(dict(sorted(scan.per_partition.items()))), reasons or "-")
-    console.print(table)
+    console.print(topics_table(settings))
     return 0
 
 

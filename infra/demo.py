@@ -6,8 +6,8 @@ Later stages (stream features, retrain, delta, hot swap, recommendations) plug i
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
 
+from infra.report import topics_table
 from infra.services import up
 from infra.settings import Settings
 from streaming.ingest import send_events
@@ -23,6 +23,10 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None)
         console.print(f"[green]✓[/] {s.describe()}")
 
     console.rule("[bold]2. replay MovieLens 100k in event-time order")
+    already = scan_topic(settings, settings.topics.events, idle_ms=500).records
+    if already:
+        console.print(f"[yellow]note:[/] the events topic already holds {already:,} records from earlier runs "
+                      "(`recsys down` clears the in-memory broker)")
     loaded = load_events(settings.ml100k_path)
     console.print(f"{len(loaded.events):,} events from {settings.ml100k_path}")
     with EventProducer(settings) as producer:
@@ -30,10 +34,6 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None)
     console.print(f"acknowledged {result.report.acked:,} events at {result.rate:,.0f} ev/s")
 
     console.rule("[bold]3. what the broker holds")
-    table = Table("topic", "records", "DLQ reasons")
-    for topic in (settings.topics.events, settings.topics.dlq):
-        scan = scan_topic(settings, topic)
-        table.add_row(topic, f"{scan.records:,}", ", ".join(f"{k}={v}" for k, v in scan.reasons.items()) or "-")
-    console.print(table)
+    console.print(topics_table(settings))
     console.print("Stop the services with [bold]recsys down[/].")
     return 0
