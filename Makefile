@@ -8,6 +8,7 @@ demo: setup
 	.venv/bin/recsys demo
 
 test: setup
+	.venv/bin/ruff check --select F,E9 streaming batch models features serving infra bench tests
 	.venv/bin/python -m pytest
 
 bench: setup

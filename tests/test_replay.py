@@ -28,7 +28,6 @@ def test_replay_ml100k_delivers_all_events_in_time_order(settings: Settings, ml1
     times = [e.event_time for e in loaded.events]
     assert times == sorted(times)  # sent in event-time order
 
-    sent_order: list[str] = []
     with EventProducer(settings) as producer:
         result = send_events(producer, loaded.events, show_progress=False)
     assert result.report.acked == 100_000 and not result.report.failed
@@ -51,7 +50,6 @@ def test_replay_ml100k_delivers_all_events_in_time_order(settings: Settings, ml1
     assert got == _file_rows(ml100k_path)
     assert all(e.event_type == "rating" for e in received)
     assert scan_topic(settings, settings.topics.dlq).records == 0
-    del sent_order
 
 
 def test_csv_with_header_mapping_and_bad_rows(tmp_path: Path, settings: Settings) -> None:
