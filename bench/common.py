@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import tempfile
 from contextlib import contextmanager
 from datetime import date
@@ -13,22 +12,17 @@ from pathlib import Path
 from typing import Iterator
 
 from infra import services
+from infra.services import free_port
 from infra.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def local_stack() -> Iterator[Settings]:
     """Start broker + Redis on free ports under a temp dir, the same way the tests do."""
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), broker={"port": _free_port()}, redis={"port": _free_port()})
+        settings = Settings(data_dir=Path(tmp), broker={"port": free_port()}, redis={"port": free_port()})
         services.up(settings)
         try:
             yield settings

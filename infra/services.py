@@ -62,6 +62,13 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (for throwaway stacks in tests and benchmarks)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _redis_ready(settings: Settings) -> Callable[[], bool]:
     def check() -> bool:
         import redis

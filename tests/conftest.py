@@ -6,7 +6,6 @@ demo's ``.recsys``) and stopped at the end; each test gets its own topic names.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -14,16 +13,11 @@ from typing import Iterator
 import pytest
 
 from infra import services
+from infra.services import free_port
 from infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ML100K = (REPO_ROOT / ".." / "shared" / "data" / "ml-100k" / "u.data").resolve()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_settings(data_dir: Path, **extra: object) -> Settings:

@@ -2,10 +2,10 @@
 
 import pytest
 
+from infra.services import free_port
 from infra.settings import Settings
 from streaming.producer import EventProducer, ProducerBackpressure
 from streaming.topics import BrokerUnavailable
-from tests.conftest import free_port
 
 EVENT = {"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "event_time": 1}
 

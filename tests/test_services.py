@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.services import port_open
-from tests.conftest import free_port
+from infra.services import free_port, port_open
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
