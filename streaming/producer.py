@@ -29,7 +29,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
 
 from infra.settings import Settings
 from streaming.dlq import DeadLetter, key_of, now_ms, original_bytes
-from streaming.events import Event, InvalidEvent, validate_and_encode
+from streaming.events import Event, InvalidEvent, decode_event, validate_and_encode
 from streaming.topics import BrokerUnavailable, broker_hint
 
 DeliveryCallback = Callable[[Event, "Delivery"], None]
@@ -73,8 +73,15 @@ class Delivery:
 
 @dataclass
 class _InFlightBatch:
+    """The records of one broker batch, kept as wire bytes until the batch is acknowledged.
+
+    Bytes are not tracked by the garbage collector, pydantic models are: holding ~100k
+    unacknowledged models made every full GC pass walk them (measurable in ingest throughput).
+    Events are decoded again only for callbacks and failures.
+    """
+
     future: Any  # kafka-python FutureProduceResult shared by the batch's records
-    events: list[Event]
+    payloads: list[bytes]
 
 
 class CachedKeyPartitioner:
@@ -180,7 +187,7 @@ class EventProducer:
         batch = self._batches.get(id(batch_future))
         if batch is None:
             batch = self._batches[id(batch_future)] = _InFlightBatch(batch_future, [])
-        batch.events.append(event)
+        batch.payloads.append(payload)
         self._in_flight += 1
         if self.report.sent & 0x3FF == 0:
             self._reap()
@@ -220,18 +227,19 @@ class EventProducer:
                 )
         for key in [k for k, b in self._batches.items() if b.future.is_done]:
             batch = self._batches.pop(key)
-            self._in_flight -= len(batch.events)
+            self._in_flight -= len(batch.payloads)
             if batch.future.succeeded():
-                self.report.acked += len(batch.events)
+                self.report.acked += len(batch.payloads)
                 if self._on_delivery is not None:
                     tp = getattr(batch.future, "topic_partition", None)
                     base = batch.future.value[0] if isinstance(batch.future.value, tuple) else None
-                    for i, sent_event in enumerate(batch.events):
+                    for i, payload in enumerate(batch.payloads):
                         offset = base + i if isinstance(base, int) and base >= 0 else None
-                        self._on_delivery(sent_event, Delivery(self.topic, getattr(tp, "partition", None), offset))
+                        delivery = Delivery(self.topic, getattr(tp, "partition", None), offset)
+                        self._on_delivery(decode_event(payload), delivery)
             else:
-                for sent_event in batch.events:
-                    self._failed(sent_event, batch.future.exception)
+                for payload in batch.payloads:
+                    self._failed(decode_event(payload), batch.future.exception)
 
     def _failed(self, obj: Any, exc: Exception) -> None:
         with self._lock:
