@@ -103,6 +103,50 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, console, speedup=args.speedup)
 
 
+def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
+    from features import store
+
+    if args.action == "apply":
+        views = store.apply(settings)
+        console.print(f"[green]✓[/] applied {len(views)} feature views to {store.env_for(settings)['RECSYS_FEAST_REGISTRY_PATH']}: {', '.join(views)}")
+    elif args.action == "env":
+        sys.stdout.write(store.shell_exports(settings))
+    else:
+        from rich.table import Table
+
+        table = Table()
+        for column in ("view", "feature", "entity", "type", "source", "ttl"):
+            table.add_column(column, overflow="fold")
+        for row in store.describe(settings):
+            table.add_row(row.view, row.feature, row.entity, row.dtype, row.source, row.ttl)
+        console.print(table)
+    return 0
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.backfill import compute, write_offline, write_online
+
+    result = compute(settings, version=args.version, progress=not args.quiet)
+    console.print(f"backfilled {result.events:,} events from events table v{result.table_version} "
+                  f"({result.late_skipped:,} late ones excluded): {len(result.users):,} users, {len(result.items):,} items")
+    if args.online:
+        console.print(f"online store: wrote {write_online(settings, result):,} rows")
+    if args.offline:
+        write_offline(settings, result.frames(settings))
+        console.print(f"offline snapshots appended under {settings.paths.lake_dir / 'features'}")
+    return 0
+
+
+def cmd_lake(settings: Settings, args: argparse.Namespace) -> int:
+    from streaming.lake import compact
+
+    result = compact(settings.paths.events_table, retention_hours=args.retention_hours)
+    opt = result["optimize"]
+    console.print(f"events table v{result['version']}: compacted {opt.get('numFilesRemoved', 0)} files into "
+                  f"{opt.get('numFilesAdded', 0)}, vacuumed {result['vacuumed_files']} unreferenced files")
+    return 0
+
+
 def _print_report(report, rate: float) -> None:  # type: ignore[no-untyped-def]
     console.print(
         f"sent {report.sent:,} (acked {report.acked:,}) at {rate:,.0f} ev/s; "
@@ -142,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job end to end on the local stack")
     demo.add_argument("--speedup", type=float, default=None, help="event-time speed-up for the replay (default: as fast as possible)")
+
+    features = sub.add_parser("features", help="the Feast feature registry")
+    features.add_argument("action", choices=["apply", "list", "env"],
+                          help="apply: register entities/views; list: name, entity, type, source, TTL; env: exports for the feast CLI")
+
+    backfill = sub.add_parser("backfill", help="recompute the streaming features from the Delta events table")
+    backfill.add_argument("--version", type=int, help="events table version (default: latest)")
+    backfill.add_argument("--online", action="store_true", help="also write the values to the online store")
+    backfill.add_argument("--offline", action="store_true", help="also append them to the offline snapshot tables")
+    backfill.add_argument("--quiet", action="store_true")
+
+    lake = sub.add_parser("lake", help="lakehouse maintenance")
+    lake.add_argument("action", choices=["compact"], help="compact: optimize (merge small files) + vacuum")
+    lake.add_argument("--retention-hours", type=int, default=168, help="vacuum keeps files newer than this")
     return parser
 
 
@@ -153,6 +211,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "replay": cmd_replay,
     "produce": cmd_produce,
     "demo": cmd_demo,
+    "features": cmd_features,
+    "backfill": cmd_backfill,
+    "lake": cmd_lake,
 }
 
 

@@ -18,7 +18,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -96,6 +96,77 @@ class ConsumerSettings(BaseModel):
     session_timeout_ms: int = 10_000
 
 
+class WindowSpec(BaseModel):
+    """A sliding event-time window for item popularity: ``size_s`` long, advancing by ``slide_s``."""
+
+    name: str = Field(pattern=r"^[a-z0-9]+$", description="used in feature names, e.g. 1h -> pop_1h_click")
+    size_s: int = Field(gt=0)
+    slide_s: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _slide_divides_size(self) -> "WindowSpec":
+        if self.size_s % self.slide_s:
+            raise ValueError(f"window {self.name}: slide_s must divide size_s")
+        return self
+
+
+class FeatureSettings(BaseModel):
+    """The Feast repository (features/) and the parameters of the streaming features."""
+
+    project: str = "recsys"
+    registry: str | None = Field(
+        default=None,
+        description="registry file path (default <data_dir>/feast/registry.db) or a SQL URL "
+        "(postgresql://..., mysql://..., sqlite:///...) for a shared SQL registry",
+    )
+    windows: list[WindowSpec] = [
+        WindowSpec(name="1h", size_s=3600, slide_s=300),
+        WindowSpec(name="24h", size_s=86400, slide_s=3600),
+    ]
+    recent_items: int = Field(default=20, ge=1, description="last N events kept per user")
+    covisit_window_s: int = Field(default=3600, gt=0, description="two items co-visit if one user saw both within this")
+    covisit_max_recent: int = Field(default=5, ge=1, description="a new event pairs with at most this many previous ones")
+    covisit_top_k: int = Field(default=50, ge=1, description="co-visited items kept per item online")
+    ttl_days: float | None = Field(default=None, description="feature TTL for historical joins; None = no limit")
+
+    @model_validator(mode="after")
+    def _windows_unique(self) -> "FeatureSettings":
+        names = [w.name for w in self.windows]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("features.windows needs at least one window and unique names")
+        return self
+
+
+class StreamSettings(BaseModel):
+    """The PyFlink feature job (streaming.feature_job)."""
+
+    job_name: str = "recsys-features"
+    group_id: str = "recsys-stream"
+    parallelism: int = Field(default=1, ge=1)
+    checkpoint_interval_ms: int = Field(default=2000, ge=100)
+    checkpoints_retained: int = Field(default=3, ge=1)
+    out_of_orderness_ms: int = Field(default=5000, ge=0, description="watermark = max event time - this")
+    allowed_lateness_ms: int = Field(
+        default=3_600_000, ge=0, description="events older than watermark - this are late: kept in the lake, not in features"
+    )
+    online_flush_ms: int = Field(default=100, ge=1, description="max time a feature update waits before it is written")
+    online_flush_rows: int = Field(default=5000, ge=1)
+    lake_flush_ms: int = Field(default=2000, ge=1)
+    lake_flush_rows: int = Field(default=50_000, ge=1)
+    bundle_time_ms: int = Field(default=50, ge=1, description="python.fn-execution.bundle.time")
+    bundle_size: int = Field(default=5000, ge=1, description="python.fn-execution.bundle.size")
+    topic_epoch: str | None = Field(
+        default=None,
+        description="identifies this incarnation of the events topic in the lake's idempotency ids; "
+        "None = the managed broker's start (its memory storage begins empty) or 'kafka' for an external cluster. "
+        "Change it if you delete and recreate the topic.",
+    )
+    jobmanager: str | None = Field(
+        default=None, description="host:port of a Flink session cluster's REST endpoint; None = local mini-cluster"
+    )
+    flink_config: dict[str, str] = Field(default_factory=dict, description="extra Flink configuration, passed through")
+
+
 class Paths(BaseModel):
     """Locations under the one data directory; nothing is written to $HOME."""
 
@@ -121,6 +192,18 @@ class Paths(BaseModel):
     def models_dir(self) -> Path:
         return self.root / "models"
 
+    @property
+    def events_table(self) -> Path:
+        return self.lake_dir / "events"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.root / "feast"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "flink" / "checkpoints"
+
 
 class Settings(BaseSettings):
     """The engine's configuration (file + env vars)."""
@@ -136,6 +219,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     producer: ProducerSettings = ProducerSettings()
     consumer: ConsumerSettings = ConsumerSettings()
+    features: FeatureSettings = FeatureSettings()
+    stream: StreamSettings = StreamSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property

@@ -60,3 +60,21 @@ def ml100k_path() -> Path:
     if not ML100K.is_file():
         pytest.fail(f"MovieLens file missing at {ML100K}: the shared data folder must sit beside the repo")
     return ML100K
+
+
+def isolated(stack_settings: Settings, data_dir: Path, **stream: object) -> Settings:
+    """The session's broker and Redis, with this test's own topics, data dir and Feast project."""
+    from streaming.topics import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(
+        data_dir=data_dir,
+        ml100k_path=ML100K,
+        broker=stack_settings.broker.model_dump(),
+        redis=stack_settings.redis.model_dump(),
+        topics={"events": f"events-{tag}", "dlq": f"dlq-{tag}"},
+        features={"project": f"t{tag}"},
+        stream={"group_id": f"stream-{tag}", "topic_epoch": tag, **stream},
+    )
+    ensure_topics(s)
+    return s

@@ -1,0 +1,211 @@
+"""How every streaming feature is computed from events: one implementation for stream and batch.
+
+The Flink job (streaming.feature_job) keeps one :class:`UserState` per user and one
+:class:`ItemState` per item in Flink keyed state; the backfill (batch.backfill) folds the Delta
+``events`` table through the same classes in the same per-partition order. Each state returns
+its features as ``{feature name: value}`` with the names of features.names.
+
+Definitions (all in event time; a *late* event counts in no feature, see the job):
+
+* stats: counts per event type, rating count/average, last event time.
+* recent: the user's last N events ordered by (event_time, event_id), newest first.
+* popularity: for each window (size W, slide S), with ``t`` the item's latest event time,
+  the window is ``[end - W, end)`` where ``end = (t // S + 1) * S``; counts per type in it.
+  ``trending = (short + 1) / (long * W_short / W_long + 1)`` for the shortest and longest window.
+* co-visitation: a user's event pairs with that user's previous ``covisit_max_recent`` events
+  (arrival order) that are within ``covisit_window_s`` of it and on another item; each pair
+  adds 1 in both directions; the top ``covisit_top_k`` by (count desc, item id) are served.
+
+>>> from infra.settings import FeatureSettings
+>>> cfg = FeatureSettings(recent_items=2)
+>>> u = UserState()
+>>> for i, t in [("a", 1000), ("b", 2000), ("c", 3000)]:
+...     _ = u.add(cfg, "e" + i, i, "click", None, t)
+>>> u.recent_features()["recent_items"]
+['c', 'b']
+>>> u.stats.features()["n_click"]
+3
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Any
+
+from features.names import EVENT_TYPES
+from infra.settings import FeatureSettings
+
+TYPE_INDEX = {t: i for i, t in enumerate(EVENT_TYPES)}
+RATING = TYPE_INDEX["rating"]
+
+
+class Stats:
+    """Counts per event type, rating sum/count, last seen (order-independent)."""
+
+    __slots__ = ("counts", "rating_sum", "rating_count", "last_seen_ms")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(EVENT_TYPES)
+        self.rating_sum = 0.0
+        self.rating_count = 0
+        self.last_seen_ms = 0
+
+    def add(self, type_idx: int, value: float | None, event_time: int) -> None:
+        self.counts[type_idx] += 1
+        if type_idx == RATING and value is not None:
+            self.rating_sum += value
+            self.rating_count += 1
+        if event_time > self.last_seen_ms:
+            self.last_seen_ms = event_time
+
+    def features(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n_events": sum(self.counts)}
+        for t, n in zip(EVENT_TYPES, self.counts):
+            out[f"n_{t}"] = n
+        out["rating_count"] = self.rating_count
+        out["avg_rating"] = self.rating_sum / self.rating_count if self.rating_count else None
+        out["last_seen_ms"] = self.last_seen_ms
+        return out
+
+    def __getstate__(self) -> tuple:
+        return (self.counts, self.rating_sum, self.rating_count, self.last_seen_ms)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.counts, self.rating_sum, self.rating_count, self.last_seen_ms = state
+
+
+class UserState:
+    """Everything kept per user: stats, the recent events, the co-visitation memory."""
+
+    __slots__ = ("stats", "recent", "covisit_memory")
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self.recent: list[tuple[int, str, str, str]] = []  # (event_time, event_id, item, type), ascending
+        self.covisit_memory: deque[tuple[str, int]] = deque()  # (item, event_time), arrival order
+
+    def add(self, cfg: FeatureSettings, event_id: str, item_id: str, event_type: str, value: float | None, event_time: int) -> list[str]:
+        """Apply one event; returns the previous items it co-visits (distinct, arrival order)."""
+        self.stats.add(TYPE_INDEX[event_type], value, event_time)
+        entry = (event_time, event_id, item_id, event_type)
+        if len(self.recent) < cfg.recent_items or entry > self.recent[0]:
+            bisect.insort(self.recent, entry)
+            if len(self.recent) > cfg.recent_items:
+                del self.recent[0]
+        window = cfg.covisit_window_s * 1000
+        previous: list[str] = []
+        for prev_item, prev_time in self.covisit_memory:
+            if prev_item != item_id and abs(event_time - prev_time) <= window and prev_item not in previous:
+                previous.append(prev_item)
+        self.covisit_memory.append((item_id, event_time))
+        while len(self.covisit_memory) > cfg.covisit_max_recent:
+            self.covisit_memory.popleft()
+        return previous
+
+    def recent_features(self) -> dict[str, Any]:
+        newest_first = self.recent[::-1]
+        return {
+            "recent_items": [e[2] for e in newest_first],
+            "recent_types": [e[3] for e in newest_first],
+            "recent_times_ms": [e[0] for e in newest_first],
+        }
+
+    def __getstate__(self) -> tuple:
+        return (self.stats, self.recent, list(self.covisit_memory))
+
+    def __setstate__(self, state: tuple) -> None:
+        self.stats, self.recent, memory = state
+        self.covisit_memory = deque(memory)
+
+
+class ItemState:
+    """Everything kept per item: stats, windowed popularity buckets, co-visitation counts."""
+
+    __slots__ = ("stats", "buckets", "latest_ms", "covisit")
+
+    def __init__(self, n_windows: int) -> None:
+        self.stats = Stats()
+        # per window: {slot index: counts per type}; only slots inside the current window
+        self.buckets: list[dict[int, list[int]]] = [{} for _ in range(n_windows)]
+        self.latest_ms = -1
+        self.covisit: dict[str, int] = {}
+
+    def add_event(self, cfg: FeatureSettings, event_type: str, value: float | None, event_time: int) -> None:
+        type_idx = TYPE_INDEX[event_type]
+        self.stats.add(type_idx, value, event_time)
+        if event_time > self.latest_ms:
+            self.latest_ms = event_time
+        for w, buckets in zip(cfg.windows, self.buckets):
+            slide = w.slide_s * 1000
+            slot = event_time // slide
+            first_live = self.latest_ms // slide + 1 - w.size_s // w.slide_s
+            if slot < first_live:
+                continue  # older than the item's current window: counts in no window value
+            counts = buckets.get(slot)
+            if counts is None:
+                counts = buckets[slot] = [0] * len(EVENT_TYPES)
+            counts[type_idx] += 1
+            for old in [s for s in buckets if s < first_live]:
+                del buckets[old]
+
+    def add_covisits(self, items: list[str]) -> None:
+        covisit = self.covisit
+        for other in items:
+            covisit[other] = covisit.get(other, 0) + 1
+
+    def popularity_features(self, cfg: FeatureSettings) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        totals: dict[str, tuple[int, int]] = {}
+        for w, buckets in zip(cfg.windows, self.buckets):
+            slide = w.slide_s * 1000
+            first_live = self.latest_ms // slide + 1 - w.size_s // w.slide_s
+            per_type = [0] * len(EVENT_TYPES)
+            for slot, counts in buckets.items():
+                if slot >= first_live:
+                    for i, n in enumerate(counts):
+                        per_type[i] += n
+            total = sum(per_type)
+            totals[w.name] = (total, w.size_s)
+            out[f"pop_{w.name}"] = total
+            for t, n in zip(EVENT_TYPES, per_type):
+                out[f"pop_{w.name}_{t}"] = n
+        by_size = sorted(totals.values(), key=lambda x: x[1])
+        (short, short_s), (long, long_s) = by_size[0], by_size[-1]
+        out["trending"] = (short + 1) / (long * short_s / long_s + 1)
+        out["pop_as_of_ms"] = self.latest_ms
+        return out
+
+    def covisit_features(self, cfg: FeatureSettings) -> dict[str, Any]:
+        top = sorted(self.covisit.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.covisit_top_k]
+        return {"covisit_items": [k for k, _ in top], "covisit_counts": [v for _, v in top]}
+
+    def __getstate__(self) -> tuple:
+        return (self.stats, self.buckets, self.latest_ms, self.covisit)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.stats, self.buckets, self.latest_ms, self.covisit = state
+
+
+# -- the per-event steps, shared by the Flink job and the backfill ------------------------------
+# An item update is (item_id, event_type or "", value, event_time, co-visited items): the event
+# itself for its own item (with the items it co-visits), or a co-visit-only update ("") for each
+# of those items, so that both directions of a pair are counted.
+ItemUpdate = tuple[str, str, "float | None", int, list[str]]
+
+
+def user_step(cfg: FeatureSettings, state: UserState, event_id: str, item_id: str, event_type: str,
+              value: float | None, event_time: int) -> list[ItemUpdate]:
+    """Apply an event to its user's state; returns the item updates it causes."""
+    previous = state.add(cfg, event_id, item_id, event_type, value, event_time)
+    updates: list[ItemUpdate] = [(item_id, event_type, value, event_time, previous)]
+    updates.extend((other, "", None, event_time, [item_id]) for other in previous)
+    return updates
+
+
+def item_step(cfg: FeatureSettings, state: ItemState, update: ItemUpdate) -> None:
+    _, event_type, value, event_time, covisits = update
+    if event_type:
+        state.add_event(cfg, event_type, value, event_time)
+    if covisits:
+        state.add_covisits(covisits)

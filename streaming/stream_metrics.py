@@ -1,0 +1,60 @@
+"""Job metrics as small JSON files, one per function instance, read by `recsys stream status`.
+
+Flink's own metric system (and its reporters) is what a cluster should scrape; these files are
+the zero-setup view for the local mini-cluster: events in, late, DLQ, write batches, offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsFile:
+    """Counters of one function instance, written atomically at most every ``every_s``."""
+
+    def __init__(self, directory: Path, name: str, every_s: float = 1.0) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{name}.json"
+        self.every_s = every_s
+        self.counters: dict[str, Any] = {}
+        self._last = 0.0
+
+    def inc(self, name: str, by: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + by
+
+    def set(self, name: str, value: Any) -> None:
+        self.counters[name] = value
+
+    def maybe_write(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self.counters, "updated_at": now}))
+            os.replace(tmp, self.path)
+
+
+def read_all(directory: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def totals(directory: Path) -> dict[str, Any]:
+    """Sum of the numeric counters over all instances (plus the newest update time)."""
+    total: dict[str, Any] = {}
+    for counters in read_all(directory).values():
+        for k, v in counters.items():
+            if k == "updated_at":
+                total[k] = max(total.get(k, 0), v)
+            elif isinstance(v, (int, float)):
+                total[k] = total.get(k, 0) + v
+    return total

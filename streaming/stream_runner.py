@@ -1,0 +1,164 @@
+"""`recsys stream start|stop|status`: run the feature job as a background process.
+
+The job runs on a local Flink mini-cluster inside its own process (its JVM and Python workers
+share the process group, so stop and kill -9 take them all). `start` resumes from the newest
+retained checkpoint unless told to start fresh; with `stream.jobmanager` set, the same job is
+submitted to that session cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.services import ServiceError, ServiceSpec, _read_pid, start as start_service
+from infra.settings import Settings
+from streaming.feature_functions import metrics_dir
+from streaming.stream_metrics import totals
+
+
+def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = frozenset()) -> ServiceSpec:
+    paths = settings.paths
+    return ServiceSpec(
+        name="stream",
+        argv=argv,
+        host="local",
+        port=0,
+        binary_hint="streaming.feature_job",
+        pid_file=paths.run_dir / "stream.pid",
+        log_file=paths.log_dir / "stream.log",
+        ready=lambda: bool(set(_job_dirs(settings)) - known_jobs),  # Flink created the new job's checkpoint dir
+        cwd=Path.cwd(),
+    )
+
+
+def _job_dirs(settings: Settings) -> list[Path]:
+    root = settings.paths.checkpoint_dir
+    return [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+
+
+def latest_checkpoint(settings: Settings) -> Path | None:
+    """The newest complete retained checkpoint (a chk-N directory with _metadata)."""
+    found = [m.parent for d in _job_dirs(settings) for m in d.glob("chk-*/_metadata")]
+    return max(found, key=lambda p: p.joinpath("_metadata").stat().st_mtime) if found else None
+
+
+def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> tuple[int, Path | None]:
+    """Start the job in the background; returns (pid, checkpoint resumed from or None)."""
+    from features.store import registered_views
+
+    registered_views(settings)
+    restore = None if fresh else latest_checkpoint(settings)
+    if restore is None:
+        shutil.rmtree(metrics_dir(settings), ignore_errors=True)
+    argv = [sys.executable, "-m", "streaming.feature_job"]
+    if restore is not None:
+        argv += ["--restore", str(restore)]
+    settings.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    spec = _spec(settings, argv, frozenset(_job_dirs(settings)))
+    env_file = settings.paths.run_dir / "stream.env"
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text(settings.model_dump_json())
+    os.environ["RECSYS_STREAM_SETTINGS"] = str(env_file)
+    try:
+        status = start_service(spec, timeout_s)
+    finally:
+        os.environ.pop("RECSYS_STREAM_SETTINGS", None)
+    return status.pid or 0, restore
+
+
+def stop(settings: Settings, timeout_s: float = 30.0, kill: bool = False) -> bool:
+    """Stop the job (SIGTERM to its process group; SIGKILL with ``kill`` or after the timeout)."""
+    spec = _spec(settings, [])
+    pid = _read_pid(spec)
+    if pid is None:
+        spec.pid_file.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.1)
+    if _group_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+        while _group_alive(pid):
+            time.sleep(0.1)
+    spec.pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+@dataclass
+class StreamStatus:
+    running: bool
+    pid: int | None
+    latest_checkpoint: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lag: dict[int, int] = field(default_factory=dict)
+
+
+def status(settings: Settings, with_lag: bool = True) -> StreamStatus:
+    pid = _read_pid(_spec(settings, []))
+    metrics = totals(metrics_dir(settings))
+    lag: dict[int, int] = {}
+    if with_lag:
+        lag = _lag(settings, metrics)
+    return StreamStatus(pid is not None, pid, latest_checkpoint(settings), metrics, lag)
+
+
+def _lag(settings: Settings, metrics: dict[str, Any]) -> dict[int, int]:
+    """Records in the topic not yet read by the job, per partition (approximate on Tansu)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.broker.bootstrap, request_timeout_ms=5000)
+    except Exception:  # noqa: BLE001 - broker down: no lag to report
+        return {}
+    try:
+        parts = consumer.partitions_for_topic(settings.topics.events) or set()
+        ends = consumer.end_offsets([TopicPartition(settings.topics.events, p) for p in parts])
+        return {tp.partition: max(0, end - int(metrics.get(f"offset_p{tp.partition}", -1)) - 1) for tp, end in ends.items()}
+    finally:
+        consumer.close()
+
+
+def wait_idle(settings: Settings, expected_events: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Block until the job has read ``expected_events`` records of a fresh topic and gone quiet.
+
+    Read position is the sum over partitions of (last offset + 1), so it also holds across a
+    restart; quiet means no metrics update for longer than the lake flush interval.
+    """
+    quiet_s = settings.stream.lake_flush_ms / 1000 + 1.0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = totals(metrics_dir(settings))
+        read = sum(int(v) + 1 for k, v in m.items() if k.startswith("offset_p"))
+        if read >= expected_events and time.time() - m.get("updated_at", 0) >= quiet_s:
+            return m
+        if _read_pid(_spec(settings, [])) is None:
+            log = settings.paths.log_dir / "stream.log"
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise ServiceError(f"the stream job is not running (log {log}); its last lines:\n{tail}")
+        time.sleep(0.25)
+    raise TimeoutError(f"stream job did not read {expected_events} events in {timeout_s}s: {totals(metrics_dir(settings))}")
