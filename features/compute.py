@@ -122,7 +122,7 @@ class UserState:
 class ItemState:
     """Everything kept per item: stats, windowed popularity buckets, co-visitation counts."""
 
-    __slots__ = ("stats", "buckets", "latest_ms", "covisit")
+    __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty")
 
     def __init__(self, n_windows: int) -> None:
         self.stats = Stats()
@@ -130,6 +130,9 @@ class ItemState:
         self.buckets: list[dict[int, list[int]]] = [{} for _ in range(n_windows)]
         self.latest_ms = -1
         self.covisit: dict[str, int] = {}
+        # counts only grow, so the new top K is within (previous top K + items counted since)
+        self.covisit_top: list[str] = []
+        self.covisit_dirty: set[str] = set()
 
     def add_event(self, cfg: FeatureSettings, event_type: str, value: float | None, event_time: int) -> None:
         type_idx = TYPE_INDEX[event_type]
@@ -153,6 +156,7 @@ class ItemState:
         covisit = self.covisit
         for other in items:
             covisit[other] = covisit.get(other, 0) + 1
+        self.covisit_dirty.update(items)
 
     def popularity_features(self, cfg: FeatureSettings) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -177,14 +181,18 @@ class ItemState:
         return out
 
     def covisit_features(self, cfg: FeatureSettings) -> dict[str, Any]:
-        top = sorted(self.covisit.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.covisit_top_k]
-        return {"covisit_items": [k for k, _ in top], "covisit_counts": [v for _, v in top]}
+        if self.covisit_dirty:
+            covisit = self.covisit
+            candidates = self.covisit_dirty.union(self.covisit_top)
+            self.covisit_top = sorted(candidates, key=lambda k: (-covisit[k], k))[: cfg.covisit_top_k]
+            self.covisit_dirty = set()
+        return {"covisit_items": list(self.covisit_top), "covisit_counts": [self.covisit[k] for k in self.covisit_top]}
 
     def __getstate__(self) -> tuple:
-        return (self.stats, self.buckets, self.latest_ms, self.covisit)
+        return (self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty)
 
     def __setstate__(self, state: tuple) -> None:
-        self.stats, self.buckets, self.latest_ms, self.covisit = state
+        self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty = state
 
 
 # -- the per-event steps, shared by the Flink job and the backfill ------------------------------

@@ -1,42 +1,61 @@
-"""Batched writes of feature values into the Feast online store (Redis), through Feast itself.
+"""Batched writes of feature values into the Feast online store (Redis), in Feast's layout.
 
-Rows go through ``RedisOnlineStore.online_write_batch`` (Feast's own key layout and value
-encoding), so ``FeatureStore.get_online_features`` reads exactly what the job wrote. Between
-flushes only the latest value per (view, entity) is kept: a hot item updated 500 times in
-100 ms costs one Redis write, which is what lets one process keep up with the stream.
+Keys, hash fields and values are made by Feast's own helpers (``_redis_key`` over the
+serialised entity key, ``_mmh3("view:feature")`` fields, ``_ts:view`` timestamps, ``Value``
+protos), exactly as ``RedisOnlineStore.online_write_batch`` does, so
+``FeatureStore.get_online_features`` reads what the job wrote. Two things differ: the field
+hashes and entity keys are computed once and cached (Feast recomputes a murmur3 per feature per
+row), and between flushes only the latest value per (view, entity) is kept, so a hot item updated
+500 times in 100 ms costs one Redis write.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Callable
 
+import redis
 from feast import FeatureView
-from feast.infra.online_stores.redis import RedisOnlineStore
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List, StringList, Value
 from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from features.store import registered_views, repo_config
 from infra.settings import Settings
 
 ValuesFn = Callable[[], dict[str, Any]]
+EMPTY = Value().SerializeToString()
+MAX_CACHED_KEYS = 500_000
 
 
-def _to_proto(value_type: ValueType) -> Callable[[Any], Value]:
-    """Python value -> Feast Value proto for the types our views use (None -> unset value)."""
+def _to_proto(value_type: ValueType) -> Callable[[Any], bytes]:
+    """Python value -> serialised Feast Value proto for our views' types (None -> unset value)."""
     scalar = {ValueType.INT64: "int64_val", ValueType.DOUBLE: "double_val", ValueType.STRING: "string_val",
               ValueType.FLOAT: "float_val", ValueType.INT32: "int32_val", ValueType.BOOL: "bool_val"}
     lists = {ValueType.STRING_LIST: ("string_list_val", StringList), ValueType.INT64_LIST: ("int64_list_val", Int64List),
              ValueType.DOUBLE_LIST: ("double_list_val", DoubleList)}
+    if value_type == ValueType.INT64:
+        return _int64_bytes
     if value_type in scalar:
         attr = scalar[value_type]
-        return lambda v: Value() if v is None else Value(**{attr: v})
+        return lambda v: EMPTY if v is None else Value(**{attr: v}).SerializeToString()
     if value_type in lists:
         attr, cls = lists[value_type]
-        return lambda v: Value() if v is None else Value(**{attr: cls(val=v)})
+        return lambda v: EMPTY if v is None else Value(**{attr: cls(val=v)}).SerializeToString()
     raise TypeError(f"feature type {value_type} is not supported by the online writer: add it to _to_proto")
+
+
+@lru_cache(maxsize=65536)
+def _int64_cached(v: int) -> bytes:
+    return Value(int64_val=v).SerializeToString()
+
+
+def _int64_bytes(v: int | None) -> bytes:
+    """Counts repeat a lot (small integers), so their encodings are cached."""
+    return EMPTY if v is None else _int64_cached(v)
 
 
 class OnlineWriter:
@@ -44,14 +63,20 @@ class OnlineWriter:
 
     def __init__(self, settings: Settings, views: dict[str, FeatureView] | None = None) -> None:
         config = repo_config(settings)
-        config.online_store.skip_dedup = True  # our values are already the latest per entity
-        self._config = config
-        self._store = RedisOnlineStore()
+        self._project = config.project
+        self._key_version = config.entity_key_serialization_version
+        self._key_ttl = config.online_store.key_ttl_seconds
+        r = settings.redis
+        self._redis = redis.Redis(host=r.host, port=r.port, password=r.password)
         self.views = views if views is not None else registered_views(settings)
         self._fields = {
             name: [(f.name, _to_proto(f.dtype.to_value_type())) for f in view.features]
             for name, view in self.views.items()
         }
+        self._hash_keys = {
+            name: {f.name: _mmh3(f"{name}:{f.name}") for f in view.features} for name, view in self.views.items()
+        }
+        self._keys: dict[tuple[str, str], bytes] = {}
         self._join_key = {name: view.join_keys[0] for name, view in self.views.items()}
         self._pending: dict[str, dict[str, tuple[ValuesFn, int]]] = {name: {} for name in self.views}
         self.pending_rows = 0
@@ -75,24 +100,39 @@ class OnlineWriter:
             self.pending_rows += 1
         pending[entity_id] = (values, event_time_ms)
 
+    def _redis_key(self, join_key: str, entity_id: str) -> bytes:
+        cached = self._keys.get((join_key, entity_id))
+        if cached is None:
+            if len(self._keys) >= MAX_CACHED_KEYS:
+                self._keys.clear()
+            proto = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity_id)])
+            cached = self._keys[(join_key, entity_id)] = _redis_key(self._project, proto, self._key_version)
+        return cached
+
     def flush(self) -> int:
-        """Write every staged entity once; returns the number of rows written."""
+        """Write every staged entity once (one pipelined round trip); returns the rows written."""
         written = 0
-        for view_name, pending in self._pending.items():
-            if not pending:
-                continue
-            fields = self._fields[view_name]
-            join_key = self._join_key[view_name]
-            rows = []
-            for entity_id, (values_fn, ts_ms) in pending.items():
-                values = values_fn()
-                key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity_id)])
-                protos = {name: conv(values[name]) for name, conv in fields}
-                rows.append((key, protos, datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc), None))
-            self._store.online_write_batch(self._config, self.views[view_name], rows, None)
-            written += len(rows)
-            self.batches += 1
-            pending.clear()
+        with self._redis.pipeline(transaction=False) as pipe:
+            for view_name, pending in self._pending.items():
+                if not pending:
+                    continue
+                fields = self._fields[view_name]
+                hash_keys = self._hash_keys[view_name]
+                join_key = self._join_key[view_name]
+                ts_field = f"_ts:{view_name}"
+                for entity_id, (values_fn, ts_ms) in pending.items():
+                    values = values_fn()
+                    mapping = {hash_keys[name]: conv(values[name]) for name, conv in fields}
+                    mapping[ts_field] = Timestamp(seconds=ts_ms // 1000, nanos=(ts_ms % 1000) * 1_000_000).SerializeToString()
+                    key = self._redis_key(join_key, entity_id)
+                    pipe.hset(key, mapping=mapping)
+                    if self._key_ttl:
+                        pipe.expire(key, self._key_ttl)
+                written += len(pending)
+                self.batches += 1
+                pending.clear()
+            if written:
+                pipe.execute()
         self.pending_rows = 0
         self.rows_written += written
         self.last_flush = time.monotonic()

@@ -116,7 +116,7 @@ def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
 
         table = Table()
         for column in ("view", "feature", "entity", "type", "source", "ttl"):
-            table.add_column(column, overflow="fold")
+            table.add_column(column, no_wrap=column in ("view", "feature", "type"), overflow="fold")
         for row in store.describe(settings):
             table.add_row(row.view, row.feature, row.entity, row.dtype, row.source, row.ttl)
         console.print(table)
@@ -145,6 +145,41 @@ def cmd_lake(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"events table v{result['version']}: compacted {opt.get('numFilesRemoved', 0)} files into "
                   f"{opt.get('numFilesAdded', 0)}, vacuumed {result['vacuumed_files']} unreferenced files")
     return 0
+
+
+def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
+    from streaming import stream_runner
+
+    if args.action == "start":
+        if args.foreground:
+            from streaming.feature_job import main as job_main
+
+            restore = None if args.fresh else stream_runner.latest_checkpoint(settings)
+            return job_main(["--restore", str(restore)] if restore else [])
+        pid, restored = stream_runner.start(settings, fresh=args.fresh)
+        where = f"resumed from {restored}" if restored else "fresh start (no checkpoint)"
+        console.print(f"[green]✓[/] stream job running (pid {pid}), {where}; log {settings.paths.log_dir / 'stream.log'}")
+        return 0
+    if args.action == "stop":
+        stopped = stream_runner.stop(settings, kill=args.kill)
+        console.print("stream job stopped" if stopped else "stream job was not running")
+        return 0
+    st = stream_runner.status(settings)
+    colour = "green" if st.running else "red"
+    console.print(f"[{colour}]●[/] stream job: {'running (pid %d)' % st.pid if st.running else 'stopped'}; "
+                  f"latest checkpoint: {st.latest_checkpoint or 'none'}")
+    m = st.metrics
+    if m:
+        console.print(
+            f"  events in {m.get('events_in', 0):,} | late {m.get('late', 0):,} | DLQ {m.get('dlq', 0):,} | "
+            f"lake rows {m.get('lake_rows', 0):,} in {m.get('lake_commits', 0):,} commits | "
+            f"online rows {m.get('online_rows', 0):,} in {m.get('online_batches', 0):,} batches"
+        )
+        if m.get("updated_at"):
+            console.print(f"  last activity {time.time() - m['updated_at']:.1f}s ago")
+    if st.lag:
+        console.print(f"  lag (records not yet read): {sum(st.lag.values()):,} {dict(sorted(st.lag.items()))}")
+    return 0 if st.running else 3
 
 
 def _print_report(report, rate: float) -> None:  # type: ignore[no-untyped-def]
@@ -197,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--offline", action="store_true", help="also append them to the offline snapshot tables")
     backfill.add_argument("--quiet", action="store_true")
 
+    stream = sub.add_parser("stream", help="the PyFlink feature job (local mini-cluster or a session cluster)")
+    stream.add_argument("action", choices=["start", "stop", "status"])
+    stream.add_argument("--fresh", action="store_true", help="start: ignore retained checkpoints")
+    stream.add_argument("--foreground", action="store_true", help="start: run in this terminal (Ctrl-C stops)")
+    stream.add_argument("--kill", action="store_true", help="stop: SIGKILL instead of a graceful stop")
+
     lake = sub.add_parser("lake", help="lakehouse maintenance")
     lake.add_argument("action", choices=["compact"], help="compact: optimize (merge small files) + vacuum")
     lake.add_argument("--retention-hours", type=int, default=168, help="vacuum keeps files newer than this")
@@ -214,6 +255,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "features": cmd_features,
     "backfill": cmd_backfill,
     "lake": cmd_lake,
+    "stream": cmd_stream,
 }
 
 

@@ -145,7 +145,12 @@ class StreamSettings(BaseModel):
     parallelism: int = Field(default=1, ge=1)
     checkpoint_interval_ms: int = Field(default=2000, ge=100)
     checkpoints_retained: int = Field(default=3, ge=1)
-    out_of_orderness_ms: int = Field(default=5000, ge=0, description="watermark = max event time - this")
+    batch_ms: int = Field(default=100, ge=10, description="records reach Python in micro-batches of this much processing time")
+    local_state_entries: int = Field(
+        default=1_000_000, ge=1000, description="user/item states each function keeps deserialised in front of Flink state"
+    )
+    item_shards: int = Field(default=8, ge=1, description="item state is keyed by crc32(item) % this")
+    out_of_orderness_ms: int = Field(default=5000, ge=0, description="a partition's watermark = its max event time - this")
     allowed_lateness_ms: int = Field(
         default=3_600_000, ge=0, description="events older than watermark - this are late: kept in the lake, not in features"
     )

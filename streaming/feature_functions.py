@@ -1,26 +1,65 @@
 """The Python functions of the Flink feature job (thin wrappers over features.compute).
 
-``LakeFunction`` (keyed by Kafka partition) validates each record, dead-letters bad ones, flags
-late ones, buffers rows in Flink list state and appends them to the Delta ``events`` table with
-an idempotent transaction; valid, non-late events go on to ``UserFunction`` (keyed by user) and
-the item updates it emits to ``ItemFunction`` (keyed by item). Feature state lives in Flink
-keyed state (checkpointed); feature values are written to Redis by features.online_writer.
+Records reach Python in micro-batches (one row per Kafka partition per ``stream.batch_ms`` of
+processing time, built by the Java SQL runtime), because crossing the Java/Python boundary
+costs far more than computing a feature. ``PartitionFunction`` (keyed by Kafka partition)
+validates each record, dead-letters bad ones, flags late ones, buffers rows in Flink list state
+for the Delta ``events`` table (idempotent transaction per partition), updates per-user state
+(Flink map state) and emits item updates grouped by item shard; ``ItemShardFunction`` (keyed by
+shard) updates per-item state. All state is Flink keyed state, so checkpoints cover it; feature
+values go to Redis through features.online_writer.
+
+Lateness is decided per Kafka partition from event time, in offset order, so a replay after a
+crash decides it the same way: an event is late when it is older than the partition's
+watermark (max event time so far - ``out_of_orderness_ms``) by more than
+``allowed_lateness_ms``. Late events land in the lake (``late = true``) and in no feature.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
+from collections import defaultdict
 from typing import Any, Iterable
 
 from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from infra.settings import Settings
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
-# the valid event handed from the lake stage to the user stage
-StreamEvent = tuple  # (event_id, user_id, item_id, event_type, value, event_time)
+
+
+def item_shard(item_id: str, shards: int) -> int:
+    """Stable across processes (unlike hash()), so restored state stays on the right key."""
+    return zlib.crc32(item_id.encode()) % shards
+
+
+class LocalStateCache:
+    """Deserialised states of the keys this instance owns, in front of Flink map state.
+
+    A map-state read is a blocking round trip to the JVM (milliseconds on a busy 2-core box);
+    this instance is the only writer of its keys, so its own copy is always current and the
+    Flink state (written every batch) is only read after a restore or an eviction.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._states: dict[tuple[int, str], Any] = {}
+
+    def get(self, key: int, entity: str, state: Any, new: Any) -> Any:
+        found = self._states.get((key, entity))
+        if found is None:
+            found = state.get(entity) or new()
+            if len(self._states) >= self.max_entries:
+                self._states.clear()
+            self._states[(key, entity)] = found
+        return found
+
+
+def metrics_dir(settings: Settings):  # noqa: ANN201 - Path
+    return settings.paths.run_dir / "stream-metrics"
 
 
 class _FeatureFunction(KeyedProcessFunction):
@@ -44,19 +83,21 @@ class _FeatureFunction(KeyedProcessFunction):
 
             index = os.getpid()
         self.metrics = MetricsFile(metrics_dir(self.settings), f"{self.role}-{index}")
-        self.writer = OnlineWriter(self.settings) if self.role != "lake" else None
+        self.writer = OnlineWriter(self.settings)
         self._timer_set = False
 
     def _after(self, ctx: "KeyedProcessFunction.Context") -> None:
         writer = self.writer
-        if writer is not None:
-            if writer.due(self.stream.online_flush_ms, self.stream.online_flush_rows):
-                self._flush_online()
-            elif writer.pending_rows and not self._timer_set:
-                now = ctx.timer_service().current_processing_time()
-                ctx.timer_service().register_processing_time_timer(now + self.stream.online_flush_ms)
-                self._timer_set = True
+        if writer.due(self.stream.online_flush_ms, self.stream.online_flush_rows):
+            self._flush_online()
+        elif writer.pending_rows and not self._timer_set:
+            self._timer(ctx, self.stream.online_flush_ms)
         self.metrics.maybe_write()
+
+    def _timer(self, ctx: "KeyedProcessFunction.Context", in_ms: int) -> None:
+        now = ctx.timer_service().current_processing_time()
+        ctx.timer_service().register_processing_time_timer(now + in_ms)
+        self._timer_set = True
 
     def _flush_online(self) -> None:
         started = time.perf_counter()
@@ -67,7 +108,7 @@ class _FeatureFunction(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
         self._timer_set = False
-        if self.writer is not None and self.writer.pending_rows:
+        if self.writer.pending_rows:
             self._flush_online()
         self.metrics.maybe_write(force=True)
         return []
@@ -79,23 +120,121 @@ class _FeatureFunction(KeyedProcessFunction):
             self.metrics.maybe_write(force=True)
 
 
-def metrics_dir(settings: Settings):  # noqa: ANN201 - Path
-    return settings.paths.run_dir / "stream-metrics"
+class PartitionFunction(_FeatureFunction):
+    """Per Kafka partition: validate, DLQ, lateness, lake rows, user features, item updates."""
 
-
-class LakeFunction(_FeatureFunction):
-    """Validate, dead-letter, flag late events, land every valid one in Delta exactly once."""
-
-    role = "lake"
+    role = "partition"
 
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
+        from features import names
+        from features.compute import UserState
         from streaming.lake import LakeWriter
 
+        self.names = names
         self.lake = LakeWriter.for_settings(self.settings)
         self.buffer = runtime_context.get_list_state(ListStateDescriptor("lake_buffer", PICKLED))
-        self.buffered: dict[int, int] = {}
+        self.buffered_rows = runtime_context.get_state(ValueStateDescriptor("lake_buffered_rows", Types.LONG()))
+        self.max_event_time = runtime_context.get_state(ValueStateDescriptor("max_event_time", Types.LONG()))
+        self.users = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), PICKLED))
+        self.user_cache = LocalStateCache(self.stream.local_state_entries)
+        self.new_user = UserState
+        probe = UserState()
+        self.writer.require(names.USER_STATS, probe.stats.features())
+        self.writer.require(names.USER_RECENT, probe.recent_features())
         self._dlq = None
+        self._lake_due_at: dict[int, float] = {}
+
+    def process_element(self, batch: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[tuple]:
+        from features.compute import user_step
+        from streaming.dlq import now_ms
+        from streaming.events import InvalidEvent, decode_event
+
+        started = time.perf_counter()
+        partition = batch[0]
+        records = sorted(batch[1], key=lambda r: r[0])
+        cfg, writer, names, metrics = self.cfg, self.writer, self.names, self.metrics
+        max_bytes = self.settings.producer.max_event_bytes
+        slack = self.stream.out_of_orderness_ms + self.stream.allowed_lateness_ms
+        shards = self.stream.item_shards
+        max_t = self.max_event_time.value()
+        max_t = -1 if max_t is None else max_t
+        ingest = now_ms()
+        rows: list[tuple] = []
+        touched: dict[str, Any] = {}
+        updates: dict[int, list[tuple]] = defaultdict(list)
+        late = 0
+        for offset, payload in records:
+            payload = bytes(payload)
+            try:
+                e = decode_event(payload, max_bytes)
+            except InvalidEvent as exc:
+                self._dead_letter(payload, partition, offset, exc.reason, exc.detail)
+                continue
+            t = e.event_time
+            is_late = t < max_t - slack
+            if t > max_t:
+                max_t = t
+            event_type = e.event_type.value
+            context = None if e.context is None else _json(e.context)
+            rows.append((e.event_id, e.user_id, e.item_id, event_type, e.value, t, context, partition, offset, is_late, ingest))
+            if is_late:
+                late += 1
+                continue
+            state = touched.get(e.user_id)
+            if state is None:
+                state = touched[e.user_id] = self.user_cache.get(partition, e.user_id, self.users, self.new_user)
+            for update in user_step(cfg, state, e.event_id, e.item_id, event_type, e.value, t):
+                updates[item_shard(update[0], shards)].append(update)
+            writer.stage(names.USER_STATS, e.user_id, state.stats.features, t)
+            writer.stage(names.USER_RECENT, e.user_id, state.recent_features, t)
+        if touched:
+            self.users.put_all(touched.items())
+        self.max_event_time.update(max_t)
+        metrics.inc("events_in", len(records))
+        metrics.inc("late", late)
+        metrics.inc("events", len(rows) - late)
+        metrics.inc("batches")
+        if records:
+            metrics.set(f"offset_p{partition}", records[-1][0])
+        if rows:
+            self.buffer.add(rows)
+            buffered = (self.buffered_rows.value() or 0) + len(rows)
+            self.buffered_rows.update(buffered)
+            if buffered >= self.stream.lake_flush_rows:
+                self._flush_lake(partition)
+            elif partition not in self._lake_due_at:
+                self._lake_due_at[partition] = time.monotonic() + self.stream.lake_flush_ms / 1000
+                self._timer(ctx, self.stream.lake_flush_ms)
+        self._after(ctx)
+        self.metrics.inc("busy_s", time.perf_counter() - started)
+        for shard, shard_updates in updates.items():
+            yield shard, shard_updates
+
+    def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
+        partition = ctx.get_current_key()
+        due = self._lake_due_at.get(partition)
+        if due is not None and time.monotonic() >= due - 0.01:
+            self._flush_lake(partition)
+        elif due is None and (self.buffered_rows.value() or 0) > 0:
+            self._flush_lake(partition)  # rows restored from a checkpoint
+        return super().on_timer(timestamp, ctx)
+
+    def _flush_lake(self, partition: int) -> None:
+        batches = list(self.buffer.get() or [])
+        rows = [row for batch in batches for row in batch]
+        if rows:
+            rows.sort(key=lambda r: r[8])
+            written = self.lake.append(partition, rows)
+            self.metrics.inc("lake_rows", written)
+            self.metrics.inc("lake_commits", 1 if written else 0)
+            self.metrics.inc("lake_replayed_skipped", len(rows) - written)
+        self.buffer.clear()
+        self.buffered_rows.update(0)
+        self._lake_due_at.pop(partition, None)
+        if self._dlq is not None:
+            self._dlq.flush()
+        self.metrics.maybe_write(force=True)
 
     def _dead_letter(self, payload: bytes, partition: int, offset: int, reason: str, detail: str) -> None:
         from streaming.dlq import DeadLetter, now_ms
@@ -116,90 +255,11 @@ class LakeFunction(_FeatureFunction):
                          lambda obj, exc: self.metrics.inc("dlq_send_errors"))
         self.metrics.inc("dlq")
 
-    def process_element(self, row: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[StreamEvent]:
-        from streaming.dlq import now_ms
-        from streaming.events import InvalidEvent, decode_event
 
-        payload, partition, offset = bytes(row[0]), row[1], row[2]
-        self.metrics.inc("events_in")
-        self.metrics.set(f"offset_p{partition}", offset)
-        try:
-            e = decode_event(payload, self.settings.producer.max_event_bytes)
-        except InvalidEvent as exc:
-            self._dead_letter(payload, partition, offset, exc.reason, exc.detail)
-            self._after(ctx)
-            return
-        watermark = ctx.timer_service().current_watermark()
-        late = watermark > 0 and e.event_time < watermark - self.stream.allowed_lateness_ms
-        context = None if e.context is None else _json(e.context)
-        self.buffer.add((e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time, context,
-                         partition, offset, late, now_ms()))
-        n = self.buffered.get(partition, 0) + 1
-        self.buffered[partition] = n
-        if n >= self.stream.lake_flush_rows:
-            self._flush_lake(partition)
-        elif n == 1:
-            now = ctx.timer_service().current_processing_time()
-            ctx.timer_service().register_processing_time_timer(now + self.stream.lake_flush_ms)
-        if late:
-            self.metrics.inc("late")
-        else:
-            yield (e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time)
-        self._after(ctx)
+class ItemShardFunction(_FeatureFunction):
+    """Per item shard: item stats, windowed popularity, co-visitation counts."""
 
-    def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
-        self._flush_lake(ctx.get_current_key())
-        return super().on_timer(timestamp, ctx)
-
-    def _flush_lake(self, partition: int) -> None:
-        rows = list(self.buffer.get() or [])
-        if rows:
-            rows.sort(key=lambda r: r[8])
-            written = self.lake.append(partition, rows)
-            self.metrics.inc("lake_rows", written)
-            self.metrics.inc("lake_commits", 1 if written else 0)
-            self.metrics.inc("lake_replayed_skipped", len(rows) - written)
-        self.buffer.clear()
-        self.buffered[partition] = 0
-        if self._dlq is not None:
-            self._dlq.flush()
-        self.metrics.maybe_write(force=True)
-
-
-class UserFunction(_FeatureFunction):
-    """Per-user features; emits the item updates (own item + co-visits) of each event."""
-
-    role = "user"
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        super().open(runtime_context)
-        from features import names
-        from features.compute import UserState
-
-        self.names = names
-        self.new_state = UserState
-        self.state = runtime_context.get_state(ValueStateDescriptor("user", PICKLED))
-        probe = UserState()
-        self.writer.require(names.USER_STATS, probe.stats.features())
-        self.writer.require(names.USER_RECENT, probe.recent_features())
-
-    def process_element(self, e: StreamEvent, ctx: "KeyedProcessFunction.Context") -> Iterable[tuple]:
-        from features.compute import user_step
-
-        state = self.state.value() or self.new_state()
-        updates = user_step(self.cfg, state, e[0], e[2], e[3], e[4], e[5])
-        self.state.update(state)
-        self.writer.stage(self.names.USER_STATS, e[1], state.stats.features, e[5])
-        self.writer.stage(self.names.USER_RECENT, e[1], state.recent_features, e[5])
-        self.metrics.inc("events")
-        yield from updates
-        self._after(ctx)
-
-
-class ItemFunction(_FeatureFunction):
-    """Per-item stats, windowed popularity and co-visitation counts."""
-
-    role = "item"
+    role = "items"
 
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
@@ -207,35 +267,46 @@ class ItemFunction(_FeatureFunction):
         from features.compute import ItemState
 
         self.names = names
-        self.new_state = ItemState
-        self.state = runtime_context.get_state(ValueStateDescriptor("item", PICKLED))
+        self.new_item = ItemState
+        self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), PICKLED))
+        self.item_cache = LocalStateCache(self.stream.local_state_entries)
         probe = ItemState(len(self.cfg.windows))
         self.writer.require(names.ITEM_STATS, probe.stats.features())
         self.writer.require(names.ITEM_POPULARITY, probe.popularity_features(self.cfg))
         self.writer.require(names.ITEM_COVISIT, probe.covisit_features(self.cfg))
 
-    def process_element(self, update: tuple, ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
+    def process_element(self, shard_updates: tuple, ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
         from features.compute import item_step
 
-        state = self.state.value() or self.new_state(len(self.cfg.windows))
-        item_step(self.cfg, state, update)
-        self.state.update(state)
-        item_id, event_type, _, event_time, covisits = update
+        started = time.perf_counter()
         cfg, names, writer = self.cfg, self.names, self.writer
-        if event_type:
-            writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
-            writer.stage(names.ITEM_POPULARITY, item_id, lambda: state.popularity_features(cfg), event_time)
-        if covisits:
-            writer.stage(names.ITEM_COVISIT, item_id, lambda: state.covisit_features(cfg), event_time)
-        self.metrics.inc("updates")
+        n_windows = len(cfg.windows)
+        shard = shard_updates[0]
+        touched: dict[str, Any] = {}
+        new_item = lambda: self.new_item(n_windows)  # noqa: E731
+        for update in shard_updates[1]:
+            item_id, event_type, _, event_time, covisits = update
+            state = touched.get(item_id)
+            if state is None:
+                state = touched[item_id] = self.item_cache.get(shard, item_id, self.items, new_item)
+            item_step(cfg, state, update)
+            if event_type:
+                writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
+                writer.stage(names.ITEM_POPULARITY, item_id, _bound(state.popularity_features, cfg), event_time)
+            if covisits:
+                writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
+        self.items.put_all(touched.items())
+        self.metrics.inc("updates", len(shard_updates[1]))
         self._after(ctx)
+        self.metrics.inc("busy_s", time.perf_counter() - started)
         return []
+
+
+def _bound(method: Any, cfg: Any) -> Any:
+    return lambda: method(cfg)
 
 
 def _json(obj: Any) -> str:
     import orjson
 
     return orjson.dumps(obj).decode()
-
-
-__all__ = ["ItemFunction", "LakeFunction", "UserFunction", "metrics_dir"]

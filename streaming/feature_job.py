@@ -5,8 +5,9 @@ same file to a Flink session cluster:
 
     flink run -py streaming/feature_job.py -pyexec /path/to/venv/bin/python [--config recsys.yaml]
 
-Source: the Kafka SQL connector (raw bytes + partition/offset metadata), event time from the
-payload with a bounded-out-of-orderness watermark; checkpoints on, retained on cancel, and
+Source: the Kafka SQL connector (raw bytes + partition/offset metadata), grouped by the Java
+runtime into per-partition micro-batches; event time, watermarks and lateness are handled per
+partition in streaming.feature_functions. Checkpoints are on and retained on cancel, and
 `--restore PATH` (what `recsys stream start` passes) resumes from the latest one.
 """
 
@@ -57,15 +58,12 @@ def flink_config(settings: Settings, restore: Path | None = None) -> dict[str, s
 
 def source_ddl(settings: Settings) -> str:
     s = settings.stream
-    bound = f"{s.out_of_orderness_ms / 1000:.3f}"
     return f"""
 CREATE TABLE {SOURCE_TABLE} (
   payload BYTES,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
-  rowtime AS TO_TIMESTAMP_LTZ(COALESCE(TRY_CAST(JSON_VALUE(CAST(payload AS STRING), '$.event_time') AS BIGINT),
-                                       CAST(0 AS BIGINT)), 3),
-  WATERMARK FOR rowtime AS rowtime - INTERVAL '{bound}' SECOND
+  proc_time AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{settings.topics.events}',
@@ -79,14 +77,23 @@ CREATE TABLE {SOURCE_TABLE} (
 )"""
 
 
+def micro_batches_sql(settings: Settings) -> str:
+    """One row per Kafka partition per ``batch_ms``: the records (offset, bytes) that arrived."""
+    seconds = f"{settings.stream.batch_ms / 1000:.3f}"
+    return f"""
+SELECT `partition`, ARRAY_AGG(ROW(`offset`, payload)) AS records
+FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(proc_time), INTERVAL '{seconds}' SECOND))
+GROUP BY `partition`, window_start, window_end"""
+
+
 def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a StreamExecutionEnvironment
-    """The job graph: source -> lake/validate (by partition) -> user -> item."""
+    """The job graph: source -> micro-batches -> per-partition function -> per-item-shard function."""
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
     from features.store import registered_views
-    from streaming.feature_functions import PICKLED, ItemFunction, LakeFunction, UserFunction
+    from streaming.feature_functions import PICKLED, ItemShardFunction, PartitionFunction
 
     registered_views(settings)  # fail here, with the fix in the message, if `features apply` never ran
     conf = Configuration()
@@ -95,21 +102,16 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(source_ddl(settings))
-    records = t_env.to_data_stream(t_env.from_path(SOURCE_TABLE))
-    events = (
-        records.key_by(lambda r: r[1], key_type=Types.INT())
-        .process(LakeFunction(settings), output_type=PICKLED)
-        .name("validate + lake").uid("lake")
-    )
-    items = (
-        events.key_by(lambda e: e[1], key_type=Types.STRING())
-        .process(UserFunction(settings), output_type=PICKLED)
-        .name("user features").uid("user")
+    batches = t_env.to_data_stream(t_env.sql_query(micro_batches_sql(settings)))
+    item_updates = (
+        batches.key_by(lambda b: b[0], key_type=Types.INT())
+        .process(PartitionFunction(settings), output_type=PICKLED)
+        .name("validate, lake, user features").uid("partition")
     )
     (
-        items.key_by(lambda u: u[0], key_type=Types.STRING())
-        .process(ItemFunction(settings), output_type=Types.BOOLEAN())
-        .name("item features").uid("item")
+        item_updates.key_by(lambda u: u[0], key_type=Types.INT())
+        .process(ItemShardFunction(settings), output_type=Types.BOOLEAN())
+        .name("item features").uid("items")
         .print()
     )
     return env

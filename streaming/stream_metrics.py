@@ -17,10 +17,17 @@ class MetricsFile:
     """Counters of one function instance, written atomically at most every ``every_s``."""
 
     def __init__(self, directory: Path, name: str, every_s: float = 1.0) -> None:
+        """Counters continue from the file's values: a job resumed from a checkpoint keeps its
+        totals (records re-read after a crash count again in ``events_in``)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{name}.json"
         self.every_s = every_s
         self.counters: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self.counters = {k: v for k, v in json.loads(self.path.read_text()).items() if k != "updated_at"}
+            except ValueError:
+                self.counters = {}
         self._last = 0.0
 
     def inc(self, name: str, by: int = 1) -> None:

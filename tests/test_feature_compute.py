@@ -1,0 +1,59 @@
+"""The feature definitions on small hand-checked inputs (no services needed)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+from features.compute import ItemState, UserState, item_step, user_step
+from infra.settings import FeatureSettings, WindowSpec
+
+HOUR = 3_600_000
+
+
+def test_popularity_counts_the_window_that_ends_after_the_latest_event():
+    cfg = FeatureSettings(windows=[WindowSpec(name="1h", size_s=3600, slide_s=600), WindowSpec(name="24h", size_s=86400, slide_s=3600)])
+    item = ItemState(2)
+    for t in [0, 30 * 60_000, 2 * HOUR + 5 * 60_000]:
+        item.add_event(cfg, "view", None, t)
+    f = item.popularity_features(cfg)
+    # latest 2h05m -> 1h window [1h10m, 2h10m) holds only the last; 24h window holds all three
+    assert (f["pop_1h"], f["pop_1h_view"], f["pop_24h"]) == (1, 1, 3)
+    item.add_event(cfg, "click", None, 90 * 60_000)  # out of order, inside the 1h window
+    f = item.popularity_features(cfg)
+    assert (f["pop_1h"], f["pop_1h_click"], f["pop_24h"]) == (2, 1, 4)
+    assert f["trending"] == (2 + 1) / (4 * 3600 / 86400 + 1)
+
+
+def test_covisitation_is_symmetric_and_bounded_by_window_and_memory():
+    cfg = FeatureSettings(covisit_window_s=60, covisit_max_recent=2)
+    user, items = UserState(), {}
+    events = [("a", 0), ("b", 10_000), ("c", 20_000), ("d", 200_000)]  # d is outside the window
+    for i, (item, t) in enumerate(events):
+        for update in user_step(cfg, user, f"e{i}", item, "view", None, t):
+            item_step(cfg, items.setdefault(update[0], ItemState(len(cfg.windows))), update)
+    assert items["a"].covisit == {"b": 1, "c": 1}
+    assert items["c"].covisit == {"a": 1, "b": 1}
+    assert items["d"].covisit == {}
+
+
+def test_incremental_top_k_equals_a_full_sort_and_survives_pickling():
+    cfg = FeatureSettings(covisit_top_k=5)
+    rng = random.Random(7)
+    item = ItemState(len(cfg.windows))
+    for step in range(300):
+        item.add_covisits([f"i{rng.randint(0, 40)}" for _ in range(rng.randint(1, 4))])
+        if step % 17 == 0:
+            item = pickle.loads(pickle.dumps(item))
+        if step % 5 == 0:
+            full = sorted(item.covisit.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+            got = item.covisit_features(cfg)
+            assert list(zip(got["covisit_items"], got["covisit_counts"])) == full
+
+
+def test_recent_items_keep_the_newest_n_by_event_time_then_id():
+    cfg = FeatureSettings(recent_items=3)
+    user = UserState()
+    for event_id, item, t in [("e1", "a", 5), ("e2", "b", 1), ("e4", "c", 5), ("e3", "d", 9), ("e5", "e", 0)]:
+        user.add(cfg, event_id, item, "click", None, t)
+    assert user.recent_features()["recent_items"] == ["d", "c", "a"]

@@ -1,0 +1,86 @@
+"""`recsys features`, `recsys stream status`, `recsys lake compact` and the registry checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from features.definitions import registry_objects
+from features.names import popularity_fields, stats_fields
+from features.online_writer import OnlineWriter
+from features.store import RegistryNotApplied, apply, describe, registered_views
+from streaming.lake import LakeWriter, compact, read_events
+from tests.conftest import REPO_ROOT, isolated
+
+
+def _recsys(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RECSYS_DATA_DIR": str(settings.data_dir), "RECSYS_REDIS__PORT": str(settings.redis.port),
+           "RECSYS_BROKER__PORT": str(settings.broker.port), "RECSYS_FEATURES__PROJECT": settings.features.project,
+           "RECSYS_TOPICS__EVENTS": settings.topics.events}
+    return subprocess.run([sys.executable, "-m", "infra.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_features_apply_then_list_shows_every_view(stack_settings, tmp_path):
+    s = isolated(stack_settings, tmp_path)
+    with pytest.raises(RegistryNotApplied, match="recsys features apply"):
+        registered_views(s)
+    done = _recsys(s, "features", "apply")
+    assert done.returncode == 0, done.stderr
+    listed = _recsys(s, "features", "list")
+    assert listed.returncode == 0, listed.stderr
+    for view in ("user_stats", "item_stats", "user_recent", "item_popularity", "item_covisit"):
+        assert view in listed.stdout
+    rows = describe(s)
+    assert {r.feature for r in rows if r.view == "item_popularity"} == set(popularity_fields(s.features))
+    assert {r.feature for r in rows if r.view == "user_stats"} == set(stats_fields())
+    assert all(r.source.endswith("_push") for r in rows)
+    exports = _recsys(s, "features", "env").stdout
+    assert "RECSYS_FEAST_REDIS" in exports and str(s.redis.port) in exports
+
+
+def test_writer_refuses_a_computation_that_disagrees_with_the_registry(stack_settings, tmp_path):
+    s = isolated(stack_settings, tmp_path)
+    apply(s)
+    writer = OnlineWriter(s)
+    with pytest.raises(RuntimeError, match="recsys features apply"):
+        writer.require("user_stats", {"n_events": 1})
+
+
+def test_registry_objects_follow_the_configured_windows(stack_settings, tmp_path):
+    s = isolated(stack_settings, tmp_path)
+    data = s.model_dump()
+    data["features"]["windows"] = [{"name": "15m", "size_s": 900, "slide_s": 60}]
+    s = type(s).model_validate(data)
+    views = {o.name: o for o in registry_objects(s) if hasattr(o, "features")}
+    fields = {f.name for f in views["item_popularity"].features}
+    assert "pop_15m_click" in fields and "pop_1h" not in fields
+
+
+def test_stream_status_of_a_job_that_never_ran(stack_settings, tmp_path):
+    s = isolated(stack_settings, tmp_path)
+    done = _recsys(s, "stream", "status")
+    assert done.returncode == 3 and "stopped" in done.stdout
+
+
+def test_lake_writer_is_idempotent_and_compact_keeps_rows(tmp_path: Path):
+    writer = LakeWriter(tmp_path / "events", "job:topic:epoch")
+    rows = [(f"e{i}", "u", "i", "click", None, 1_700_000_000_000 + i, None, 0, i, False, 0) for i in range(20)]
+    assert writer.append(0, rows[:8]) == 8
+    assert writer.append(0, rows) == 12  # a replay of 0..7 is dropped, the rest lands
+    assert writer.append(0, rows) == 0
+    assert writer.append(1, rows[:3]) == 3  # another partition has its own transaction id
+    assert writer.committed_offset(0) == 19 and writer.committed_offset(1) == 2
+    before = read_events(tmp_path / "events").num_rows
+    compact(tmp_path / "events", retention_hours=0)
+    table = read_events(tmp_path / "events")
+    assert before == table.num_rows == 23
+    assert table.column("event_date").to_pylist()[0] == "2023-11-14"
+
+
+def test_missing_lake_table_says_what_to_do(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="recsys stream start"):
+        read_events(tmp_path / "nothing")
