@@ -158,6 +158,7 @@ class StreamSettings(BaseModel):
     online_flush_rows: int = Field(default=5000, ge=1)
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)
+    fetch_max_wait_ms: int = Field(default=50, ge=0, description="Kafka fetch wait when there is no data (latency at low rates)")
     bundle_time_ms: int = Field(default=50, ge=1, description="python.fn-execution.bundle.time")
     bundle_size: int = Field(default=5000, ge=1, description="python.fn-execution.bundle.size")
     topic_epoch: str | None = Field(

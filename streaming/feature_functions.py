@@ -39,21 +39,28 @@ def item_shard(item_id: str, shards: int) -> int:
 class LocalStateCache:
     """Deserialised states of the keys this instance owns, in front of Flink map state.
 
-    A map-state read is a blocking round trip to the JVM (milliseconds on a busy 2-core box);
-    this instance is the only writer of its keys, so its own copy is always current and the
-    Flink state (written every batch) is only read after a restore or an eviction.
+    A map-state read is a blocking round trip to the JVM (around a millisecond on a busy 2-core
+    box); this instance is the only writer of its keys, so its own copy is always current and
+    Flink state (written every batch) is only read when it may hold something the copy lacks:
+    after a restore, or after an eviction. For a key first seen with no state at all
+    (``authoritative``), a missing entity is simply new, with no read.
     """
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._states: dict[tuple[int, str], Any] = {}
+        self._authoritative: set[int] = set()
+
+    def mark_authoritative(self, key: int) -> None:
+        self._authoritative.add(key)
 
     def get(self, key: int, entity: str, state: Any, new: Any) -> Any:
         found = self._states.get((key, entity))
         if found is None:
-            found = state.get(entity) or new()
+            found = new() if key in self._authoritative else (state.get(entity) or new())
             if len(self._states) >= self.max_entries:
                 self._states.clear()
+                self._authoritative.clear()  # evicted states live only in Flink state now
             self._states[(key, entity)] = found
         return found
 
@@ -85,6 +92,19 @@ class _FeatureFunction(KeyedProcessFunction):
         self.metrics = MetricsFile(metrics_dir(self.settings), f"{self.role}-{index}")
         self.writer = OnlineWriter(self.settings)
         self._timer_set = False
+        self._seen_marker = runtime_context.get_state(ValueStateDescriptor("has_state", Types.BOOLEAN()))
+        self._checked_keys: set[int] = set()
+        self._caches: list[LocalStateCache] = []
+
+    def _check_key(self, key: int) -> None:
+        """First time this process sees ``key``: if Flink holds no state for it, caches are complete."""
+        if key in self._checked_keys:
+            return
+        self._checked_keys.add(key)
+        if self._seen_marker.value() is None:
+            for cache in self._caches:
+                cache.mark_authoritative(key)
+            self._seen_marker.update(True)
 
     def _after(self, ctx: "KeyedProcessFunction.Context") -> None:
         writer = self.writer
@@ -120,10 +140,58 @@ class _FeatureFunction(KeyedProcessFunction):
             self.metrics.maybe_write(force=True)
 
 
-class PartitionFunction(_FeatureFunction):
-    """Per Kafka partition: validate, DLQ, lateness, lake rows, user features, item updates."""
+class _ItemUpdates:
+    """Applying item updates to item state (used by the item stage, or fused into one stage)."""
+
+    def _open_items(self, runtime_context: RuntimeContext) -> None:
+        from features.compute import ItemState
+
+        self.new_item = ItemState
+        self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), PICKLED))
+        self.item_cache = LocalStateCache(self.stream.local_state_entries)
+        self._caches.append(self.item_cache)
+        probe = ItemState(len(self.cfg.windows))
+        self.writer.require(self.names.ITEM_STATS, probe.stats.features())
+        self.writer.require(self.names.ITEM_POPULARITY, probe.popularity_features(self.cfg))
+        self.writer.require(self.names.ITEM_COVISIT, probe.covisit_features(self.cfg))
+
+    def _apply_items(self, key: int, updates: Iterable[tuple]) -> int:
+        from features.compute import item_step
+
+        cfg, names, writer = self.cfg, self.names, self.writer
+        n_windows = len(cfg.windows)
+        touched: dict[str, Any] = {}
+        new_item = lambda: self.new_item(n_windows)  # noqa: E731
+        n = 0
+        for update in updates:
+            n += 1
+            item_id, event_type, _, event_time, covisits = update
+            state = touched.get(item_id)
+            if state is None:
+                state = touched[item_id] = self.item_cache.get(key, item_id, self.items, new_item)
+            item_step(cfg, state, update)
+            if event_type:
+                writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
+                writer.stage(names.ITEM_POPULARITY, item_id, _bound(state.popularity_features, cfg), event_time)
+            if covisits:
+                writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
+        if touched:
+            self.items.put_all(touched.items())
+        self.metrics.inc("updates", n)
+        return n
+
+
+class PartitionFunction(_ItemUpdates, _FeatureFunction):
+    """Validate, DLQ, lateness, lake rows, user features; item updates go on to the item stage,
+    or, with ``fused`` (one subtask, the local default), are applied here, which saves a shuffle
+    and a Python worker. Keyed by Kafka partition, or by a constant when fused; per-partition
+    values (watermarks, lake buffers) are kept in maps so both layouts share one code path."""
 
     role = "partition"
+
+    def __init__(self, settings: Settings, fused: bool = False) -> None:
+        super().__init__(settings)
+        self.fused = fused
 
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
@@ -133,17 +201,20 @@ class PartitionFunction(_FeatureFunction):
 
         self.names = names
         self.lake = LakeWriter.for_settings(self.settings)
-        self.buffer = runtime_context.get_list_state(ListStateDescriptor("lake_buffer", PICKLED))
+        self.buffer = runtime_context.get_list_state(ListStateDescriptor("lake_buffer", PICKLED))  # (partition, rows)
         self.buffered_rows = runtime_context.get_state(ValueStateDescriptor("lake_buffered_rows", Types.LONG()))
-        self.max_event_time = runtime_context.get_state(ValueStateDescriptor("max_event_time", Types.LONG()))
+        self.max_event_time = runtime_context.get_state(ValueStateDescriptor("max_event_time", PICKLED))  # {partition: ms}
         self.users = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), PICKLED))
         self.user_cache = LocalStateCache(self.stream.local_state_entries)
+        self._caches.append(self.user_cache)
         self.new_user = UserState
         probe = UserState()
         self.writer.require(names.USER_STATS, probe.stats.features())
         self.writer.require(names.USER_RECENT, probe.recent_features())
         self._dlq = None
         self._lake_due_at: dict[int, float] = {}
+        if self.fused:
+            self._open_items(runtime_context)
 
     def process_element(self, batch: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[tuple]:
         from features.compute import user_step
@@ -152,13 +223,15 @@ class PartitionFunction(_FeatureFunction):
 
         started = time.perf_counter()
         partition = batch[0]
+        key = ctx.get_current_key()
+        self._check_key(key)
         records = sorted(batch[1], key=lambda r: r[0])
         cfg, writer, names, metrics = self.cfg, self.writer, self.names, self.metrics
         max_bytes = self.settings.producer.max_event_bytes
         slack = self.stream.out_of_orderness_ms + self.stream.allowed_lateness_ms
         shards = self.stream.item_shards
-        max_t = self.max_event_time.value()
-        max_t = -1 if max_t is None else max_t
+        watermarks = self.max_event_time.value() or {}
+        max_t = watermarks.get(partition, -1)
         ingest = now_ms()
         rows: list[tuple] = []
         touched: dict[str, Any] = {}
@@ -183,55 +256,64 @@ class PartitionFunction(_FeatureFunction):
                 continue
             state = touched.get(e.user_id)
             if state is None:
-                state = touched[e.user_id] = self.user_cache.get(partition, e.user_id, self.users, self.new_user)
+                state = touched[e.user_id] = self.user_cache.get(key, e.user_id, self.users, self.new_user)
             for update in user_step(cfg, state, e.event_id, e.item_id, event_type, e.value, t):
                 updates[item_shard(update[0], shards)].append(update)
             writer.stage(names.USER_STATS, e.user_id, state.stats.features, t)
             writer.stage(names.USER_RECENT, e.user_id, state.recent_features, t)
         if touched:
             self.users.put_all(touched.items())
-        self.max_event_time.update(max_t)
+        watermarks[partition] = max_t
+        self.max_event_time.update(watermarks)
         metrics.inc("events_in", len(records))
         metrics.inc("late", late)
         metrics.inc("events", len(rows) - late)
         metrics.inc("batches")
+        if "first_batch_at" not in metrics.counters:
+            metrics.set("first_batch_at", time.time())
         if records:
             metrics.set(f"offset_p{partition}", records[-1][0])
         if rows:
-            self.buffer.add(rows)
+            self.buffer.add((partition, rows))
             buffered = (self.buffered_rows.value() or 0) + len(rows)
             self.buffered_rows.update(buffered)
             if buffered >= self.stream.lake_flush_rows:
-                self._flush_lake(partition)
-            elif partition not in self._lake_due_at:
-                self._lake_due_at[partition] = time.monotonic() + self.stream.lake_flush_ms / 1000
+                self._flush_lake(key)
+            elif key not in self._lake_due_at:
+                self._lake_due_at[key] = time.monotonic() + self.stream.lake_flush_ms / 1000
                 self._timer(ctx, self.stream.lake_flush_ms)
+        if self.fused:
+            self._apply_items(0, (u for shard_updates in updates.values() for u in shard_updates))
+            updates = {}
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         for shard, shard_updates in updates.items():
             yield shard, shard_updates
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
-        partition = ctx.get_current_key()
-        due = self._lake_due_at.get(partition)
+        key = ctx.get_current_key()
+        due = self._lake_due_at.get(key)
         if due is not None and time.monotonic() >= due - 0.01:
-            self._flush_lake(partition)
+            self._flush_lake(key)
         elif due is None and (self.buffered_rows.value() or 0) > 0:
-            self._flush_lake(partition)  # rows restored from a checkpoint
+            self._flush_lake(key)  # rows restored from a checkpoint
         return super().on_timer(timestamp, ctx)
 
-    def _flush_lake(self, partition: int) -> None:
-        batches = list(self.buffer.get() or [])
-        rows = [row for batch in batches for row in batch]
-        if rows:
-            rows.sort(key=lambda r: r[8])
-            written = self.lake.append(partition, rows)
+    def _flush_lake(self, key: int) -> None:
+        by_partition: dict[int, list[tuple]] = defaultdict(list)
+        for partition, rows in self.buffer.get() or []:
+            by_partition[partition].extend(rows)
+        if by_partition:
+            for rows in by_partition.values():
+                rows.sort(key=lambda r: r[8])
+            buffered = sum(len(rows) for rows in by_partition.values())
+            written = self.lake.append_many(by_partition)
             self.metrics.inc("lake_rows", written)
             self.metrics.inc("lake_commits", 1 if written else 0)
-            self.metrics.inc("lake_replayed_skipped", len(rows) - written)
+            self.metrics.inc("lake_replayed_skipped", buffered - written)
         self.buffer.clear()
         self.buffered_rows.update(0)
-        self._lake_due_at.pop(partition, None)
+        self._lake_due_at.pop(key, None)
         if self._dlq is not None:
             self._dlq.flush()
         self.metrics.maybe_write(force=True)
@@ -256,7 +338,7 @@ class PartitionFunction(_FeatureFunction):
         self.metrics.inc("dlq")
 
 
-class ItemShardFunction(_FeatureFunction):
+class ItemShardFunction(_ItemUpdates, _FeatureFunction):
     """Per item shard: item stats, windowed popularity, co-visitation counts."""
 
     role = "items"
@@ -264,39 +346,14 @@ class ItemShardFunction(_FeatureFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
         from features import names
-        from features.compute import ItemState
 
         self.names = names
-        self.new_item = ItemState
-        self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), PICKLED))
-        self.item_cache = LocalStateCache(self.stream.local_state_entries)
-        probe = ItemState(len(self.cfg.windows))
-        self.writer.require(names.ITEM_STATS, probe.stats.features())
-        self.writer.require(names.ITEM_POPULARITY, probe.popularity_features(self.cfg))
-        self.writer.require(names.ITEM_COVISIT, probe.covisit_features(self.cfg))
+        self._open_items(runtime_context)
 
     def process_element(self, shard_updates: tuple, ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
-        from features.compute import item_step
-
         started = time.perf_counter()
-        cfg, names, writer = self.cfg, self.names, self.writer
-        n_windows = len(cfg.windows)
-        shard = shard_updates[0]
-        touched: dict[str, Any] = {}
-        new_item = lambda: self.new_item(n_windows)  # noqa: E731
-        for update in shard_updates[1]:
-            item_id, event_type, _, event_time, covisits = update
-            state = touched.get(item_id)
-            if state is None:
-                state = touched[item_id] = self.item_cache.get(shard, item_id, self.items, new_item)
-            item_step(cfg, state, update)
-            if event_type:
-                writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
-                writer.stage(names.ITEM_POPULARITY, item_id, _bound(state.popularity_features, cfg), event_time)
-            if covisits:
-                writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
-        self.items.put_all(touched.items())
-        self.metrics.inc("updates", len(shard_updates[1]))
+        self._check_key(shard_updates[0])
+        self._apply_items(shard_updates[0], shard_updates[1])
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         return []

@@ -72,6 +72,7 @@ CREATE TABLE {SOURCE_TABLE} (
   'properties.client.id.prefix' = '{s.job_name}',
   'properties.auto.offset.reset' = 'earliest',
   'properties.security.protocol' = '{settings.broker.security_protocol}',
+  'properties.fetch.max.wait.ms' = '{s.fetch_max_wait_ms}',
   'scan.startup.mode' = 'group-offsets',
   'format' = 'raw'
 )"""
@@ -87,7 +88,8 @@ GROUP BY `partition`, window_start, window_end"""
 
 
 def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a StreamExecutionEnvironment
-    """The job graph: source -> micro-batches -> per-partition function -> per-item-shard function."""
+    """The job graph: source -> micro-batches -> per-partition function -> per-item-shard function
+    (parallelism > 1), or one fused function (parallelism 1, the local default)."""
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
@@ -103,6 +105,15 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(source_ddl(settings))
     batches = t_env.to_data_stream(t_env.sql_query(micro_batches_sql(settings)))
+    if settings.stream.parallelism == 1:
+        # one subtask: users and items in one Python function, no shuffle of item updates
+        (
+            batches.key_by(lambda b: 0, key_type=Types.INT())
+            .process(PartitionFunction(settings, fused=True), output_type=Types.BOOLEAN())
+            .name("validate, lake, user + item features").uid("fused")
+            .print()
+        )
+        return env
     item_updates = (
         batches.key_by(lambda b: b[0], key_type=Types.INT())
         .process(PartitionFunction(settings), output_type=PICKLED)

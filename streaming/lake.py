@@ -94,25 +94,40 @@ class LakeWriter:
         return -1 if version is None else version
 
     def append(self, partition: int, rows: Sequence[LakeRow]) -> int:
-        """Append rows (in offset order) not yet in the table; returns how many were written."""
-        done = self.committed_offset(partition)
-        fresh = [r for r in rows if r[8] > done]
-        self.skipped += len(rows) - len(fresh)
+        """Append one partition's rows (see :meth:`append_many`)."""
+        return self.append_many({partition: rows})
+
+    def append_many(self, rows_by_partition: dict[int, Sequence[LakeRow]]) -> int:
+        """Append rows not yet in the table, in one commit carrying one transaction per partition.
+
+        Returns how many rows were written; rows at or below a partition's committed offset
+        (a replay after a restart) are dropped.
+        """
+        fresh: list[LakeRow] = []
+        transactions = []
+        total = 0
+        for partition, rows in sorted(rows_by_partition.items()):
+            total += len(rows)
+            done = self.committed_offset(partition)
+            new = [r for r in rows if r[8] > done]
+            if new:
+                fresh.extend(new)
+                transactions.append(Transaction(app_id=self.app_id(partition), version=max(r[8] for r in new)))
+        self.skipped += total - len(fresh)
         if not fresh:
             return 0
         columns = list(zip(*fresh))
         arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EVENTS_SCHEMA)]
         arrays.append(pa.array([event_date(t) for t in columns[5]], type=pa.string()))
         table = pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)
-        last = max(r[8] for r in fresh)
         write_deltalake(
             str(self.path),
             table,
             mode="append",
             partition_by=PARTITION_BY,
             commit_properties=CommitProperties(
-                app_transactions=[Transaction(app_id=self.app_id(partition), version=last)],
-                custom_metadata={"writer": "recsys.stream", "kafka_partition": str(partition)},
+                app_transactions=transactions,
+                custom_metadata={"writer": "recsys.stream", "kafka_partitions": ",".join(str(p) for p in sorted(rows_by_partition))},
             ),
         )
         self.commits += 1

@@ -62,6 +62,8 @@ def totals(directory: Path) -> dict[str, Any]:
         for k, v in counters.items():
             if k == "updated_at":
                 total[k] = max(total.get(k, 0), v)
+            elif k.endswith("_at"):
+                total[k] = min(total.get(k, v), v)
             elif isinstance(v, (int, float)):
                 total[k] = total.get(k, 0) + v
     return total
