@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--probe-every", type=int, default=20)
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of the trickle not measured (JVM/JIT warm-up)")
     args = parser.parse_args()
     n = int(args.rate * args.duration)
     events = SyntheticEvents(n_users=5_000, n_items=2_000, seed=5).batch(n, start_ms=int(time.time() * 1000), step_ms=1000 / args.rate)
@@ -79,15 +80,14 @@ def main() -> None:
             thread.join(timeout=30)
         finally:
             stream_runner.stop(settings)
-    warmup = 5.0  # the first seconds include the JVM warming up
-    lat = np.array([(seen[u] - t) * 1000 for u, t in sent.items() if u in seen and t - start > warmup])
+    lat = np.array([(seen[u] - t) * 1000 for u, t in sent.items() if u in seen and t - start > args.warmup])
     missing = sum(1 for u in sent if u not in seen)
     p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
     print(f"probes {len(lat)} (missing {missing}): p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {lat.max():.0f} ms")
     for q, part in enumerate(np.array_split(lat, 4)):
         print(f"  quarter {q + 1}: p50 {np.percentile(part, 50):.0f} ms, p99 {np.percentile(part, 99):.0f} ms")
     record("stream_freshness_p99_under_500ms", value=p99, baseline=500.0, ratio=500.0 / p99 if not missing else 0.0,
-           unit="ms (p99)", goal=1, command=f"python bench/stream_freshness.py --rate {args.rate:g} --duration {args.duration:g}",
+           unit="ms (p99)", goal=1, command=f"python bench/stream_freshness.py --rate {args.rate:g} --duration {args.duration:g} --warmup {args.warmup:g}",
            note=f"p50 {p50:.0f} ms, {len(lat)} probes, {missing} never seen")
 
 

@@ -145,7 +145,7 @@ class StreamSettings(BaseModel):
     parallelism: int = Field(default=1, ge=1)
     checkpoint_interval_ms: int = Field(default=2000, ge=100)
     checkpoints_retained: int = Field(default=3, ge=1)
-    batch_ms: int = Field(default=100, ge=10, description="records reach Python in micro-batches of this much processing time")
+    batch_ms: int = Field(default=50, ge=10, description="records reach Python in micro-batches of this much processing time")
     local_state_entries: int = Field(
         default=1_000_000, ge=1000, description="user/item states each function keeps deserialised in front of Flink state"
     )
@@ -154,12 +154,12 @@ class StreamSettings(BaseModel):
     allowed_lateness_ms: int = Field(
         default=3_600_000, ge=0, description="events older than watermark - this are late: kept in the lake, not in features"
     )
-    online_flush_ms: int = Field(default=100, ge=1, description="max time a feature update waits before it is written")
+    online_flush_ms: int = Field(default=50, ge=1, description="max time a feature update waits before it is written")
     online_flush_rows: int = Field(default=5000, ge=1)
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)
     fetch_max_wait_ms: int = Field(default=50, ge=0, description="Kafka fetch wait when there is no data (latency at low rates)")
-    bundle_time_ms: int = Field(default=50, ge=1, description="python.fn-execution.bundle.time")
+    bundle_time_ms: int = Field(default=20, ge=1, description="python.fn-execution.bundle.time")
     bundle_size: int = Field(default=5000, ge=1, description="python.fn-execution.bundle.size")
     topic_epoch: str | None = Field(
         default=None,

@@ -70,10 +70,9 @@ CREATE TABLE {SOURCE_TABLE} (
   'properties.bootstrap.servers' = '{settings.broker.bootstrap}',
   'properties.group.id' = '{s.group_id}',
   'properties.client.id.prefix' = '{s.job_name}',
-  'properties.auto.offset.reset' = 'earliest',
   'properties.security.protocol' = '{settings.broker.security_protocol}',
   'properties.fetch.max.wait.ms' = '{s.fetch_max_wait_ms}',
-  'scan.startup.mode' = 'group-offsets',
+  'scan.startup.mode' = 'earliest-offset',
   'format' = 'raw'
 )"""
 

@@ -50,13 +50,26 @@ def latest_checkpoint(settings: Settings) -> Path | None:
 
 
 def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> tuple[int, Path | None]:
-    """Start the job in the background; returns (pid, checkpoint resumed from or None)."""
+    """Start the job in the background; returns (pid, checkpoint resumed from or None).
+
+    It resumes from the newest checkpoint taken on the same topic incarnation (see
+    ``stream.topic_epoch``). A fresh start forgets feature state and re-reads the topic from its
+    earliest record (the lake drops rows it already holds), so state is rebuilt, not guessed.
+    """
     from features.store import registered_views
+    from streaming.lake import topic_epoch
 
     registered_views(settings)
+    epoch_file = settings.paths.checkpoint_dir / "topic_epoch"
+    epoch = topic_epoch(settings)
+    if epoch_file.exists() and epoch_file.read_text() != epoch:
+        fresh = True  # the topic was recreated (e.g. a new in-memory broker): old state does not apply
     restore = None if fresh else latest_checkpoint(settings)
     if restore is None:
         shutil.rmtree(metrics_dir(settings), ignore_errors=True)
+        shutil.rmtree(settings.paths.checkpoint_dir, ignore_errors=True)
+    settings.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    epoch_file.write_text(epoch)
     argv = [sys.executable, "-m", "streaming.feature_job"]
     if restore is not None:
         argv += ["--restore", str(restore)]

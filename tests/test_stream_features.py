@@ -170,6 +170,27 @@ def test_batch_backfill_equals_streamed_features(run):
     s = run["settings"]
     result = backfill(s, progress=False)
     assert result.late_skipped == 1
+    assert_online_equals_backfill(s, result)
+
+
+def test_two_stage_graph_for_parallelism_above_one(stack_settings, tmp_path, ml100k_path):
+    """parallelism > 1 runs users and items in separate keyed stages (the cluster layout)."""
+    s = isolated(stack_settings, tmp_path, parallelism=2, lake_flush_ms=500)
+    apply(s)
+    events = load_events(ml100k_path).events[:3000]
+    with EventProducer(s) as producer:
+        producer.send_many(events)
+    stream_runner.start(s, fresh=True)
+    try:
+        metrics = stream_runner.wait_idle(s, len(events), timeout_s=300)
+    finally:
+        stream_runner.stop(s)
+    assert {p.stem.split("-")[0] for p in metrics_dir(s).glob("*.json")} == {"partition", "items"}
+    assert metrics["lake_rows"] == len(events)
+    assert_online_equals_backfill(s, backfill(s, progress=False))
+
+
+def assert_online_equals_backfill(s, result) -> None:
     for view, frame in result.frames(s).items():
         key = names.USER_KEY if view.startswith("user") else names.ITEM_KEY
         frame = frame.set_index(key).drop(columns=["event_timestamp"])
