@@ -146,11 +146,11 @@ class ItemState:
             if slot < first_live:
                 continue  # older than the item's current window: counts in no window value
             counts = buckets.get(slot)
-            if counts is None:
+            if counts is None:  # a new slot: the only time the window can have moved on
                 counts = buckets[slot] = [0] * len(EVENT_TYPES)
+                for old in [s for s in buckets if s < first_live]:
+                    del buckets[old]
             counts[type_idx] += 1
-            for old in [s for s in buckets if s < first_live]:
-                del buckets[old]
 
     def add_covisits(self, items: list[str]) -> None:
         covisit = self.covisit

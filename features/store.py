@@ -41,8 +41,11 @@ def env_for(settings: Settings) -> dict[str, str]:
 def repo_config(settings: Settings) -> RepoConfig:
     text = (REPO_DIR / "feature_store.yaml").read_text()
     raw = yaml.safe_load(string.Template(text).substitute(env_for(settings)))
+    path = raw["registry"]["path"]
     if raw["registry"]["registry_type"] == "file":
-        Path(raw["registry"]["path"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    elif path.startswith("sqlite:///"):
+        Path(path.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(repo_path=REPO_DIR, **raw)
 
 

@@ -25,8 +25,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     from infra.services import down
+    from streaming.stream_runner import stop as stop_stream
 
-    stopped = down(settings)
+    stopped = (["stream job"] if stop_stream(settings) else []) + down(settings)
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     return 0
 

@@ -20,10 +20,8 @@ from streaming.topics import scan_topic
 
 
 def run_demo(settings: Settings, console: Console, speedup: float | None = None) -> int:
-    from features import names
-    from features.store import apply, feature_store
+    from features.store import apply
     from streaming import stream_runner
-    from streaming.lake import read_events
 
     console.rule("[bold]1. local stack")
     for s in up(settings):
@@ -38,6 +36,17 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None)
         with console.status("starting the PyFlink job (local mini-cluster)..."):
             pid, restored = stream_runner.start(settings)
         console.print(f"[green]✓[/] stream job pid {pid}, {'resumed from ' + str(restored) if restored else 'fresh start'}")
+    try:
+        return _replay_and_show(settings, console, speedup)
+    finally:
+        stream_runner.stop(settings)  # also on errors: never leave a job behind
+
+
+def _replay_and_show(settings: Settings, console: Console, speedup: float | None) -> int:
+    from features import names
+    from features.store import feature_store
+    from streaming import stream_runner
+    from streaming.lake import read_events
 
     console.rule("[bold]3. replay MovieLens 100k in event-time order")
     already = scan_topic(settings, settings.topics.events, idle_ms=500).records
@@ -69,7 +78,6 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None)
 
     console.rule("[bold]5. what the broker holds")
     console.print(topics_table(settings))
-    stream_runner.stop(settings)
     console.print("Stream job stopped (its checkpoint is kept: `recsys stream start` resumes). "
                   "Stop the services with [bold]recsys down[/].")
     return 0

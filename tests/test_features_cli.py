@@ -42,6 +42,15 @@ def test_features_apply_then_list_shows_every_view(stack_settings, tmp_path):
     assert "RECSYS_FEAST_REDIS" in exports and str(s.redis.port) in exports
 
 
+def test_sql_registry_is_an_option(stack_settings, tmp_path):
+    s = isolated(stack_settings, tmp_path)
+    data = s.model_dump()
+    data["features"]["registry"] = f"sqlite:///{tmp_path}/registry/feast.sqlite"
+    s = type(s).model_validate(data)
+    assert apply(s) == sorted(registered_views(s))
+    assert (tmp_path / "registry" / "feast.sqlite").is_file()
+
+
 def test_writer_refuses_a_computation_that_disagrees_with_the_registry(stack_settings, tmp_path):
     s = isolated(stack_settings, tmp_path)
     apply(s)
