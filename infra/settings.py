@@ -159,6 +159,7 @@ class StreamSettings(BaseModel):
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)
     fetch_max_wait_ms: int = Field(default=50, ge=0, description="Kafka fetch wait when there is no data (latency at low rates)")
+    buffer_timeout_ms: int = Field(default=5, ge=0, description="Flink network buffer flush interval (latency vs throughput)")
     bundle_time_ms: int = Field(default=20, ge=1, description="python.fn-execution.bundle.time")
     bundle_size: int = Field(default=5000, ge=1, description="python.fn-execution.bundle.size")
     topic_epoch: str | None = Field(

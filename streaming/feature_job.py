@@ -45,6 +45,9 @@ def flink_config(settings: Settings, restore: Path | None = None) -> dict[str, s
         "python.fn-execution.bundle.size": str(s.bundle_size),
         "python.fn-execution.bundle.time": str(s.bundle_time_ms),
         "python.state.cache-size": "50000",
+        # network buffers between operators are flushed at least this often (default 100 ms)
+        "execution.buffer-timeout.interval": f"{s.buffer_timeout_ms} ms",
+        "execution.buffer-timeout": f"{s.buffer_timeout_ms} ms",
         "taskmanager.memory.process.size": "1600m",
     }
     if restore is not None:
