@@ -176,7 +176,8 @@ class _ItemUpdates:
             if covisits:
                 writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
         if touched:
-            self.items.put_all(touched.items())
+            for item_id, item_state in touched.items():
+                self.items.put(item_id, item_state)
         self.metrics.inc("updates", n)
         return n
 
@@ -225,7 +226,10 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         partition = batch[0]
         key = ctx.get_current_key()
         self._check_key(key)
-        records = sorted(batch[1], key=lambda r: r[0])
+        offsets, payloads = batch[1], batch[2]
+        if len(offsets) != len(payloads):
+            raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
+        records = sorted(zip(offsets, payloads), key=lambda r: r[0])
         cfg, writer, names, metrics = self.cfg, self.writer, self.names, self.metrics
         max_bytes = self.settings.producer.max_event_bytes
         slack = self.stream.out_of_orderness_ms + self.stream.allowed_lateness_ms
@@ -262,7 +266,8 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             writer.stage(names.USER_STATS, e.user_id, state.stats.features, t)
             writer.stage(names.USER_RECENT, e.user_id, state.recent_features, t)
         if touched:
-            self.users.put_all(touched.items())
+            for user_id, user_state in touched.items():  # put_all differs between PyFlink modes
+                self.users.put(user_id, user_state)
         watermarks[partition] = max_t
         self.max_event_time.update(watermarks)
         metrics.inc("events_in", len(records))

@@ -81,10 +81,15 @@ CREATE TABLE {SOURCE_TABLE} (
 
 
 def micro_batches_sql(settings: Settings) -> str:
-    """One row per Kafka partition per ``batch_ms``: the records (offset, bytes) that arrived."""
+    """One row per Kafka partition per ``batch_ms``: offsets and bytes of the records that arrived.
+
+    Two arrays of plain values rather than one array of ROW(offset, payload): the thread-mode
+    (pemja) bridge hands Python the same Row object for every element of an array of rows.
+    Both aggregates accumulate the group's rows in the same order, so the arrays line up.
+    """
     seconds = f"{settings.stream.batch_ms / 1000:.3f}"
     return f"""
-SELECT `partition`, ARRAY_AGG(ROW(`offset`, payload)) AS records
+SELECT `partition`, ARRAY_AGG(`offset`) AS offsets, ARRAY_AGG(payload) AS payloads
 FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(proc_time), INTERVAL '{seconds}' SECOND))
 GROUP BY `partition`, window_start, window_end"""
 
