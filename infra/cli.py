@@ -157,6 +157,10 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
 
             restore = None if args.fresh else stream_runner.latest_checkpoint(settings)
             return job_main(["--restore", str(restore)] if restore else [])
+        current = stream_runner.status(settings, with_lag=False)
+        if current.running:
+            console.print(f"stream job already running (pid {current.pid}); `recsys stream stop` first to restart it")
+            return 0
         pid, restored = stream_runner.start(settings, fresh=args.fresh)
         where = f"resumed from {restored}" if restored else "fresh start (no checkpoint)"
         console.print(f"[green]✓[/] stream job running (pid {pid}), {where}; log {settings.paths.log_dir / 'stream.log'}")

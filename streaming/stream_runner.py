@@ -60,6 +60,9 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
     from streaming.lake import topic_epoch
 
     registered_views(settings)
+    running = _read_pid(_spec(settings, []))
+    if running is not None:
+        return running, None  # already running: starting is idempotent
     epoch_file = settings.paths.checkpoint_dir / "topic_epoch"
     epoch = topic_epoch(settings)
     if epoch_file.exists() and epoch_file.read_text() != epoch:

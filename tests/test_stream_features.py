@@ -180,8 +180,9 @@ def test_two_stage_graph_for_parallelism_above_one(stack_settings, tmp_path, ml1
     events = load_events(ml100k_path).events[:3000]
     with EventProducer(s) as producer:
         producer.send_many(events)
-    stream_runner.start(s, fresh=True)
+    pid, _ = stream_runner.start(s, fresh=True)
     try:
+        assert stream_runner.start(s) == (pid, None)  # a second start is harmless
         metrics = stream_runner.wait_idle(s, len(events), timeout_s=300)
     finally:
         stream_runner.stop(s)
