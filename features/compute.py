@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from features.names import EVENT_TYPES
 from infra.settings import FeatureSettings
@@ -202,13 +202,18 @@ class ItemState:
 ItemUpdate = tuple[str, str, "float | None", int, list[str]]
 
 
+def item_updates(item_id: str, event_type: str, value: float | None, event_time: int, previous: list[str]) -> list[ItemUpdate]:
+    """An event's effect on item state as routable updates (when items live on other workers)."""
+    updates: list[ItemUpdate] = [(item_id, event_type, value, event_time, previous)]
+    updates.extend((other, "", None, event_time, [item_id]) for other in previous)
+    return updates
+
+
 def user_step(cfg: FeatureSettings, state: UserState, event_id: str, item_id: str, event_type: str,
               value: float | None, event_time: int) -> list[ItemUpdate]:
     """Apply an event to its user's state; returns the item updates it causes."""
     previous = state.add(cfg, event_id, item_id, event_type, value, event_time)
-    updates: list[ItemUpdate] = [(item_id, event_type, value, event_time, previous)]
-    updates.extend((other, "", None, event_time, [item_id]) for other in previous)
-    return updates
+    return item_updates(item_id, event_type, value, event_time, previous)
 
 
 def item_step(cfg: FeatureSettings, state: ItemState, update: ItemUpdate) -> None:
@@ -217,3 +222,16 @@ def item_step(cfg: FeatureSettings, state: ItemState, update: ItemUpdate) -> Non
         state.add_event(cfg, event_type, value, event_time)
     if covisits:
         state.add_covisits(covisits)
+
+
+def apply_to_items(cfg: FeatureSettings, get_item: "Callable[[str], ItemState]", item_id: str, event_type: str,
+                   value: float | None, event_time: int, previous: list[str]) -> None:
+    """The same effect as ``item_step`` over ``item_updates(...)``, without building the updates
+    (used where all items are at hand: the fused job stage and the backfill)."""
+    own = get_item(item_id)
+    own.add_event(cfg, event_type, value, event_time)
+    if previous:
+        own.add_covisits(previous)
+        single = (item_id,)
+        for other in previous:
+            get_item(other).add_covisits(single)

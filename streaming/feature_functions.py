@@ -156,30 +156,71 @@ class _ItemUpdates:
         self.writer.require(self.names.ITEM_COVISIT, probe.covisit_features(self.cfg))
 
     def _apply_items(self, key: int, updates: Iterable[tuple]) -> int:
+        """Routed item updates (the item stage of the two-stage graph)."""
         from features.compute import item_step
 
-        cfg, names, writer = self.cfg, self.names, self.writer
-        n_windows = len(cfg.windows)
-        touched: dict[str, Any] = {}
-        new_item = lambda: self.new_item(n_windows)  # noqa: E731
+        cfg = self.cfg
+        touched: dict[str, list] = {}  # item -> [state, max event time, had an event, had co-visits]
+        get = self._item_getter(key, touched)
         n = 0
         for update in updates:
             n += 1
             item_id, event_type, _, event_time, covisits = update
-            state = touched.get(item_id)
-            if state is None:
-                state = touched[item_id] = self.item_cache.get(key, item_id, self.items, new_item)
+            state = get(item_id)
             item_step(cfg, state, update)
-            if event_type:
-                writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
-                writer.stage(names.ITEM_POPULARITY, item_id, _bound(state.popularity_features, cfg), event_time)
-            if covisits:
-                writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
-        if touched:
-            for item_id, item_state in touched.items():
-                self.items.put(item_id, item_state)
+            entry = touched[item_id]
+            if event_time > entry[1]:
+                entry[1] = event_time
+            entry[2] = entry[2] or bool(event_type)
+            entry[3] = entry[3] or bool(covisits)
+        self._stage_items(key, touched)
         self.metrics.inc("updates", n)
         return n
+
+    def _apply_events(self, key: int, events: list[tuple]) -> None:
+        """Whole events straight onto item state (the fused stage): no update tuples at all."""
+        from features.compute import apply_to_items
+
+        cfg = self.cfg
+        touched: dict[str, list] = {}
+        get = self._item_getter(key, touched)
+        for item_id, event_type, value, event_time, previous in events:
+            apply_to_items(cfg, get, item_id, event_type, value, event_time, previous)
+            entry = touched[item_id]
+            entry[1] = max(entry[1], event_time)
+            entry[2] = True
+            if previous:
+                entry[3] = True
+                for other in previous:
+                    other_entry = touched[other]
+                    other_entry[1] = max(other_entry[1], event_time)
+                    other_entry[3] = True
+        self._stage_items(key, touched)
+        self.metrics.inc("updates", len(events))
+
+    def _item_getter(self, key: int, touched: dict[str, list]):  # noqa: ANN202 - Callable[[str], ItemState]
+        n_windows = len(self.cfg.windows)
+        new_item = lambda: self.new_item(n_windows)  # noqa: E731
+        cache, items = self.item_cache, self.items
+
+        def get(item_id: str):  # noqa: ANN202
+            entry = touched.get(item_id)
+            if entry is None:
+                entry = touched[item_id] = [cache.get(key, item_id, items, new_item), -1, False, False]
+            return entry[0]
+
+        return get
+
+    def _stage_items(self, key: int, touched: dict[str, list]) -> None:
+        """Stage each touched item's changed views once, and write the states back to Flink."""
+        cfg, names, writer = self.cfg, self.names, self.writer
+        for item_id, (state, event_time, had_event, had_covisit) in touched.items():
+            if had_event:
+                writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
+                writer.stage(names.ITEM_POPULARITY, item_id, _bound(state.popularity_features, cfg), event_time)
+            if had_covisit:
+                writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
+            self.items.put(item_id, state)
 
 
 class PartitionFunction(_ItemUpdates, _FeatureFunction):
@@ -218,7 +259,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             self._open_items(runtime_context)
 
     def process_element(self, batch: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[tuple]:
-        from features.compute import user_step
+        from features.compute import item_updates
         from streaming.dlq import now_ms
         from streaming.events import InvalidEvent, decode_event
 
@@ -240,6 +281,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         rows: list[tuple] = []
         touched: dict[str, Any] = {}
         updates: dict[int, list[tuple]] = defaultdict(list)
+        item_events: list[tuple] = []
         late = 0
         for offset, payload in records:
             payload = bytes(payload)
@@ -258,16 +300,21 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             if is_late:
                 late += 1
                 continue
-            state = touched.get(e.user_id)
-            if state is None:
-                state = touched[e.user_id] = self.user_cache.get(key, e.user_id, self.users, self.new_user)
-            for update in user_step(cfg, state, e.event_id, e.item_id, event_type, e.value, t):
-                updates[item_shard(update[0], shards)].append(update)
-            writer.stage(names.USER_STATS, e.user_id, state.stats.features, t)
-            writer.stage(names.USER_RECENT, e.user_id, state.recent_features, t)
-        if touched:
-            for user_id, user_state in touched.items():  # put_all differs between PyFlink modes
-                self.users.put(user_id, user_state)
+            user = touched.get(e.user_id)
+            if user is None:
+                user = touched[e.user_id] = [self.user_cache.get(key, e.user_id, self.users, self.new_user), t]
+            elif t > user[1]:
+                user[1] = t
+            previous = user[0].add(cfg, e.event_id, e.item_id, event_type, e.value, t)
+            if self.fused:
+                item_events.append((e.item_id, event_type, e.value, t, previous))
+            else:
+                for update in item_updates(e.item_id, event_type, e.value, t, previous):
+                    updates[item_shard(update[0], shards)].append(update)
+        for user_id, (state, last_t) in touched.items():
+            writer.stage(names.USER_STATS, user_id, state.stats.features, last_t)
+            writer.stage(names.USER_RECENT, user_id, state.recent_features, last_t)
+            self.users.put(user_id, state)
         watermarks[partition] = max_t
         self.max_event_time.update(watermarks)
         metrics.inc("events_in", len(records))
@@ -287,9 +334,8 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             elif key not in self._lake_due_at:
                 self._lake_due_at[key] = time.monotonic() + self.stream.lake_flush_ms / 1000
                 self._timer(ctx, self.stream.lake_flush_ms)
-        if self.fused:
-            self._apply_items(0, (u for shard_updates in updates.values() for u in shard_updates))
-            updates = {}
+        if item_events:
+            self._apply_events(key, item_events)
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         for shard, shard_updates in updates.items():
