@@ -174,6 +174,25 @@ class StreamSettings(BaseModel):
     flink_config: dict[str, str] = Field(default_factory=dict, description="extra Flink configuration, passed through")
 
 
+class ModelSettings(BaseModel):
+    """The TorchRec ranking model (models.ranking)."""
+
+    embedding_dim: int = Field(default=32, ge=1)
+    user_buckets: int = Field(default=100_000, ge=1, description="rows of the user table; ids are hashed into them")
+    item_buckets: int = Field(default=50_000, ge=1, description="rows of the item table (item id and recent items share it)")
+    dense_arch: list[int] = [64, 32]
+    over_arch: list[int] = [64, 32]
+    sparse_lr: float = Field(default=0.05, gt=0, description="row-wise Adagrad, applied in backward")
+    dense_lr: float = Field(default=0.01, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _dense_arch_ends_at_embedding_dim(self) -> "ModelSettings":
+        if not self.dense_arch or self.dense_arch[-1] != self.embedding_dim:
+            self.dense_arch = [*self.dense_arch[:-1], self.embedding_dim] if self.dense_arch else [self.embedding_dim]
+        return self
+
+
 class Paths(BaseModel):
     """Locations under the one data directory; nothing is written to $HOME."""
 
@@ -228,6 +247,7 @@ class Settings(BaseSettings):
     consumer: ConsumerSettings = ConsumerSettings()
     features: FeatureSettings = FeatureSettings()
     stream: StreamSettings = StreamSettings()
+    model: ModelSettings = ModelSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property
