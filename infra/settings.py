@@ -193,6 +193,19 @@ class ModelSettings(BaseModel):
         return self
 
 
+class TrainingSettings(BaseModel):
+    """How training examples are made from the events table (batch.training_data)."""
+
+    rating_threshold: float = Field(default=4.0, description="rating >= this is a positive, below is a negative")
+    positive_types: list[str] = ["click", "add_to_cart", "purchase", "like", "share"]
+    negatives_per_positive: int = Field(default=4, ge=0)
+    negative_popularity_power: float = Field(default=0.75, ge=0, description="negatives ~ item count ** this (0 = uniform)")
+    validation: str = Field(default="last_days", pattern="^(last_days|last_per_user)$")
+    validation_days: float = Field(default=7.0, gt=0, description="last_days: events in the final N days validate")
+    validation_per_user: int = Field(default=1, ge=1, description="last_per_user: each user's last N interactions validate")
+    seed: int = 0
+
+
 class Paths(BaseModel):
     """Locations under the one data directory; nothing is written to $HOME."""
 
@@ -248,6 +261,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     stream: StreamSettings = StreamSettings()
     model: ModelSettings = ModelSettings()
+    training: TrainingSettings = TrainingSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property

@@ -1,0 +1,94 @@
+"""Training examples from the Delta ``events`` table at a pinned version.
+
+Labels by event type: a rating >= ``rating_threshold`` or any of ``positive_types`` is a
+positive; a lower rating is an explicit negative; views carry no label. Each positive also gets
+``negatives_per_positive`` sampled items the user had not interacted with, drawn with probability
+~ popularity ** power from the training period (never from the validation period). The split is
+by time, never random: either everything in the last N days validates, or each user's last N
+labelled interactions do. Same table version + seed -> the same examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from infra.settings import Settings
+from streaming.lake import open_table
+
+DAY_MS = 86_400_000
+
+
+@dataclass
+class TrainingData:
+    table_version: int
+    examples: pd.DataFrame  # user_id, item_id, label, event_time, split ("train" | "validation"), sampled
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.examples[self.examples["split"] == "train"]
+
+    @property
+    def validation(self) -> pd.DataFrame:
+        return self.examples[self.examples["split"] == "validation"]
+
+
+def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
+    """Valid, non-late events with a label, ordered by event time (then event id)."""
+    table = open_table(settings.paths.events_table, version)
+    cfg = settings.training
+    df = table.to_pandas(columns=["event_id", "user_id", "item_id", "event_type", "value", "event_time", "late"])
+    df = df[~df["late"]]
+    is_rating = df["event_type"] == "rating"
+    label = pd.Series(np.nan, index=df.index)
+    label[is_rating] = (df.loc[is_rating, "value"] >= cfg.rating_threshold).astype(float)
+    label[df["event_type"].isin(cfg.positive_types)] = 1.0
+    df = df.assign(label=label).dropna(subset=["label"])
+    df = df.sort_values(["event_time", "event_id"], kind="stable").reset_index(drop=True)
+    return table.version(), df[["event_id", "user_id", "item_id", "event_time", "label"]]
+
+
+def split_by_time(settings: Settings, events: pd.DataFrame) -> pd.Series:
+    cfg = settings.training
+    if cfg.validation == "last_days":
+        cutoff = events["event_time"].max() - cfg.validation_days * DAY_MS
+        return pd.Series(np.where(events["event_time"] > cutoff, "validation", "train"), index=events.index)
+    rank_from_end = events.groupby("user_id").cumcount(ascending=False)
+    return pd.Series(np.where(rank_from_end < cfg.validation_per_user, "validation", "train"), index=events.index)
+
+
+def build(settings: Settings, version: int | None = None) -> TrainingData:
+    """Examples with sampled negatives; ``version`` pins the Delta table (default: latest)."""
+    cfg = settings.training
+    table_version, events = labelled_events(settings, version)
+    if events.empty:
+        raise ValueError(f"events table v{table_version} has no labelled events: replay some events first")
+    events = events.assign(split=split_by_time(settings, events), sampled=False)
+    rng = np.random.default_rng(cfg.seed)
+    train = events[events["split"] == "train"]
+    popularity = train["item_id"].value_counts()
+    catalogue = popularity.index.to_numpy()
+    weights = popularity.to_numpy(dtype=float) ** cfg.negative_popularity_power
+    weights /= weights.sum()
+    seen = events.groupby("user_id")["item_id"].agg(set).to_dict()
+    positives = events[events["label"] == 1.0]
+    k = cfg.negatives_per_positive
+    negatives = []
+    if k and len(catalogue):
+        draws = rng.choice(len(catalogue), size=(len(positives), k * 3), p=weights)  # spare draws for rejections
+        for row, candidates in zip(positives.itertuples(index=False), draws):
+            taken = 0
+            user_seen = seen[row.user_id]
+            for c in candidates:
+                item = catalogue[c]
+                if item in user_seen:
+                    continue
+                negatives.append((f"{row.event_id}:neg{taken}", row.user_id, item, row.event_time, 0.0, row.split, True))
+                taken += 1
+                if taken == k:
+                    break
+    sampled = pd.DataFrame(negatives, columns=["event_id", "user_id", "item_id", "event_time", "label", "split", "sampled"])
+    examples = pd.concat([events, sampled], ignore_index=True).sort_values(["event_time", "event_id"], kind="stable")
+    return TrainingData(table_version, examples.reset_index(drop=True))
