@@ -32,6 +32,10 @@ class Backfill:
     items: dict[str, ItemState] = field(repr=False)
     user_time: dict[str, int] = field(repr=False)
     item_time: dict[str, int] = field(repr=False)
+    snapshots: dict[str, list[dict]] = field(default_factory=dict, repr=False)  # view -> rows over time
+
+    def snapshot_frames(self) -> dict[str, pd.DataFrame]:
+        return {view: pd.DataFrame(rows) for view, rows in self.snapshots.items() if rows}
 
     def frames(self, settings: Settings) -> dict[str, pd.DataFrame]:
         """One DataFrame per feature view: entity id, features, event_timestamp."""
@@ -57,11 +61,19 @@ def _ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-def compute(settings: Settings, version: int | None = None, progress: bool = True) -> Backfill:
-    """Fold the events table (at ``version``, default latest) through the feature definitions."""
+def compute(settings: Settings, version: int | None = None, progress: bool = True,
+            snapshot_every_ms: int | None = None) -> Backfill:
+    """Fold the events table (at ``version``, default latest) through the feature definitions.
+
+    Without ``snapshot_every_ms`` the fold follows the job's order (per partition, by offset):
+    the final values equal the streamed ones. With it, the fold follows event time and records,
+    for every entity, its feature values after an event at most once per ``snapshot_every_ms``
+    of event time (``Backfill.snapshots``): the history Feast joins point-in-time for training.
+    """
     table = open_table(settings.paths.events_table, version)
     cols = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "kafka_partition", "kafka_offset", "late"]
-    df = table.to_pandas(columns=cols).sort_values(["kafka_partition", "kafka_offset"], kind="stable")
+    order = ["kafka_partition", "kafka_offset"] if snapshot_every_ms is None else ["event_time", "kafka_partition", "kafka_offset"]
+    df = table.to_pandas(columns=cols).sort_values(order, kind="stable")
     late = int(df["late"].sum())
     df = df[~df["late"]]
     cfg = settings.features
@@ -69,6 +81,8 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     items: dict[str, ItemState] = {}
     user_time: dict[str, int] = {}
     item_time: dict[str, int] = {}
+    snapshots: dict[str, list[dict]] = {view: [] for view in _VIEWS}
+    last_snap: dict[tuple[str, str], int] = {}
     n_windows = len(cfg.windows)
     values = df["value"].astype(object).where(df["value"].notna(), None)
     rows = zip(df["event_id"], df["user_id"], df["item_id"], df["event_type"], values, df["event_time"].astype(int))
@@ -77,20 +91,67 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
         if state is None:
             state = users[user_id] = UserState()
         user_time[user_id] = max(user_time.get(user_id, 0), event_time)
+        touched = []
         for update in user_step(cfg, state, event_id, item_id, event_type, value, event_time):
             item = items.get(update[0])
             if item is None:
                 item = items[update[0]] = ItemState(n_windows)
             item_step(cfg, item, update)
             item_time[update[0]] = max(item_time.get(update[0], 0), event_time)
-    return Backfill(table.version(), len(df), late, users, items, user_time, item_time)
+            touched.append(update[0])
+        if snapshot_every_ms is not None:
+            _snapshot(cfg, snapshots, last_snap, snapshot_every_ms, event_time, user_id, state, touched, items)
+    return Backfill(table.version(), len(df), late, users, items, user_time, item_time, snapshots)
+
+
+_VIEWS = (names.USER_STATS, names.USER_RECENT, names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT)
+
+
+def _snapshot(cfg, snapshots, last_snap, every_ms, event_time, user_id, user, touched, items) -> None:  # noqa: ANN001
+    """Record entities' values after this event (throttled; a later event at the same instant
+    replaces that instant's row, since Feast keeps one row per entity and timestamp)."""
+    ts = _ts(event_time)
+
+    def due(kind: str, entity: str) -> int | None:  # row index to replace, -1 to append, None to skip
+        last = last_snap.get((kind, entity))
+        if last is not None and last[0] == event_time:
+            return last[1]
+        if last is None or event_time - last[0] >= every_ms:
+            return -1
+        return None
+
+    def put(view: str, row: dict, slot: int) -> int:
+        rows = snapshots[view]
+        if slot >= 0:
+            rows[slot] = row
+            return slot
+        rows.append(row)
+        return len(rows) - 1
+
+    views = [(names.USER_STATS, names.USER_KEY, user_id, True, user.stats.features),
+             (names.USER_RECENT, names.USER_KEY, user_id, True, user.recent_features)]
+    for item_id in dict.fromkeys(touched):
+        item = items[item_id]
+        views += [(names.ITEM_STATS, names.ITEM_KEY, item_id, item.latest_ms >= 0, item.stats.features),
+                  (names.ITEM_POPULARITY, names.ITEM_KEY, item_id, item.latest_ms >= 0, _bound(item.popularity_features, cfg)),
+                  (names.ITEM_COVISIT, names.ITEM_KEY, item_id, bool(item.covisit), _bound(item.covisit_features, cfg))]
+    for view, key, entity, present, values in views:
+        if not present:
+            continue
+        slot = due(view, entity)
+        if slot is not None:
+            last_snap[(view, entity)] = (event_time, put(view, {key: entity, **values(), TIMESTAMP_FIELD: ts}, slot))
+
+
+def _bound(method, cfg):  # noqa: ANN001, ANN202
+    return lambda: method(cfg)
 
 
 def write_offline(settings: Settings, frames: dict[str, pd.DataFrame]) -> None:
-    """Append the snapshot rows to each view's offline Delta table (Feast's batch source)."""
+    """Replace each view's offline Delta table (Feast's batch source) with these rows."""
     for view, frame in frames.items():
         if len(frame):
-            write_deltalake(str(snapshot_table(settings, view)), frame, mode="append", schema_mode="merge")
+            write_deltalake(str(snapshot_table(settings, view)), frame, mode="overwrite", schema_mode="overwrite")
 
 
 def write_online(settings: Settings, result: Backfill) -> int:

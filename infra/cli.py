@@ -127,13 +127,14 @@ def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     from batch.backfill import compute, write_offline, write_online
 
-    result = compute(settings, version=args.version, progress=not args.quiet)
+    every_ms = int(args.snapshot_every_s * 1000) if args.snapshot_every_s is not None else None
+    result = compute(settings, version=args.version, progress=not args.quiet, snapshot_every_ms=every_ms)
     console.print(f"backfilled {result.events:,} events from events table v{result.table_version} "
                   f"({result.late_skipped:,} late ones excluded): {len(result.users):,} users, {len(result.items):,} items")
     if args.online:
         console.print(f"online store: wrote {write_online(settings, result):,} rows")
     if args.offline:
-        write_offline(settings, result.frames(settings))
+        write_offline(settings, result.snapshot_frames() if every_ms is not None else result.frames(settings))
         console.print(f"offline snapshots appended under {settings.paths.lake_dir / 'features'}")
     return 0
 
@@ -234,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = sub.add_parser("backfill", help="recompute the streaming features from the Delta events table")
     backfill.add_argument("--version", type=int, help="events table version (default: latest)")
     backfill.add_argument("--online", action="store_true", help="also write the values to the online store")
-    backfill.add_argument("--offline", action="store_true", help="also append them to the offline snapshot tables")
+    backfill.add_argument("--offline", action="store_true", help="also write the offline tables Feast joins for training")
+    backfill.add_argument("--snapshot-every-s", type=float,
+                          help="offline: keep each entity's history, one row per this much event time (point-in-time joins)")
     backfill.add_argument("--quiet", action="store_true")
 
     stream = sub.add_parser("stream", help="the PyFlink feature job (local mini-cluster or a session cluster)")

@@ -64,3 +64,29 @@ def test_same_version_and_seed_give_the_same_examples(lake_settings):
     assert pinned.table_version == first.table_version
     pd.testing.assert_frame_equal(pinned.examples, first.examples)
     assert len(build(lake_settings).examples) > len(first.examples)
+
+
+def test_point_in_time_join_never_sees_a_later_value(lake_settings, tmp_path):
+    """Feature history from the backfill, joined by Feast at (event time - 1 ms): no value from
+    the event itself or after it can appear in its row."""
+    from batch.backfill import compute, write_offline
+    from features.store import apply, feature_store
+
+    s = lake_settings.model_copy(update={"features": lake_settings.features.model_copy(update={"project": "pit"})})
+    apply(s)
+    result = compute(s, progress=False, snapshot_every_ms=0)
+    write_offline(s, result.snapshot_frames())
+    events = load_events(ML100K).events[:2000]
+    requests = pd.DataFrame({"user_id": [e.user_id for e in events],
+                             "event_timestamp": pd.to_datetime([e.event_time - 1 for e in events], unit="ms", utc=True)})
+    joined = feature_store(s).get_historical_features(entity_df=requests, features=["user_stats:n_events", "user_stats:last_seen_ms"]).to_df()
+    history = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events])
+    first_seen = history.groupby("user_id")["event_time"].min()
+    with_history = {(e.user_id, e.event_time) for e in events if first_seen[e.user_id] < e.event_time}
+    # Feast returns one row per distinct (entity, time) request, none for requests with no earlier value
+    assert len(joined) == len(with_history)
+    for row in joined.sample(300, random_state=0).itertuples():
+        t = int(round(row.event_timestamp.timestamp() * 1000))
+        assert row.last_seen_ms <= t  # nothing from the future
+        before = history[(history["user_id"] == row.user_id) & (history["event_time"] <= t)]
+        assert row.n_events == len(before)  # everything from the past (a snapshot after every event)
