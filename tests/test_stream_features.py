@@ -184,8 +184,12 @@ def test_two_stage_graph_for_parallelism_above_one(stack_settings, tmp_path, ml1
     try:
         assert stream_runner.start(s) == (pid, None)  # a second start is harmless
         metrics = stream_runner.wait_idle(s, len(events), timeout_s=300)
+        live = stream_runner.status(s)
+        assert live.running and live.pid == pid and live.metrics["events_in"] == len(events)
+        assert set(live.lag) == set(range(s.topics.events_partitions))
     finally:
         stream_runner.stop(s)
+    assert not stream_runner.status(s, with_lag=False).running
     assert {p.stem.split("-")[0] for p in metrics_dir(s).glob("*.json")} == {"partition", "items"}
     assert metrics["lake_rows"] == len(events)
     assert_online_equals_backfill(s, backfill(s, progress=False))
