@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 
 import pandas as pd
 from deltalake import write_deltalake
 from tqdm import tqdm
 
 from features import names
-from features.compute import ItemState, UserState, item_step, user_step
+from features.compute import InMemoryFeatures, ItemState, UserState
 from features.definitions import TIMESTAMP_FIELD, snapshot_table
 from infra.settings import Settings
 from streaming.lake import open_table
@@ -77,31 +78,21 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     late = int(df["late"].sum())
     df = df[~df["late"]]
     cfg = settings.features
-    users: dict[str, UserState] = {}
-    items: dict[str, ItemState] = {}
+    fold = InMemoryFeatures(cfg)
     user_time: dict[str, int] = {}
     item_time: dict[str, int] = {}
     snapshots: dict[str, list[dict]] = {view: [] for view in _VIEWS}
     last_snap: dict[tuple[str, str], int] = {}
-    n_windows = len(cfg.windows)
     values = df["value"].astype(object).where(df["value"].notna(), None)
     rows = zip(df["event_id"], df["user_id"], df["item_id"], df["event_type"], values, df["event_time"].astype(int))
     for event_id, user_id, item_id, event_type, value, event_time in tqdm(rows, total=len(df), desc="backfill", disable=not progress, unit="ev"):
-        state = users.get(user_id)
-        if state is None:
-            state = users[user_id] = UserState()
+        user, touched = fold.add(event_id, user_id, item_id, event_type, value, event_time)
         user_time[user_id] = max(user_time.get(user_id, 0), event_time)
-        touched = []
-        for update in user_step(cfg, state, event_id, item_id, event_type, value, event_time):
-            item = items.get(update[0])
-            if item is None:
-                item = items[update[0]] = ItemState(n_windows)
-            item_step(cfg, item, update)
-            item_time[update[0]] = max(item_time.get(update[0], 0), event_time)
-            touched.append(update[0])
+        for touched_id in touched:
+            item_time[touched_id] = max(item_time.get(touched_id, 0), event_time)
         if snapshot_every_ms is not None:
-            _snapshot(cfg, snapshots, last_snap, snapshot_every_ms, event_time, user_id, state, touched, items)
-    return Backfill(table.version(), len(df), late, users, items, user_time, item_time, snapshots)
+            _snapshot(cfg, snapshots, last_snap, snapshot_every_ms, event_time, user_id, user, touched, fold.items)
+    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time, snapshots)
 
 
 _VIEWS = (names.USER_STATS, names.USER_RECENT, names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT)
@@ -133,18 +124,14 @@ def _snapshot(cfg, snapshots, last_snap, every_ms, event_time, user_id, user, to
     for item_id in dict.fromkeys(touched):
         item = items[item_id]
         views += [(names.ITEM_STATS, names.ITEM_KEY, item_id, item.latest_ms >= 0, item.stats.features),
-                  (names.ITEM_POPULARITY, names.ITEM_KEY, item_id, item.latest_ms >= 0, _bound(item.popularity_features, cfg)),
-                  (names.ITEM_COVISIT, names.ITEM_KEY, item_id, bool(item.covisit), _bound(item.covisit_features, cfg))]
+                  (names.ITEM_POPULARITY, names.ITEM_KEY, item_id, item.latest_ms >= 0, partial(item.popularity_features, cfg)),
+                  (names.ITEM_COVISIT, names.ITEM_KEY, item_id, bool(item.covisit), partial(item.covisit_features, cfg))]
     for view, key, entity, present, values in views:
         if not present:
             continue
         slot = due(view, entity)
         if slot is not None:
             last_snap[(view, entity)] = (event_time, put(view, {key: entity, **values(), TIMESTAMP_FIELD: ts}, slot))
-
-
-def _bound(method, cfg):  # noqa: ANN001, ANN202
-    return lambda: method(cfg)
 
 
 def write_offline(settings: Settings, frames: dict[str, pd.DataFrame]) -> None:
@@ -168,7 +155,7 @@ def write_online(settings: Settings, result: Backfill) -> int:
         ts = result.item_time[item_id]
         if state.latest_ms >= 0:
             writer.stage(names.ITEM_STATS, item_id, state.stats.features, ts)
-            writer.stage(names.ITEM_POPULARITY, item_id, lambda s=state: s.popularity_features(cfg), ts)
+            writer.stage(names.ITEM_POPULARITY, item_id, partial(state.popularity_features, cfg), ts)
         if state.covisit:
-            writer.stage(names.ITEM_COVISIT, item_id, lambda s=state: s.covisit_features(cfg), ts)
+            writer.stage(names.ITEM_COVISIT, item_id, partial(state.covisit_features, cfg), ts)
     return writer.flush()

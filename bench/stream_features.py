@@ -3,7 +3,8 @@
 Ours: the PyFlink feature job (streaming.feature_job) drains a backlog of N synthetic events
 from the events topic (it also lands them in Delta). Baseline: a plain kafka-python consumer
 that reads the same N events from its own topic in micro-batches (max_poll_records), validates
-them, computes the same features with the same code (features.compute) and calls Feast's
+them, computes the same features with the same code (features.compute.InMemoryFeatures, the
+steps of the job's fused stage) and calls Feast's
 ``FeatureStore.push(..., to=PushMode.ONLINE)`` once per feature view per micro-batch with the
 latest values of the entities it touched. Rate = N / (first batch -> last write). Goal: >= 5x.
 """
@@ -25,7 +26,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bench.common import local_stack, record  # noqa: E402
 from features import names  # noqa: E402
-from features.compute import ItemState, UserState, item_step, user_step  # noqa: E402
+from features.compute import InMemoryFeatures  # noqa: E402
 from features.definitions import TIMESTAMP_FIELD  # noqa: E402
 from features.store import apply, feature_store  # noqa: E402
 from infra.settings import Settings  # noqa: E402
@@ -58,8 +59,8 @@ def baseline_rate(settings: Settings, n: int, batch: int) -> float:
     consumer = KafkaConsumer(settings.topics.events, bootstrap_servers=settings.broker.bootstrap,
                              group_id="bench-baseline", auto_offset_reset="earliest", enable_auto_commit=False,
                              max_poll_records=batch, max_partition_fetch_bytes=8 * 1024 * 1024)
-    users: dict[str, UserState] = {}
-    items: dict[str, ItemState] = {}
+    fold = InMemoryFeatures(cfg)
+    users, items = fold.users, fold.items
     seen, started = 0, None
     with tqdm(total=n, desc="baseline", unit="ev") as bar:
         while seen < n:
@@ -76,11 +77,10 @@ def baseline_rate(settings: Settings, n: int, batch: int) -> float:
                         e = decode_event(rec.value)
                     except InvalidEvent:
                         continue
-                    u = users.setdefault(e.user_id, UserState())
+                    _, changed = fold.add(e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time)
                     touched_users[e.user_id] = e.event_time
-                    for up in user_step(cfg, u, e.event_id, e.item_id, e.event_type.value, e.value, e.event_time):
-                        item_step(cfg, items.setdefault(up[0], ItemState(len(cfg.windows))), up)
-                        touched_items[up[0]] = e.event_time
+                    for item_id in changed:
+                        touched_items[item_id] = e.event_time
             _push(store, names.USER_STATS, names.USER_KEY, touched_users, lambda k: users[k].stats.features())
             _push(store, names.USER_RECENT, names.USER_KEY, touched_users, lambda k: users[k].recent_features())
             live = {k: t for k, t in touched_items.items() if items[k].latest_ms >= 0}

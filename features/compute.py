@@ -209,13 +209,6 @@ def item_updates(item_id: str, event_type: str, value: float | None, event_time:
     return updates
 
 
-def user_step(cfg: FeatureSettings, state: UserState, event_id: str, item_id: str, event_type: str,
-              value: float | None, event_time: int) -> list[ItemUpdate]:
-    """Apply an event to its user's state; returns the item updates it causes."""
-    previous = state.add(cfg, event_id, item_id, event_type, value, event_time)
-    return item_updates(item_id, event_type, value, event_time, previous)
-
-
 def item_step(cfg: FeatureSettings, state: ItemState, update: ItemUpdate) -> None:
     _, event_type, value, event_time, covisits = update
     if event_type:
@@ -227,7 +220,7 @@ def item_step(cfg: FeatureSettings, state: ItemState, update: ItemUpdate) -> Non
 def apply_to_items(cfg: FeatureSettings, get_item: "Callable[[str], ItemState]", item_id: str, event_type: str,
                    value: float | None, event_time: int, previous: list[str]) -> None:
     """The same effect as ``item_step`` over ``item_updates(...)``, without building the updates
-    (used where all items are at hand: the fused job stage and the backfill)."""
+    (used where all items are at hand: the fused job stage and :class:`InMemoryFeatures`)."""
     own = get_item(item_id)
     own.add_event(cfg, event_type, value, event_time)
     if previous:
@@ -235,3 +228,38 @@ def apply_to_items(cfg: FeatureSettings, get_item: "Callable[[str], ItemState]",
         single = (item_id,)
         for other in previous:
             get_item(other).add_covisits(single)
+
+
+class InMemoryFeatures:
+    """Every user and item state in plain dicts of one process: how the batch backfill (and the
+    single-process benchmark baseline) fold events, with the steps of the job's fused stage.
+
+    >>> from infra.settings import FeatureSettings
+    >>> fold = InMemoryFeatures(FeatureSettings())
+    >>> _, touched = fold.add("e1", "u1", "a", "view", None, 1000)
+    >>> _, touched = fold.add("e2", "u1", "b", "view", None, 2000)
+    >>> touched, fold.items["a"].covisit
+    (['b', 'a'], {'b': 1})
+    """
+
+    def __init__(self, cfg: FeatureSettings) -> None:
+        self.cfg = cfg
+        self.users: dict[str, UserState] = {}
+        self.items: dict[str, ItemState] = {}
+        self._n_windows = len(cfg.windows)
+
+    def item(self, item_id: str) -> ItemState:
+        state = self.items.get(item_id)
+        if state is None:
+            state = self.items[item_id] = ItemState(self._n_windows)
+        return state
+
+    def add(self, event_id: str, user_id: str, item_id: str, event_type: str, value: float | None,
+            event_time: int) -> tuple[UserState, list[str]]:
+        """Apply one event; returns its user's state and the items it changed (own item first)."""
+        user = self.users.get(user_id)
+        if user is None:
+            user = self.users[user_id] = UserState()
+        previous = user.add(self.cfg, event_id, item_id, event_type, value, event_time)
+        apply_to_items(self.cfg, self.item, item_id, event_type, value, event_time, previous)
+        return user, [item_id, *previous]

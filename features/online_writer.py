@@ -33,7 +33,7 @@ MAX_CACHED_KEYS = 500_000
 
 def _to_proto(value_type: ValueType) -> Callable[[Any], bytes]:
     """Python value -> serialised Feast Value proto for our views' types (None -> unset value)."""
-    scalar = {ValueType.INT64: "int64_val", ValueType.DOUBLE: "double_val", ValueType.STRING: "string_val",
+    scalar = {ValueType.DOUBLE: "double_val", ValueType.STRING: "string_val",
               ValueType.FLOAT: "float_val", ValueType.INT32: "int32_val", ValueType.BOOL: "bool_val"}
     lists = {ValueType.STRING_LIST: ("string_list_val", StringList), ValueType.INT64_LIST: ("int64_list_val", Int64List),
              ValueType.DOUBLE_LIST: ("double_list_val", DoubleList)}

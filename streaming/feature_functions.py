@@ -18,8 +18,8 @@ watermark (max event time so far - ``out_of_orderness_ms``) by more than
 from __future__ import annotations
 
 import time
-import zlib
 from collections import defaultdict
+from functools import partial
 from typing import Any, Iterable
 
 from pyflink.common import Types
@@ -27,13 +27,9 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from infra.settings import Settings
+from models.ids import bucket  # stable across processes (unlike hash()): restored state keeps its shard
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
-
-
-def item_shard(item_id: str, shards: int) -> int:
-    """Stable across processes (unlike hash()), so restored state stays on the right key."""
-    return zlib.crc32(item_id.encode()) % shards
 
 
 class LocalStateCache:
@@ -217,9 +213,9 @@ class _ItemUpdates:
         for item_id, (state, event_time, had_event, had_covisit) in touched.items():
             if had_event:
                 writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
-                writer.stage(names.ITEM_POPULARITY, item_id, _bound(state.popularity_features, cfg), event_time)
+                writer.stage(names.ITEM_POPULARITY, item_id, partial(state.popularity_features, cfg), event_time)
             if had_covisit:
-                writer.stage(names.ITEM_COVISIT, item_id, _bound(state.covisit_features, cfg), event_time)
+                writer.stage(names.ITEM_COVISIT, item_id, partial(state.covisit_features, cfg), event_time)
             self.items.put(item_id, state)
 
 
@@ -310,7 +306,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
                 item_events.append((e.item_id, event_type, e.value, t, previous))
             else:
                 for update in item_updates(e.item_id, event_type, e.value, t, previous):
-                    updates[item_shard(update[0], shards)].append(update)
+                    updates[bucket(update[0], shards)].append(update)
         for user_id, (state, last_t) in touched.items():
             writer.stage(names.USER_STATS, user_id, state.stats.features, last_t)
             writer.stage(names.USER_RECENT, user_id, state.recent_features, last_t)
@@ -408,10 +404,6 @@ class ItemShardFunction(_ItemUpdates, _FeatureFunction):
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         return []
-
-
-def _bound(method: Any, cfg: Any) -> Any:
-    return lambda: method(cfg)
 
 
 def _json(obj: Any) -> str:

@@ -67,3 +67,8 @@ def totals(directory: Path) -> dict[str, Any]:
             elif isinstance(v, (int, float)):
                 total[k] = total.get(k, 0) + v
     return total
+
+
+def records_read(metrics: dict[str, Any]) -> int:
+    """Records the job has read: per partition, last offset read + 1 (``offset_p<N>`` counters)."""
+    return sum(int(v) + 1 for k, v in metrics.items() if k.startswith("offset_p"))

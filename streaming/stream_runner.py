@@ -20,7 +20,7 @@ from typing import Any
 from infra.services import ServiceError, ServiceSpec, _read_pid, start as start_service
 from infra.settings import Settings
 from streaming.feature_functions import metrics_dir
-from streaming.stream_metrics import totals
+from streaming.stream_metrics import records_read, totals
 
 
 def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = frozenset()) -> ServiceSpec:
@@ -169,8 +169,7 @@ def wait_idle(settings: Settings, expected_events: int, timeout_s: float = 300.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         m = totals(metrics_dir(settings))
-        read = sum(int(v) + 1 for k, v in m.items() if k.startswith("offset_p"))
-        if read >= expected_events and time.time() - m.get("updated_at", 0) >= quiet_s:
+        if records_read(m) >= expected_events and time.time() - m.get("updated_at", 0) >= quiet_s:
             return m
         if _read_pid(_spec(settings, [])) is None:
             log = settings.paths.log_dir / "stream.log"

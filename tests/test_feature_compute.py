@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 
-from features.compute import ItemState, UserState, item_step, user_step
+from features.compute import ItemState, UserState, item_step, item_updates
 from infra.settings import FeatureSettings, WindowSpec
 
 HOUR = 3_600_000
@@ -30,7 +30,7 @@ def test_covisitation_is_symmetric_and_bounded_by_window_and_memory():
     user, items = UserState(), {}
     events = [("a", 0), ("b", 10_000), ("c", 20_000), ("d", 200_000)]  # d is outside the window
     for i, (item, t) in enumerate(events):
-        for update in user_step(cfg, user, f"e{i}", item, "view", None, t):
+        for update in item_updates(item, "view", None, t, user.add(cfg, f"e{i}", item, "view", None, t)):
             item_step(cfg, items.setdefault(update[0], ItemState(len(cfg.windows))), update)
     assert items["a"].covisit == {"b": 1, "c": 1}
     assert items["c"].covisit == {"a": 1, "b": 1}
