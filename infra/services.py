@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,7 @@ class ServiceSpec:
     log_file: Path
     ready: Callable[[], bool]
     cwd: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,7 @@ def start(spec: ServiceSpec, timeout_s: float) -> ServiceStatus:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, **spec.env} if spec.env else None,
         )
     spec.pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout_s

@@ -85,13 +85,20 @@ class LakeWriter:
     def app_id(self, partition: int) -> str:
         return f"{self.app_prefix}:p{partition}"
 
-    def committed_offset(self, partition: int) -> int:
+    def committed_offset(self, partition: int, table: DeltaTable | None = None) -> int:
         """Last Kafka offset of ``partition`` already in the table (-1 if none)."""
-        try:
-            version = DeltaTable(str(self.path)).transaction_version(self.app_id(partition))
-        except TableNotFoundError:
+        if table is None:
+            table = self._table()
+        if table is None:
             return -1
+        version = table.transaction_version(self.app_id(partition))
         return -1 if version is None else version
+
+    def _table(self) -> DeltaTable | None:
+        try:
+            return DeltaTable(str(self.path))
+        except TableNotFoundError:
+            return None
 
     def append(self, partition: int, rows: Sequence[LakeRow]) -> int:
         """Append one partition's rows (see :meth:`append_many`)."""
@@ -106,9 +113,10 @@ class LakeWriter:
         fresh: list[LakeRow] = []
         transactions = []
         total = 0
+        table = self._table()  # one log read per flush, not one per partition
         for partition, rows in sorted(rows_by_partition.items()):
             total += len(rows)
-            done = self.committed_offset(partition)
+            done = self.committed_offset(partition, table)
             new = [r for r in rows if r[8] > done]
             if new:
                 fresh.extend(new)

@@ -23,7 +23,8 @@ from streaming.feature_functions import metrics_dir
 from streaming.stream_metrics import records_read, totals
 
 
-def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = frozenset()) -> ServiceSpec:
+def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = frozenset(),
+          env: dict[str, str] | None = None) -> ServiceSpec:
     paths = settings.paths
     return ServiceSpec(
         name="stream",
@@ -35,6 +36,7 @@ def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = fro
         log_file=paths.log_dir / "stream.log",
         ready=lambda: bool(set(_job_dirs(settings)) - known_jobs),  # Flink created the new job's checkpoint dir
         cwd=Path.cwd(),
+        env=env or {},
     )
 
 
@@ -77,15 +79,11 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
     if restore is not None:
         argv += ["--restore", str(restore)]
     settings.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    spec = _spec(settings, argv, frozenset(_job_dirs(settings)))
     env_file = settings.paths.run_dir / "stream.env"
     env_file.parent.mkdir(parents=True, exist_ok=True)
-    env_file.write_text(settings.model_dump_json())
-    os.environ["RECSYS_STREAM_SETTINGS"] = str(env_file)
-    try:
-        status = start_service(spec, timeout_s)
-    finally:
-        os.environ.pop("RECSYS_STREAM_SETTINGS", None)
+    env_file.write_text(settings.model_dump_json())  # the job runs with exactly these settings
+    spec = _spec(settings, argv, frozenset(_job_dirs(settings)), env={"RECSYS_STREAM_SETTINGS": str(env_file)})
+    status = start_service(spec, timeout_s)
     return status.pid or 0, restore
 
 
