@@ -2,7 +2,8 @@
 # Build the project's environment on a fresh machine; safe to run again (a stamp skips the work
 # when nothing changed). Creates ./.venv, installs the pinned set (infra/requirements.txt),
 # torchrec with --no-deps (its metadata asks for the GPU fbgemm; we use fbgemm-gpu-cpu), the
-# project itself, the test tools, and Debian's redis-server when it is missing.
+# project itself, the test tools, and Debian's redis-server and a Java 17 runtime (PyFlink runs
+# Flink in a JVM) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,12 @@ TORCHREC_VERSION=1.8.0
 stamp=.venv/.setup-stamp
 want=$(cat infra/setup.sh infra/requirements.txt infra/requirements-test.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && command -v redis-server >/dev/null; then
+java_ok() {  # PyFlink 2.0 needs Java 11 or newer
+  command -v java >/dev/null &&
+    [ "$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)" -ge 11 ] 2>/dev/null
+}
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && command -v redis-server >/dev/null && java_ok; then
   echo "environment up to date (.venv)"; exit 0
 fi
 
@@ -29,6 +35,17 @@ if ! command -v redis-server >/dev/null; then
   else
     echo "warning: redis-server not found and cannot apt-get it; install Redis, or set" \
          "RECSYS_REDIS__MANAGED=false and point RECSYS_REDIS__HOST/PORT at one" >&2
+  fi
+fi
+
+if ! java_ok; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing a Java 17 runtime for Flink (Debian package)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
+  else
+    echo "warning: Java 11+ not found and cannot apt-get it; the stream job (PyFlink) needs one on PATH" \
+         "(e.g. openjdk-17-jre-headless)" >&2
   fi
 fi
 
