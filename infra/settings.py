@@ -204,6 +204,22 @@ class TrainingSettings(BaseModel):
     validation_days: float = Field(default=7.0, gt=0, description="last_days: events in the final N days validate")
     validation_per_user: int = Field(default=1, ge=1, description="last_per_user: each user's last N interactions validate")
     seed: int = 0
+    snapshot_every_s: float = Field(default=0.0, ge=0, description="feature history for point-in-time joins: at most one row per entity per N s of event time (0 = after every event)")
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    eval_k: int = Field(default=10, ge=1, description="top-K metrics (HR@K, NDCG@K) with full-catalogue ranking")
+    promote_metric: str = Field(default="ndcg_at_k", pattern="^(auc|logloss|hr_at_k|ndcg_at_k)$")
+    promote_tolerance: float = Field(default=0.01, ge=0, description="promote unless the new model is worse than the served one by more than this (absolute)")
+    delta_threshold: float = Field(default=0.0, ge=0, description="an embedding row goes into a delta when any value moved by more than this")
+    nproc: int = Field(default=1, ge=1, description="training processes (torchrun + gloo DistributedModelParallel when > 1)")
+
+
+class ScheduleSettings(BaseModel):
+    """When `recsys schedule` runs the nightly retrain (local default; infra/production has cron/K8s/Airflow forms)."""
+
+    daily_at: str = Field(default="03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, local time of `timezone`")
+    timezone: str = "UTC"
+    run_on_start: bool = Field(default=False, description="also run once immediately when the scheduler starts")
 
 
 class Paths(BaseModel):
@@ -262,6 +278,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property
