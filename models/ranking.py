@@ -6,6 +6,16 @@ the item table, so "recently seen X" and "candidate X" are the same row). Dense 
 real-time features from the Feast registry. Sparse rows are trained with row-wise Adagrad
 applied inside backward (TorchRec's fused-optimizer path, which works on CPU), dense weights
 with Adagrad. The item table doubles as the retrieval signal: ``item_embeddings()``.
+
+Speed: the tables produce SPARSE gradients (only the rows a batch looked up) and the in-backward
+row-wise Adagrad updates just those rows. TorchRec's ``RowWiseAdagrad`` only takes dense
+gradients, i.e. a zero-filled gradient the size of each table and an update sweeping every row on
+every step (about 4x slower at 100k/50k buckets); :class:`SparseRowWiseAdagrad` is the same
+optimizer (same state, same update) computed on the touched rows only. And each table is looked
+up once for all its features (:class:`TableBatchedSparseArch`), so the shared item table gets one
+sparse gradient per step instead of two that autograd would have to merge.
+``DistributedModelParallel`` still sees ``RowWiseAdagrad`` and a plain ``EmbeddingBagCollection``
+(same module paths, same ``state_dict`` keys) and runs fbgemm's exact row-wise Adagrad on its shards.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
-from torchrec.models.dlrm import DLRM
+from torchrec.models.dlrm import DLRM, SparseArch
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
@@ -26,6 +36,94 @@ from models.ids import bucket_tensor
 SPARSE_KEYS = ("user_id", "item_id", "recent_items")
 USER_TABLE = "user"
 ITEM_TABLE = "item"
+
+
+def _summed_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row-sparse gradient's touched rows (ascending) and their summed values: ``coalesce()``
+    without its sort (a mark per table row finds the touched ones; about 2.5x faster at 11k ids)."""
+    if grad.is_coalesced() or grad.sparse_dim() != 1:
+        grad = grad.coalesce()
+        return grad.indices()[0], grad.values()
+    ids, values = grad._indices()[0], grad._values()
+    n = grad.shape[0]
+    seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    seen[ids] = True
+    rows = seen.nonzero().squeeze(1)
+    slot = torch.empty(n, dtype=torch.long, device=ids.device)
+    slot[rows] = torch.arange(rows.numel(), device=ids.device)
+    return rows, values.new_zeros((rows.numel(), *values.shape[1:])).index_add_(0, slot[ids], values)
+
+
+class SparseRowWiseAdagrad(RowWiseAdagrad):
+    """TorchRec's :class:`RowWiseAdagrad`, also for sparse gradients: per touched row ``r`` with summed
+    gradient ``g``: ``sum[r] += mean(g**2)``, ``w[r] -= lr_t * g / (sqrt(sum[r]) + eps)``.
+
+    A dense gradient gives exactly the same result (its untouched rows are zero and do not move), so
+    a dense gradient, or weight decay (which moves every row), goes to TorchRec's own step.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - the Optimizer.step signature
+        if any(p.grad is not None and (not p.grad.is_sparse or group["weight_decay"] != 0)
+               for group in self.param_groups for p in group["params"]):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None and p.grad.is_sparse:
+                        p.grad = p.grad.to_dense()
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["step"] += 1
+                clr = group["lr"] / (1 + (state["step"].item() - 1) * group["lr_decay"])
+                rows, values = _summed_rows(p.grad)
+                if group["maximize"]:
+                    values = -values
+                state_sum = state["sum"]
+                state_sum.index_add_(0, rows, values.pow(2).mean(dim=1, keepdim=True))
+                std = state_sum.index_select(0, rows).sqrt_().add_(group["eps"])
+                p.index_add_(0, rows, values / std, alpha=-clr)
+        return loss
+
+
+class TableBatchedSparseArch(SparseArch):
+    """DLRM's SparseArch, with one ``nn.EmbeddingBag`` call per table covering all the table's features.
+
+    TorchRec's ``EmbeddingBagCollection.forward`` calls a table once per feature; for the item table
+    (``item_id`` and ``recent_items``) that is two calls, two sparse gradients, and an autograd sparse
+    add (sort + copy of every looked-up row) before the optimizer sees them. Same pooled values,
+    same (B, F, D) output. Anything else than an unsharded, unweighted EBC over a fixed-stride KJT
+    whose table features sit next to each other (e.g. the sharded module under
+    DistributedModelParallel) goes through TorchRec's own forward.
+    """
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        ebc = self.embedding_bag_collection
+        if (type(ebc) is not EmbeddingBagCollection or ebc.is_weighted() or not isinstance(features, KeyedJaggedTensor)
+                or features.variable_stride_per_key() or features.inverse_indices_or_none() is not None):
+            return super().forward(features)
+        index = {k: i for i, k in enumerate(features.keys())}
+        b, values, offsets = features.stride(), features.values(), features.offsets()
+        offset_per_key = features.offset_per_key()
+        pooled: dict[str, torch.Tensor] = {}
+        for table in ebc.embedding_bag_configs():
+            ix = [index.get(f, -1) for f in table.feature_names]
+            if ix[0] < 0 or ix != list(range(ix[0], ix[0] + len(ix))):
+                return super().forward(features)
+            lo, hi = ix[0], ix[-1] + 1
+            start, end = offset_per_key[lo], offset_per_key[hi]
+            bag_offsets = offsets[lo * b:hi * b + 1]
+            out = ebc.embedding_bags[table.name](input=values[start:end],
+                                                 offsets=bag_offsets - start if start else bag_offsets).float()
+            for n, f in enumerate(table.feature_names):
+                pooled[f] = out[n * b:(n + 1) * b]
+        return torch.stack([pooled[f] for f in self.sparse_feature_names], dim=1)
 
 
 def build_model(cfg: ModelSettings, n_dense: int) -> DLRM:
@@ -46,7 +144,13 @@ def build_model(cfg: ModelSettings, n_dense: int) -> DLRM:
         dense_arch_layer_sizes=list(cfg.dense_arch),
         over_arch_layer_sizes=[*cfg.over_arch, 1],
     )
-    apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": cfg.sparse_lr})
+    model.sparse_arch = TableBatchedSparseArch(ebc)  # same module path and parameters, one lookup per table
+    for bag in ebc.embedding_bags.values():
+        bag.sparse = True  # gradients hold only the looked-up rows, not a zero-filled copy of the table
+    apply_optimizer_in_backward(SparseRowWiseAdagrad, ebc.parameters(), {"lr": cfg.sparse_lr})
+    for p in ebc.parameters():
+        # what DistributedModelParallel reads to pick fbgemm's kernel: the same exact row-wise Adagrad
+        p._optimizer_classes = [RowWiseAdagrad]
     return model
 
 
