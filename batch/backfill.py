@@ -9,12 +9,14 @@ written as Feast offline snapshots (one row per entity, timestamped at its last 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 
 import pandas as pd
-from deltalake import write_deltalake
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features import names
@@ -135,10 +137,15 @@ def _snapshot(cfg, snapshots, last_snap, every_ms, event_time, user_id, user, to
 
 
 def write_offline(settings: Settings, frames: dict[str, pd.DataFrame]) -> None:
-    """Replace each view's offline Delta table (Feast's batch source) with these rows."""
+    """Replace each view's offline Parquet file (Feast's batch source) with these rows, atomically
+    (write aside, then rename), so a reader never sees half a file."""
     for view, frame in frames.items():
         if len(frame):
-            write_deltalake(str(snapshot_table(settings, view)), frame, mode="overwrite", schema_mode="overwrite")
+            path = snapshot_table(settings, view)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".parquet.tmp")
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+            os.replace(tmp, path)
 
 
 def write_online(settings: Settings, result: Backfill) -> int:

@@ -1,7 +1,7 @@
 """The feature registry as code: entities, push sources and feature views (applied with Feast).
 
 Streaming features are written online by the Flink job (features.online_writer, Feast's own
-Redis layout); each view's batch source is a Delta table of feature snapshots written by the
+Redis layout); each view's batch source is a Parquet file of feature snapshots written by the
 backfill (batch.backfill), which is what Feast's historical retrieval joins point-in-time.
 """
 
@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.data_format import DeltaFormat
+from feast.data_format import ParquetFormat
 from feast.types import Array, Float64, Int64, String
 
 from features import names
@@ -34,15 +34,20 @@ def _dtype(field: str):  # noqa: ANN202 - a Feast type
 
 
 def snapshot_table(settings: Settings, view: str) -> Path:
-    """Delta table holding the offline (historical) rows of one feature view."""
-    return settings.paths.lake_dir / "features" / view
+    """Parquet file holding the offline (historical) rows of one feature view.
+
+    Parquet, not Delta: the rows are derived (rebuilt from the Delta ``events`` table by the
+    backfill at a pinned version) and Feast's DuckDB offline store reads Parquet with no
+    extension download, which matters on machines without internet.
+    """
+    return settings.paths.lake_dir / "features" / f"{view}.parquet"
 
 
 def _view(settings: Settings, name: str, entity: Entity, fields: list[str], description: str) -> tuple[PushSource, FeatureView]:
     batch = FileSource(
         name=f"{name}_snapshots",
         path=str(snapshot_table(settings, name)),
-        file_format=DeltaFormat(),
+        file_format=ParquetFormat(),
         timestamp_field=TIMESTAMP_FIELD,
     )
     push = PushSource(name=f"{name}_push", batch_source=batch)

@@ -183,9 +183,17 @@ class Batch:
             raise ValueError(f"batch parts disagree: {n} users, {len(items)} items, {len(recent)} recent lists, "
                              f"{dense.shape[0]} dense rows")
         flat_recent = [i for r in recent for i in r]
-        values = torch.cat([bucket_tensor(users, cfg.user_buckets), bucket_tensor(items, cfg.item_buckets),
-                            bucket_tensor(flat_recent, cfg.item_buckets)])
-        lengths = torch.cat([torch.ones(2 * n, dtype=torch.long), torch.tensor([len(r) for r in recent], dtype=torch.long)])
+        return cls.from_rows(bucket_tensor(users, cfg.user_buckets), bucket_tensor(items, cfg.item_buckets),
+                             bucket_tensor(flat_recent, cfg.item_buckets),
+                             torch.tensor([len(r) for r in recent], dtype=torch.long), dense, labels)
+
+    @classmethod
+    def from_rows(cls, user_rows: torch.Tensor, item_rows: torch.Tensor, recent_rows: torch.Tensor,
+                  recent_lengths: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor | None = None) -> "Batch":
+        """Ids already hashed into rows (hash once per dataset, not once per epoch)."""
+        n = len(user_rows)
+        lengths = torch.cat([torch.ones(2 * n, dtype=torch.long), recent_lengths.long()])
+        values = torch.cat([user_rows.long(), item_rows.long(), recent_rows.long()])
         sparse = KeyedJaggedTensor.from_lengths_sync(keys=list(SPARSE_KEYS), values=values, lengths=lengths)
         return cls(dense.float(), sparse, None if labels is None else labels.float())
 

@@ -1,0 +1,264 @@
+"""The nightly retrain: pinned Delta version -> point-in-time examples -> TorchRec model ->
+evaluation against popularity and the served model -> registry version + delta -> promotion.
+
+Every input is pinned and recorded (events table version, feature registry digest, code
+version, seeds), so re-running with the same version and seed gives the same metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+
+from batch import backfill, training_data
+from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
+from infra.settings import ModelSettings, Settings
+from models import delta as model_delta
+from models.evaluate import auc, logloss, top_k
+from models.ranking import Batch, build_model, dense_optimizer, predict
+from models.registry import ModelIntegrityError, ModelRegistry, code_version
+from models.train import Examples, TrainLog, fit
+
+LOWER_IS_BETTER = {"logloss"}
+
+
+@dataclass
+class Evaluation:
+    """Held-out rows (AUC, log loss) and full-catalogue top-K inputs, built once per run."""
+
+    validation: Examples
+    users: list[str]
+    catalogue: np.ndarray
+    user_dense: np.ndarray
+    user_recent: list[list[str]]
+    item_dense: np.ndarray
+    relevant: dict[str, set[str]]
+    seen: dict[str, set[str]]
+    popularity: np.ndarray  # training-period positives per catalogue item
+    cutoff_ms: int
+
+    def metrics(self, model: torch.nn.Module, cfg: ModelSettings, k: int, batch_size: int) -> dict[str, float]:
+        probs = np.concatenate([predict(model, b).numpy() for b in self.validation.batches(cfg, batch_size)]) \
+            if len(self.validation) else np.array([])
+        labels = self.validation.labels if self.validation.labels is not None else np.array([])
+        ranked = top_k(lambda u, c: self._score(model, cfg, u, c), self.users, self.catalogue, self.relevant, self.seen, k)
+        return {"auc": auc(labels, probs), "logloss": logloss(labels, probs) if len(labels) else float("nan"),
+                "hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users, "validation_rows": len(labels)}
+
+    def popularity_metrics(self, k: int) -> dict[str, float]:
+        ranked = top_k(lambda u, c: self.popularity[c], self.users, self.catalogue, self.relevant, self.seen, k)
+        return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
+
+    def _score(self, model: torch.nn.Module, cfg: ModelSettings, u: int, candidates: np.ndarray) -> np.ndarray:
+        n = len(candidates)
+        dense = np.hstack([np.repeat(self.user_dense[u:u + 1], n, axis=0), self.item_dense[candidates]])
+        batch = Batch.build(cfg, [self.users[u]] * n, self.catalogue[candidates].tolist(), [self.user_recent[u]] * n,
+                            torch.from_numpy(dense))
+        return predict(model, batch).numpy()
+
+
+@dataclass
+class RetrainResult:
+    version: str
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    popularity: dict[str, float]
+    served_version: str | None
+    served_metrics: dict[str, float] | None
+    table_version: int
+    report_dir: Path
+    delta_rows: dict[str, int] = field(default_factory=dict)
+
+
+def _examples(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame) -> Examples:
+    dense, recent = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
+    return Examples(frame["user_id"].to_numpy(dtype=object), frame["item_id"].to_numpy(dtype=object), recent, dense,
+                    frame["label"].to_numpy(dtype=np.float32))
+
+
+def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Evaluation:
+    train, validation = data.train, data.validation
+    real_train = train[~train["sampled"]]
+    positives = validation[(validation["label"] == 1.0) & ~validation["sampled"]]
+    seen = real_train.groupby("user_id")["item_id"].agg(set).to_dict()
+    relevant = {u: set(g) - seen.get(u, set()) for u, g in positives.groupby("user_id")["item_id"]}
+    relevant = {u: r for u, r in relevant.items() if r}
+    counts = real_train[real_train["label"] == 1.0]["item_id"].value_counts()
+    catalogue = np.array(sorted(real_train["item_id"].unique()), dtype=object)
+    cutoff = int(validation["event_time"].min()) if len(validation) else int(train["event_time"].max()) + 1
+    users = sorted(relevant)
+    user_dense, user_recent, item_dense = as_of(settings, spec, users, catalogue.tolist(), cutoff)
+    return Evaluation(_examples(settings, spec, validation), users, catalogue, user_dense, user_recent, item_dense,
+                      relevant, seen, counts.reindex(catalogue).fillna(0).to_numpy(dtype=float), cutoff)
+
+
+def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: bool, console: Console) -> tuple[torch.nn.Module, TrainLog]:
+    """In this process, or (``training.nproc > 1``) in torchrun ranks with DistributedModelParallel."""
+    cfg, tcfg = settings.model, settings.training
+    model = build_model(cfg, spec.n_dense)
+    if tcfg.nproc == 1:
+        return model, fit(model, dense_optimizer(model, cfg), train, cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed, progress)
+    from batch.train_worker import save_examples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        save_examples(work / "examples.npz", train)
+        (work / "job.json").write_text(json.dumps({"model": cfg.model_dump(), "n_dense": spec.n_dense, "epochs": tcfg.epochs,
+                                                   "batch_size": tcfg.batch_size, "seed": tcfg.seed}))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tcfg.nproc}",
+                   "-m", "batch.train_worker", "--examples", str(work / "examples.npz"), "--job", str(work / "job.json"),
+                   "--out", str(work / "state.safetensors")]
+        console.print(f"training with {tcfg.nproc} processes (torchrun + gloo, DistributedModelParallel) ...")
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"distributed training failed (exit {done.returncode}): {done.stderr[-2000:]}\n"
+                               "check the output above, or set training.nproc=1 to train in one process")
+        model.load_state_dict(load_file(str(work / "state.safetensors")), strict=True)
+        losses = json.loads((work / "state.losses.json").read_text())["losses"]
+    per_epoch = max(1, len(losses) // tcfg.epochs)
+    log = TrainLog([float(np.mean(losses[i:i + per_epoch])) for i in range(0, len(losses), per_epoch)], losses,
+                   len(train) * tcfg.epochs, time.perf_counter() - started)
+    model.eval()
+    return model, log
+
+
+def load_model(registry: ModelRegistry, version: str) -> tuple[torch.nn.Module, dict]:
+    """A registry version as a ready model (weights verified against the manifest)."""
+    state, meta = registry.load(version)
+    model = build_model(ModelSettings(**meta["model"]), FeatureSpec.from_dict(meta["features"]).n_dense)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, meta
+
+
+def _better_or_equal(metric: str, new: float, old: float, tolerance: float) -> bool:
+    if np.isnan(old):
+        return True
+    if np.isnan(new):
+        return False
+    return new <= old + tolerance if metric in LOWER_IS_BETTER else new >= old - tolerance
+
+
+def run(settings: Settings, version: int | None = None, progress: bool = True, promote: bool = True,
+        console: Console | None = None) -> RetrainResult:
+    """One retrain; ``version`` pins the Delta events table (default: its latest version)."""
+    console = console or Console(quiet=not progress)
+    cfg, tcfg = settings.model, settings.training
+    registry = ModelRegistry(settings.paths.models_dir)
+    spec = feature_spec(settings)  # refuses early when the registry was never applied
+
+    data = training_data.build(settings, version=version)
+    console.print(f"[bold]retrain[/] events table v{data.table_version}: {len(data.train):,} training rows, "
+                  f"{len(data.validation):,} validation rows (split {tcfg.validation})")
+    every_ms = int(tcfg.snapshot_every_s * 1000)
+    history = backfill.compute(settings, version=data.table_version, progress=progress, snapshot_every_ms=every_ms)
+    backfill.write_offline(settings, history.snapshot_frames())
+    console.print("point-in-time features through Feast ...")
+    train = _examples(settings, spec, data.train)
+    evaluation = _evaluation(settings, spec, data)
+
+    model, log = _train(settings, spec, train, progress, console)
+    metrics = evaluation.metrics(model, cfg, tcfg.eval_k, tcfg.batch_size)
+    metrics["train_samples_per_s"] = log.samples / log.seconds if log.seconds else float("nan")
+    popularity = evaluation.popularity_metrics(tcfg.eval_k)
+
+    served = registry.served()
+    served_metrics, served_state, reason = None, None, "first model: nothing is served yet"
+    if served:
+        try:
+            served_model, served_meta = load_model(registry, served)
+            check_compatible(FeatureSpec.from_dict(served_meta["features"]), spec)
+            served_metrics = evaluation.metrics(served_model, ModelSettings(**served_meta["model"]), tcfg.eval_k, tcfg.batch_size)
+            served_state = served_model.state_dict()
+        except (ModelIntegrityError, FeatureSpecMismatch, RuntimeError) as e:
+            reason = f"the served {served} cannot be compared ({e}); promoting the new model"
+    m = tcfg.promote_metric
+    if served_metrics is not None:
+        ok = _better_or_equal(m, metrics[m], served_metrics[m], tcfg.promote_tolerance)
+        reason = (f"{m} {metrics[m]:.4f} vs served {served} {served_metrics[m]:.4f} (tolerance {tcfg.promote_tolerance}): "
+                  + ("promoted" if ok else "NOT promoted, the served model stays"))
+    else:
+        ok = True
+
+    meta = {"model": cfg.model_dump(), "features": spec.to_dict(), "table_version": data.table_version,
+            "feature_registry_digest": spec.registry_digest, "feast_project": settings.features.project,
+            "code_version": code_version(), "seed": {"model": cfg.seed, "training": tcfg.seed},
+            "training": tcfg.model_dump(), "metrics": metrics, "popularity": popularity,
+            "served_version": served, "served_metrics": served_metrics, "loss": log.epoch_loss,
+            "examples": {"train": len(train), "validation": len(evaluation.validation)}}
+    target = registry.next_version()
+    extra: dict[str, Path] = {}
+    delta_rows: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if served_state is not None:
+            try:
+                d = model_delta.compute_delta(served_state, model.state_dict(), tcfg.delta_threshold)
+                model_delta.write_delta(Path(tmp) / "delta", d, served_state, served, target)
+                extra[f"delta-from-{served}"] = Path(tmp) / "delta"
+                delta_rows = d.row_counts
+                meta["base_version"] = served
+            except model_delta.DeltaError as e:  # e.g. a new embedding size: servers load the full version
+                console.print(f"[yellow]no delta from {served}:[/] {e}")
+        report = _report(Path(tmp) / "report", meta, log, target)
+        new_version = registry.publish(model.state_dict(), meta, extra_dirs={**extra, "report": report}, version=target)
+    if ok and promote:
+        registry.promote(new_version)
+    result = RetrainResult(new_version, ok and promote, reason, metrics, popularity, served, served_metrics,
+                           data.table_version, registry.path(new_version) / "report", delta_rows)
+    console.print(f"[bold]{new_version}[/]: AUC {metrics['auc']:.4f}, log loss {metrics['logloss']:.4f}, "
+                  f"HR@{tcfg.eval_k} {metrics['hr_at_k']:.4f} (popularity {popularity['hr_at_k']:.4f}), "
+                  f"NDCG@{tcfg.eval_k} {metrics['ndcg_at_k']:.4f} (popularity {popularity['ndcg_at_k']:.4f}) "
+                  f"over {metrics['users']} users; {reason}")
+    return result
+
+
+def _report(directory: Path, meta: dict, log, version: str) -> Path:  # noqa: ANN001 - models.train.TrainLog
+    """report.json + report.png (loss curve, metrics vs popularity and the served model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True)
+    (directory / "report.json").write_text(json.dumps({**meta, "version": version, "step_loss": log.step_loss}, indent=2, default=str))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = np.asarray(log.step_loss)
+    if len(steps):
+        window = max(1, len(steps) // 50)
+        left.plot(np.convolve(steps, np.ones(window) / window, mode="valid"))
+    left.set(title=f"{version} training loss (moving mean)", xlabel="step", ylabel="BCE")
+    names = ["hr_at_k", "ndcg_at_k"]
+    bars = {"model": [meta["metrics"][n] for n in names], "popularity": [meta["popularity"][n] for n in names]}
+    if meta.get("served_metrics"):
+        bars[f"served {meta['served_version']}"] = [meta["served_metrics"][n] for n in names]
+    width = 0.8 / len(bars)
+    for i, (label, values) in enumerate(bars.items()):
+        right.bar(np.arange(len(names)) + i * width, values, width, label=label)
+    k = meta["training"]["eval_k"]
+    right.set_xticks(np.arange(len(names)) + width * (len(bars) - 1) / 2, [f"HR@{k}", f"NDCG@{k}"])
+    right.set(title=f"AUC {meta['metrics']['auc']:.3f}, log loss {meta['metrics']['logloss']:.3f}")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(directory / "report.png", dpi=90)
+    plt.close(fig)
+    return directory
+
+
+def copy_report(result: RetrainResult, to: Path) -> None:
+    shutil.copytree(result.report_dir, to, dirs_exist_ok=True)

@@ -1,0 +1,136 @@
+"""What the ranking model reads, taken from the Feast registry, and how it becomes tensors.
+
+The model's inputs are not a list in the trainer: they are every numeric, non-timestamp feature
+of the registered ``user`` and ``item`` views, plus the user's recent-items list as a bag. The
+spec is stored with each model version, so the server reads exactly the features the model was
+trained on (and refuses a model whose features the registry no longer has).
+
+Training rows get their values through Feast's point-in-time join (``get_historical_features``)
+at ``event time - 1 ms``: a feature written by the event itself, or later, can never leak into
+its row. Missing history (a user's first event) means zeros, as it does online.
+
+>>> dense_transform(np.array([0.0, 1.0, -3.0, np.nan]))
+array([ 0.        ,  0.69314718, -1.38629436,  0.        ])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from features import names
+from features.definitions import TIMESTAMP_FIELD
+from features.store import feature_store, registered_views
+from infra.settings import Settings
+
+RECENT_REF = f"{names.USER_RECENT}:recent_items"
+NUMERIC_TYPES = ("Int32", "Int64", "Float32", "Float64")
+
+
+class FeatureSpecMismatch(ValueError):
+    """A model was trained on features the registry does not have (any more)."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Feature references ("view:feature") the model reads, in the order of its dense input."""
+
+    user_refs: tuple[str, ...]
+    item_refs: tuple[str, ...]
+    recent_ref: str
+    registry_digest: str
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.user_refs) + len(self.item_refs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "FeatureSpec":
+        return cls(tuple(raw["user_refs"]), tuple(raw["item_refs"]), raw["recent_ref"], raw["registry_digest"])
+
+
+def _is_model_input(dtype: str, name: str) -> bool:
+    return any(dtype.startswith(t) or dtype == t for t in NUMERIC_TYPES) and not name.endswith("_ms")
+
+
+def feature_spec(settings: Settings) -> FeatureSpec:
+    """The model's inputs as the registry defines them now."""
+    views = registered_views(settings)
+    user_refs: list[str] = []
+    item_refs: list[str] = []
+    described: dict[str, list] = {}
+    for view in sorted(views.values(), key=lambda v: v.name):
+        described[view.name] = sorted([view.entities, [(f.name, str(f.dtype)) for f in view.features]], key=str)
+        target = user_refs if names.USER_KEY in view.join_keys else item_refs
+        if names.USER_KEY in view.join_keys and names.ITEM_KEY in view.join_keys:
+            continue  # no pair views yet; they would need their own slot
+        target.extend(f"{view.name}:{f.name}" for f in view.features if _is_model_input(str(f.dtype), f.name))
+    view_name, _ = RECENT_REF.split(":")
+    if view_name not in views:
+        raise FeatureSpecMismatch(f"the registry has no {view_name} view: run `recsys features apply`")
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return FeatureSpec(tuple(user_refs), tuple(item_refs), RECENT_REF, digest)
+
+
+def check_compatible(trained: FeatureSpec, current: FeatureSpec) -> None:
+    """Serving a model needs every feature it was trained on, in the same order."""
+    if (trained.user_refs, trained.item_refs, trained.recent_ref) != (current.user_refs, current.item_refs, current.recent_ref):
+        missing = sorted(set(trained.user_refs + trained.item_refs) - set(current.user_refs + current.item_refs))
+        raise FeatureSpecMismatch(
+            f"the model was trained on features the registry does not define the same way (missing: {missing or 'none, order changed'}): "
+            "retrain with `recsys retrain` or re-apply the matching feature definitions")
+
+
+def dense_transform(values: np.ndarray) -> np.ndarray:
+    """Counts and scores span orders of magnitude: sign(x) * log1p(|x|), missing -> 0."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+def _column(ref: str) -> str:
+    return ref.replace(":", "__")  # Feast's full feature name
+
+
+def _historical(settings: Settings, key: str, keys: pd.Series, times_ms: pd.Series, refs: list[str]) -> pd.DataFrame:
+    """Feast point-in-time values for distinct (entity, time) requests, one row per request."""
+    requests = pd.DataFrame({key: keys.to_numpy(), "t": times_ms.to_numpy()}).drop_duplicates()
+    entity_df = pd.DataFrame({key: requests[key].to_numpy(),
+                              TIMESTAMP_FIELD: pd.to_datetime(requests["t"].to_numpy(), unit="ms", utc=True)})
+    joined = feature_store(settings).get_historical_features(entity_df=entity_df, features=refs, full_feature_names=True).to_df()
+    joined["t"] = (joined[TIMESTAMP_FIELD] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    if len(joined) != len(requests):
+        raise RuntimeError(f"Feast returned {len(joined)} rows for {len(requests)} distinct requests: "
+                           "the offline store must left-join (use the duckdb offline store of features/feature_store.yaml)")
+    return joined.drop(columns=[TIMESTAMP_FIELD])
+
+
+def point_in_time(settings: Settings, spec: FeatureSpec, users: pd.Series, items: pd.Series, at_ms: pd.Series) -> tuple[np.ndarray, list[list[str]]]:
+    """Dense inputs (n, spec.n_dense) and recent-item bags for rows (user, item) as of ``at_ms``
+    (exclusive: values written at ``at_ms`` or later are not visible)."""
+    before = at_ms.astype("int64") - 1
+    user_part = _historical(settings, names.USER_KEY, users, before, [*spec.user_refs, spec.recent_ref])
+    item_part = _historical(settings, names.ITEM_KEY, items, before, list(spec.item_refs))
+    rows = pd.DataFrame({names.USER_KEY: users.to_numpy(), names.ITEM_KEY: items.to_numpy(), "t": before.to_numpy()})
+    rows = rows.merge(user_part, on=[names.USER_KEY, "t"], how="left").merge(item_part, on=[names.ITEM_KEY, "t"], how="left")
+    dense = dense_transform(rows[[_column(r) for r in (*spec.user_refs, *spec.item_refs)]].to_numpy(dtype=np.float64))
+    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in rows[_column(spec.recent_ref)]]
+    return dense.astype(np.float32), recent
+
+
+def as_of(settings: Settings, spec: FeatureSpec, users: list[str], items: list[str], at_ms: int) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    """User dense rows + recent bags and item dense rows at one instant (for full-catalogue ranking)."""
+    user_part = _historical(settings, names.USER_KEY, pd.Series(users), pd.Series([at_ms - 1] * len(users)), [*spec.user_refs, spec.recent_ref])
+    user_part = user_part.set_index(names.USER_KEY).reindex(users)
+    item_part = _historical(settings, names.ITEM_KEY, pd.Series(items), pd.Series([at_ms - 1] * len(items)), list(spec.item_refs))
+    item_part = item_part.set_index(names.ITEM_KEY).reindex(items)
+    user_dense = dense_transform(user_part[[_column(r) for r in spec.user_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
+    item_dense = dense_transform(item_part[[_column(r) for r in spec.item_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
+    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in user_part[_column(spec.recent_ref)]]
+    return user_dense, recent, item_dense

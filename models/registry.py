@@ -1,0 +1,180 @@
+"""The model registry: a directory of immutable, checksummed model versions and a serving pointer.
+
+Layout under ``settings.paths.models_dir``::
+
+    versions/v0003/weights.safetensors   the full state dict (safetensors: loading runs no code)
+    versions/v0003/model.json            config, feature spec, metrics, lineage (Delta table version,
+                                         feature registry digest, code version, seed, base version)
+    versions/v0003/delta-from-v0002/     the delta to the version that was serving (models.delta)
+    versions/v0003/manifest.json         size + sha256 of every file above; written last
+    serving.json                         {"current": "v0003", "history": [...]} (promotion, rollback)
+
+A version directory is assembled aside and renamed into place, and ``manifest.json`` is checked
+on every load, so a half-written, truncated or altered version is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "weights.safetensors"
+META = "model.json"
+MANIFEST = "manifest.json"
+SERVING = "serving.json"
+
+
+class ModelIntegrityError(ValueError):
+    """A stored version does not match its manifest (or cannot be read)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def code_version() -> str:
+    """The git commit of the engine's code (with "+dirty" for local changes), else "unknown"."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+
+    # -- versions ---------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Complete versions (with a manifest), oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.versions_dir.iterdir() if (p / MANIFEST).is_file())
+
+    def next_version(self) -> str:
+        taken = [int(v[1:]) for v in self.versions() if v[1:].isdigit()]
+        return f"v{(max(taken) + 1) if taken else 1:04d}"
+
+    def path(self, version: str) -> Path:
+        return self.versions_dir / version
+
+    def publish(self, state: Mapping[str, torch.Tensor], meta: dict, extra_dirs: Mapping[str, Path] = (),
+                extra_files: Mapping[str, Path] = (), version: str | None = None) -> str:
+        """Write a new immutable version (weights + meta + extras), checksummed; returns its name."""
+        version = version or self.next_version()
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.versions_dir))
+        try:
+            save_file({k: v.detach().contiguous() for k, v in state.items()}, str(staging / WEIGHTS))
+            _write_json(staging / META, {**meta, "version": version,
+                                         "created_at": datetime.now(timezone.utc).isoformat()})
+            for name, src in dict(extra_dirs).items():
+                shutil.copytree(src, staging / name)
+            for name, src in dict(extra_files).items():
+                shutil.copy2(src, staging / name)
+            files = sorted(p for p in staging.rglob("*") if p.is_file())
+            _write_json(staging / MANIFEST, {"version": version, "files": {
+                str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}})
+            if self.path(version).exists():
+                raise FileExistsError(f"model version {version} already exists in {self.versions_dir}: versions are immutable")
+            os.rename(staging, self.path(version))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return version
+
+    def verify(self, version: str) -> dict:
+        """Check every file against the manifest; returns the manifest."""
+        where = self.path(version)
+        if not (where / MANIFEST).is_file():
+            raise ModelIntegrityError(f"model version {version} is missing or incomplete (no {MANIFEST} in {where}): "
+                                      f"pick one of {self.versions() or 'none - run recsys retrain'}")
+        try:
+            manifest = json.loads((where / MANIFEST).read_text())
+        except json.JSONDecodeError as e:
+            raise ModelIntegrityError(f"{where / MANIFEST} is not valid JSON ({e}): the version is damaged; "
+                                      "re-run `recsys retrain` or restore it from a backup") from e
+        for name, expected in manifest["files"].items():
+            f = where / name
+            problem = None
+            if not f.is_file():
+                problem = "is missing"
+            elif f.stat().st_size != expected["bytes"]:
+                problem = f"is {f.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated or replaced?)"
+            elif sha256_file(f) != expected["sha256"]:
+                problem = "does not match its sha256 in the manifest (corrupted or altered)"
+            if problem:
+                raise ModelIntegrityError(f"model version {version}: {name} {problem}: refusing to load it; "
+                                          "re-run `recsys retrain` or restore the version from a backup")
+        return manifest
+
+    def meta(self, version: str) -> dict:
+        return json.loads((self.path(version) / META).read_text())
+
+    def load(self, version: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """Verified weights and metadata of one version."""
+        self.verify(version)
+        try:
+            state = load_file(str(self.path(version) / WEIGHTS))
+        except (SafetensorError, OSError) as e:
+            raise ModelIntegrityError(f"model version {version}: {WEIGHTS} cannot be read ({e}): "
+                                      "re-run `recsys retrain` or restore it from a backup") from e
+        return state, self.meta(version)
+
+    # -- serving pointer --------------------------------------------------------------------
+    def _serving(self) -> dict:
+        f = self.root / SERVING
+        return json.loads(f.read_text()) if f.is_file() else {"current": None, "history": []}
+
+    def served(self) -> str | None:
+        return self._serving()["current"]
+
+    def history(self) -> list[str]:
+        return list(self._serving()["history"])
+
+    def promote(self, version: str) -> None:
+        """Point serving at ``version`` (kept in the history, so rollback can return)."""
+        self.verify(version)
+        s = self._serving()
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_json(self.root / SERVING, {"current": version, "history": [*s["history"], version],
+                                          "updated_at": datetime.now(timezone.utc).isoformat()})
+
+    def rollback(self) -> str:
+        """Serve the previously promoted version again; returns it."""
+        s = self._serving()
+        history = list(s["history"])
+        if len(history) < 2:
+            raise ValueError(f"nothing to roll back to: serving history is {history or 'empty'}; "
+                             "promote another version first (recsys retrain)")
+        history.pop()
+        previous = history[-1]
+        self.verify(previous)
+        _write_json(self.root / SERVING, {"current": previous, "history": history,
+                                          "updated_at": datetime.now(timezone.utc).isoformat()})
+        return previous
