@@ -149,6 +149,70 @@ def cmd_lake(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
+    from batch import retrain
+
+    if args.nproc:
+        settings = settings.model_copy(update={"training": settings.training.model_copy(update={"nproc": args.nproc})})
+    result = retrain.run(settings, version=args.version, progress=not args.quiet, promote=not args.no_promote, console=console)
+    console.print(f"report: {result.report_dir / 'report.json'} and report.png")
+    return 0 if result.promoted or args.no_promote else 4
+
+
+def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
+    import logging
+    import subprocess
+
+    from infra.schedule import next_run, run_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from datetime import datetime, timezone
+
+    cfg = settings.schedule
+    console.print(f"nightly retrain daily at {cfg.daily_at} {cfg.timezone}; next run "
+                  f"{next_run(cfg, datetime.now(timezone.utc)).isoformat()} (Ctrl-C stops)")
+
+    def job() -> int:  # a subprocess: a crash or leak in one run cannot take the scheduler down
+        return subprocess.run([sys.executable, "-m", "infra.cli", "retrain", "--quiet"]).returncode
+
+    run_forever(settings, job)
+    return 0
+
+
+def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.paths.models_dir)
+    if args.action == "rollback":
+        was = registry.served()
+        console.print(f"serving {registry.rollback()} again (rolled back from {was})")
+        return 0
+    if args.action == "verify":
+        versions = [args.version] if args.version else registry.versions()
+        for v in versions:
+            files = registry.verify(v)["files"]
+            console.print(f"{v}: {len(files)} files match their checksums")
+        return 0
+    if args.action == "show":
+        version = args.version or registry.served()
+        if not version:
+            raise ValueError("no model is served yet: run `recsys retrain` first")
+        console.print_json(data=registry.meta(version))
+        return 0
+    served = registry.served()
+    table = Table("version", "served", "created", "events v", "AUC", "HR@K", "NDCG@K", "pop HR@K", "base")
+    for v in registry.versions():
+        m = registry.meta(v)
+        met, pop = m.get("metrics", {}), m.get("popularity", {})
+        table.add_row(v, "*" if v == served else "", m.get("created_at", "")[:19], str(m.get("table_version")),
+                      f"{met.get('auc', float('nan')):.4f}", f"{met.get('hr_at_k', float('nan')):.4f}",
+                      f"{met.get('ndcg_at_k', float('nan')):.4f}", f"{pop.get('hr_at_k', float('nan')):.4f}", m.get("base_version") or "")
+    console.print(table)
+    return 0
+
+
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     from streaming import stream_runner
 
@@ -246,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--foreground", action="store_true", help="start: run in this terminal (Ctrl-C stops)")
     stream.add_argument("--kill", action="store_true", help="stop: SIGKILL instead of a graceful stop")
 
+    retrain = sub.add_parser("retrain", help="the nightly job: Delta -> point-in-time data -> TorchRec -> evaluated version + delta")
+    retrain.add_argument("--version", type=int, help="events table version to train on (default: latest; recorded in the model)")
+    retrain.add_argument("--nproc", type=int, help="training processes (torchrun + gloo DistributedModelParallel); default training.nproc")
+    retrain.add_argument("--no-promote", action="store_true", help="publish the version but do not serve it")
+    retrain.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("schedule", help="run `recsys retrain` daily at schedule.daily_at (local scheduler; see infra/production for cron/K8s/Airflow)")
+
+    model = sub.add_parser("model", help="the model registry: list, show, verify, rollback")
+    model.add_argument("action", choices=["list", "show", "verify", "rollback"])
+    model.add_argument("version", nargs="?", help="show/verify: a version (default: the served one / all versions)")
+
     lake = sub.add_parser("lake", help="lakehouse maintenance")
     lake.add_argument("action", choices=["compact"], help="compact: optimize (merge small files) + vacuum")
     lake.add_argument("--retention-hours", type=int, default=168, help="vacuum keeps files newer than this")
@@ -264,6 +340,9 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "backfill": cmd_backfill,
     "lake": cmd_lake,
     "stream": cmd_stream,
+    "retrain": cmd_retrain,
+    "schedule": cmd_schedule,
+    "model": cmd_model,
 }
 
 

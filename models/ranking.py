@@ -213,4 +213,4 @@ def train_step(model: DLRM, optimizer: torch.optim.Optimizer, batch: Batch) -> f
     loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
     loss.backward()
     optimizer.step()
-    return float(loss)
+    return float(loss.detach())
