@@ -1,8 +1,7 @@
 """The main job on the embedded local stack.
 
 Today: services -> feature registry -> stream job -> replay ml-100k -> features in Feast/Redis
-and events in Delta -> nightly retrain (point-in-time data, TorchRec, evaluation, registry
-version). Later stages (delta hot swap, recommendations) plug in here.
+and events in Delta. Later stages (retrain, delta, hot swap, recommendations) plug in here.
 """
 
 from __future__ import annotations
@@ -77,14 +76,7 @@ def _replay_and_show(settings: Settings, console: Console, speedup: float | None
         table.add_row(u, str(n), f"{avg:.2f}" if avg is not None else "-", ", ".join((recent or [])[:8]))
     console.print(table)
 
-    console.rule("[bold]5. nightly retrain on the Delta table (pinned version)")
-    from batch import retrain
-
-    result = retrain.run(settings, console=console)
-    console.print(f"[green]✓[/] model {result.version} ({'promoted' if result.promoted else 'not promoted'}); "
-                  f"report {result.report_dir / 'report.png'}")
-
-    console.rule("[bold]6. what the broker holds")
+    console.rule("[bold]5. what the broker holds")
     console.print(topics_table(settings))
     console.print("Stream job stopped (its checkpoint is kept: `recsys stream start` resumes). "
                   "Stop the services with [bold]recsys down[/].")
