@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -258,7 +257,3 @@ def _report(directory: Path, meta: dict, log, version: str) -> Path:  # noqa: AN
     fig.savefig(directory / "report.png", dpi=90)
     plt.close(fig)
     return directory
-
-
-def copy_report(result: RetrainResult, to: Path) -> None:
-    shutil.copytree(result.report_dir, to, dirs_exist_ok=True)

@@ -22,8 +22,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from infra.settings import ModelSettings
-from models.distributed import dense_optimizer, distribute, init_from_env, shard_rows, unwrap_state_dict
-from models.ranking import build_model, train_step
+from models.distributed import distribute, init_from_env, shard_rows, unwrap_state_dict
+from models.ranking import build_model, dense_optimizer, train_step
 from models.train import Examples
 
 
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ModelSettings(**job["model"])
     rank, world = init_from_env()
     examples = load_examples(args.examples)
-    per_rank = len(examples) // world  # equal steps on every rank: drop at most world - 1 rows
-    mine = examples.take(np.arange(shard_rows(world * per_rank, rank, world).start,
-                                   shard_rows(world * per_rank, rank, world).stop))
+    block = shard_rows(world * (len(examples) // world), rank, world)  # equal steps on every rank: drop at most world - 1 rows
+    mine = examples.take(np.arange(block.start, block.stop))
     model = build_model(cfg, job["n_dense"])
     model = distribute(model, cfg) if world > 1 else model
     optimizer = dense_optimizer(model, cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -33,6 +34,12 @@ def local_stack() -> Iterator[Settings]:
 def machine() -> str:
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, {platform.machine()}"
+
+
+def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """How to re-run this measurement: the script plus every option that differs from its default."""
+    return f"python bench/{script}" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != parser.get_default(k))
 
 
 def record(name: str, *, value: float, baseline: float, ratio: float, unit: str, goal: float, command: str, note: str = "") -> None:

@@ -36,7 +36,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from safetensors.torch import load, save_file  # noqa: E402
 
-from bench.common import record  # noqa: E402
+from bench.common import command_line, record  # noqa: E402
 from infra.settings import ModelSettings  # noqa: E402
 from models.delta import compute_delta, embedding_keys, merge, write_delta  # noqa: E402
 from models.ranking import build_model  # noqa: E402
@@ -157,8 +157,7 @@ def main() -> None:
                   f"bytes, ratio {ratio:.1f}")
     if args.no_record:
         return
-    command = "python bench/delta_size.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != parser.get_default(k))
+    command = command_line("delta_size.py", parser, args)
     record(
         NAME,
         value=point["delta_bytes"],

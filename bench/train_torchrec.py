@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from torch import nn  # noqa: E402
 
-from bench.common import record  # noqa: E402
+from bench.common import command_line, record  # noqa: E402
 from infra.settings import ModelSettings, Settings  # noqa: E402
 from models.ranking import Batch, build_model, dense_optimizer, train_step  # noqa: E402
 
@@ -203,8 +203,7 @@ def main() -> None:
     print(f"median: ours {med_ours:,.0f} samples/s, plain {med_plain:,.0f} samples/s, ratio {ratio:.3f}")
     if args.no_record:
         return
-    command = "python bench/train_torchrec.py" + "".join(
-        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v != parser.get_default(k))
+    command = command_line("train_torchrec.py", parser, args)
     record(
         NAME,
         value=med_ours,

@@ -57,7 +57,7 @@ class FeatureSpec:
 
 
 def _is_model_input(dtype: str, name: str) -> bool:
-    return any(dtype.startswith(t) or dtype == t for t in NUMERIC_TYPES) and not name.endswith("_ms")
+    return dtype.startswith(NUMERIC_TYPES) and not name.endswith("_ms")
 
 
 def feature_spec(settings: Settings) -> FeatureSpec:
@@ -65,12 +65,12 @@ def feature_spec(settings: Settings) -> FeatureSpec:
     views = registered_views(settings)
     user_refs: list[str] = []
     item_refs: list[str] = []
-    described: dict[str, list] = {}
+    described: dict[str, dict] = {}
     for view in sorted(views.values(), key=lambda v: v.name):
-        described[view.name] = sorted([view.entities, [(f.name, str(f.dtype)) for f in view.features]], key=str)
-        target = user_refs if names.USER_KEY in view.join_keys else item_refs
+        described[view.name] = {"entities": sorted(view.entities), "fields": [(f.name, str(f.dtype)) for f in view.features]}
         if names.USER_KEY in view.join_keys and names.ITEM_KEY in view.join_keys:
             continue  # no pair views yet; they would need their own slot
+        target = user_refs if names.USER_KEY in view.join_keys else item_refs
         target.extend(f"{view.name}:{f.name}" for f in view.features if _is_model_input(str(f.dtype), f.name))
     view_name, _ = RECENT_REF.split(":")
     if view_name not in views:

@@ -54,11 +54,9 @@ from torchrec.distributed.sharding_plan import (
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.models.dlrm import DLRM
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from infra.settings import ModelSettings
-from models import ranking
-from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, train_step
+from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, dense_optimizer, dense_parameters, train_step
 
 Sharding = Literal["row_wise", "table_wise"]
 EBC_PATH = "sparse_arch.embedding_bag_collection"  # where build_model's DLRM keeps its tables
@@ -150,16 +148,6 @@ def _pin_sparse_eps(model: DLRM) -> None:
             kwargs[0].setdefault("eps", optimizers[0].defaults["eps"])
 
 
-def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Everything not updated in backward, i.e. not an embedding table (those have their fused optimizer)."""
-    return [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
-
-
-def dense_optimizer(model: nn.Module, cfg: ModelSettings) -> torch.optim.Optimizer:
-    """Adagrad for the dense layers of a DMP-wrapped (or plain) model, as models.ranking does single-process."""
-    return torch.optim.Adagrad(dense_parameters(model), lr=cfg.dense_lr)
-
-
 def unwrap_state_dict(model: DistributedModelParallel, dst: int = 0) -> dict[str, torch.Tensor]:
     """The full, unsharded state dict on rank ``dst`` (empty dict elsewhere), keyed like the plain DLRM.
 
@@ -233,7 +221,7 @@ def _selftest(out: str | None, steps: int, sharding: Sharding) -> int:
         ref = build_model(cfg, n_dense)
         everything = build(list(range(n)))
         loss_before = _loss(ref, everything)
-        ref_opt = ranking.dense_optimizer(ref, cfg)
+        ref_opt = dense_optimizer(ref, cfg)
         for s in range(steps):
             train_step(ref, ref_opt, build([i for sh in shards for i in rows_at(s, sh)]))
         ref_state = ref.state_dict()

@@ -29,6 +29,7 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from torchrec.models.dlrm import DLRM, SparseArch
 from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from infra.settings import ModelSettings
 from models.ids import bucket_tensor
@@ -154,12 +155,13 @@ def build_model(cfg: ModelSettings, n_dense: int) -> DLRM:
     return model
 
 
-def dense_parameters(model: DLRM) -> list[nn.Parameter]:
-    sparse = {id(p) for p in model.sparse_arch.parameters()}
-    return [p for p in model.parameters() if id(p) not in sparse]
+def dense_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Everything not updated in backward, i.e. not an embedding table; works on a plain model and
+    on a DistributedModelParallel-wrapped one (whose sharded tables carry their fused optimizer)."""
+    return [p for _, p in in_backward_optimizer_filter(model.named_parameters())]
 
 
-def dense_optimizer(model: DLRM, cfg: ModelSettings) -> torch.optim.Optimizer:
+def dense_optimizer(model: nn.Module, cfg: ModelSettings) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(dense_parameters(model), lr=cfg.dense_lr)
 
 
