@@ -25,7 +25,6 @@ from safetensors.torch import load_file
 from batch import backfill, training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import ModelSettings, Settings
-from models import delta as model_delta
 from models.evaluate import auc, logloss, top_k
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.registry import ModelIntegrityError, ModelRegistry, code_version
@@ -201,21 +200,14 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
             "training": tcfg.model_dump(), "metrics": metrics, "popularity": popularity,
             "served_version": served, "served_metrics": served_metrics, "loss": log.epoch_loss,
             "examples": {"train": len(train), "validation": len(evaluation.validation)}}
-    target = registry.next_version()
-    extra: dict[str, Path] = {}
-    delta_rows: dict[str, int] = {}
+    counts = data.train.loc[~data.train["sampled"], "item_id"].value_counts()
     with tempfile.TemporaryDirectory() as tmp:
-        if served_state is not None:
-            try:
-                d = model_delta.compute_delta(served_state, model.state_dict(), tcfg.delta_threshold)
-                model_delta.write_delta(Path(tmp) / "delta", d, served_state, served, target)
-                extra[f"delta-from-{served}"] = Path(tmp) / "delta"
-                delta_rows = d.row_counts
-                meta["base_version"] = served
-            except model_delta.DeltaError as e:  # e.g. a new embedding size: servers load the full version
-                console.print(f"[yellow]no delta from {served}:[/] {e}")
-        report = _report(Path(tmp) / "report", meta, log, target)
-        new_version = registry.publish(model.state_dict(), meta, extra_dirs={**extra, "report": report}, version=target)
+        report = _report(Path(tmp) / "report", meta, log, registry.next_version())
+        new_version, delta_rows, no_delta = registry.publish_model(
+            model.state_dict(), meta, counts.to_dict(), base=(served, served_state) if served_state is not None else None,
+            delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report})
+    if no_delta:
+        console.print(f"[yellow]no delta from {served}:[/] {no_delta}")
     if ok and promote:
         registry.promote(new_version)
     result = RetrainResult(new_version, ok and promote, reason, metrics, popularity, served, served_metrics,

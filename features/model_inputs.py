@@ -5,8 +5,9 @@ of the registered ``user`` and ``item`` views, plus the user's recent-items list
 spec is stored with each model version, so the server reads exactly the features the model was
 trained on (and refuses a model whose features the registry no longer has).
 
-Training rows get their values through Feast's point-in-time join (``get_historical_features``)
-at ``event time - 1 ms``: a feature written by the event itself, or later, can never leak into
+Training rows get their values through a point-in-time join over the registry's views
+(``features.point_in_time``: DuckDB ASOF by default, Feast's ``get_historical_features`` on
+request, both the same rows) at ``event time - 1 ms``: a feature written by the event itself, or later, can never leak into
 its row. Missing history (a user's first event) means zeros, as it does online.
 
 >>> dense_transform(np.array([0.0, 1.0, -3.0, np.nan]))
@@ -23,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from features import names
-from features.definitions import TIMESTAMP_FIELD
-from features.store import feature_store, registered_views
+from features.point_in_time import column, historical
+from features.store import registered_views
 from infra.settings import Settings
 
 RECENT_REF = f"{names.USER_RECENT}:recent_items"
@@ -94,21 +95,8 @@ def dense_transform(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
-def _column(ref: str) -> str:
-    return ref.replace(":", "__")  # Feast's full feature name
-
-
 def _historical(settings: Settings, key: str, keys: pd.Series, times_ms: pd.Series, refs: list[str]) -> pd.DataFrame:
-    """Feast point-in-time values for distinct (entity, time) requests, one row per request."""
-    requests = pd.DataFrame({key: keys.to_numpy(), "t": times_ms.to_numpy()}).drop_duplicates()
-    entity_df = pd.DataFrame({key: requests[key].to_numpy(),
-                              TIMESTAMP_FIELD: pd.to_datetime(requests["t"].to_numpy(), unit="ms", utc=True)})
-    joined = feature_store(settings).get_historical_features(entity_df=entity_df, features=refs, full_feature_names=True).to_df()
-    joined["t"] = (joined[TIMESTAMP_FIELD] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
-    if len(joined) != len(requests):
-        raise RuntimeError(f"Feast returned {len(joined)} rows for {len(requests)} distinct requests: "
-                           "the offline store must left-join (use the duckdb offline store of features/feature_store.yaml)")
-    return joined.drop(columns=[TIMESTAMP_FIELD])
+    return historical(settings, key, keys, times_ms, refs, engine=settings.training.pit_engine)
 
 
 def point_in_time(settings: Settings, spec: FeatureSpec, users: pd.Series, items: pd.Series, at_ms: pd.Series) -> tuple[np.ndarray, list[list[str]]]:
@@ -119,8 +107,8 @@ def point_in_time(settings: Settings, spec: FeatureSpec, users: pd.Series, items
     item_part = _historical(settings, names.ITEM_KEY, items, before, list(spec.item_refs))
     rows = pd.DataFrame({names.USER_KEY: users.to_numpy(), names.ITEM_KEY: items.to_numpy(), "t": before.to_numpy()})
     rows = rows.merge(user_part, on=[names.USER_KEY, "t"], how="left").merge(item_part, on=[names.ITEM_KEY, "t"], how="left")
-    dense = dense_transform(rows[[_column(r) for r in (*spec.user_refs, *spec.item_refs)]].to_numpy(dtype=np.float64))
-    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in rows[_column(spec.recent_ref)]]
+    dense = dense_transform(rows[[column(r) for r in (*spec.user_refs, *spec.item_refs)]].to_numpy(dtype=np.float64))
+    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in rows[column(spec.recent_ref)]]
     return dense.astype(np.float32), recent
 
 
@@ -130,7 +118,7 @@ def as_of(settings: Settings, spec: FeatureSpec, users: list[str], items: list[s
     user_part = user_part.set_index(names.USER_KEY).reindex(users)
     item_part = _historical(settings, names.ITEM_KEY, pd.Series(items), pd.Series([at_ms - 1] * len(items)), list(spec.item_refs))
     item_part = item_part.set_index(names.ITEM_KEY).reindex(items)
-    user_dense = dense_transform(user_part[[_column(r) for r in spec.user_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
-    item_dense = dense_transform(item_part[[_column(r) for r in spec.item_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
-    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in user_part[_column(spec.recent_ref)]]
+    user_dense = dense_transform(user_part[[column(r) for r in spec.user_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
+    item_dense = dense_transform(item_part[[column(r) for r in spec.item_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
+    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in user_part[column(spec.recent_ref)]]
     return user_dense, recent, item_dense

@@ -25,9 +25,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     from infra.services import down
+    from serving.runner import stop as stop_api
     from streaming.stream_runner import stop as stop_stream
 
-    stopped = (["stream job"] if stop_stream(settings) else []) + down(settings)
+    stopped = (["API"] if stop_api(settings) else []) + (["stream job"] if stop_stream(settings) else []) + down(settings)
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     return 0
 
@@ -213,6 +214,42 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving import runner
+
+    if args.host or args.port:
+        update = {k: v for k, v in (("host", args.host), ("port", args.port)) if v}
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(update=update)})
+    url = runner.base_url(settings)
+    if args.action == "run":
+        console.print(f"serving on {url} (dashboard {url}/ui, API docs {url}/docs); Ctrl-C stops")
+        runner.run(settings)
+        return 0
+    if args.action == "start":
+        st = runner.start(settings)
+        console.print(f"[green]✓[/] API running (pid {st.pid}) on {url}; dashboard {url}/ui; "
+                      f"log {settings.paths.log_dir / 'api.log'}")
+        return 0
+    if args.action == "stop":
+        console.print("API stopped" if runner.stop(settings) else "API was not running")
+        return 0
+    pid = runner.running_pid(settings)
+    if pid is None:
+        console.print(f"[red]●[/] API: stopped ({url})")
+        return 3
+    import httpx
+
+    try:
+        ready = httpx.get(url + "/readyz", timeout=2).json()
+    except (httpx.HTTPError, ValueError) as e:
+        console.print(f"[yellow]●[/] API: process {pid} alive but {url} does not answer ({e})")
+        return 3
+    colour = "green" if ready["ready"] else "yellow"
+    console.print(f"[{colour}]●[/] API: running (pid {pid}) on {url}; model {ready['model_version'] or 'none'}"
+                  + ("" if ready["ready"] else f"; not ready: {'; '.join(ready['problems'])}"))
+    return 0 if ready["ready"] else 3
+
+
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     from streaming import stream_runner
 
@@ -316,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--no-promote", action="store_true", help="publish the version but do not serve it")
     retrain.add_argument("--quiet", action="store_true")
 
+    serve = sub.add_parser("serve", help="the recommendation API: run in the foreground, or start|stop|status in the background")
+    serve.add_argument("action", nargs="?", default="run", choices=["run", "start", "stop", "status"])
+    serve.add_argument("--host", help="default serving.host")
+    serve.add_argument("--port", type=int, help="default serving.port")
+
     sub.add_parser("schedule", help="run `recsys retrain` daily at schedule.daily_at (local scheduler; see infra/production for cron/K8s/Airflow)")
 
     model = sub.add_parser("model", help="the model registry: list, show, verify, rollback")
@@ -340,6 +382,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "backfill": cmd_backfill,
     "lake": cmd_lake,
     "stream": cmd_stream,
+    "serve": cmd_serve,
     "retrain": cmd_retrain,
     "schedule": cmd_schedule,
     "model": cmd_model,

@@ -18,7 +18,7 @@ import os
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -204,6 +204,7 @@ class TrainingSettings(BaseModel):
     validation_days: float = Field(default=7.0, gt=0, description="last_days: events in the final N days validate")
     validation_per_user: int = Field(default=1, ge=1, description="last_per_user: each user's last N interactions validate")
     seed: int = 0
+    pit_engine: str = Field(default="asof", pattern="^(asof|feast)$", description="point-in-time join: DuckDB ASOF over the registry's sources, or Feast's get_historical_features (same rows, ~40x slower)")
     snapshot_every_s: float = Field(default=0.0, ge=0, description="feature history for point-in-time joins: at most one row per entity per N s of event time (0 = after every event)")
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=1024, ge=1)
@@ -220,6 +221,30 @@ class ScheduleSettings(BaseModel):
     daily_at: str = Field(default="03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM, local time of `timezone`")
     timezone: str = "UTC"
     run_on_start: bool = Field(default=False, description="also run once immediately when the scheduler starts")
+
+
+class ServingSettings(BaseModel):
+    """The recommendation API (serving/): address, candidate sources, hot swap, admin token."""
+
+    host: str = "127.0.0.1"
+    port: int = 18080
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token for /admin/* (swap, rollback); None disables them"
+    )
+    default_k: int = Field(default=10, ge=1)
+    max_k: int = Field(default=100, ge=1)
+    max_batch_users: int = Field(default=100, ge=1, description="users per POST /recommendations")
+    trending_candidates: int = Field(default=100, ge=0)
+    covisit_candidates: int = Field(default=100, ge=0)
+    covisit_from_recent: int = Field(default=5, ge=1, description="co-visitation lists read for the user's newest N items")
+    embedding_candidates: int = Field(default=100, ge=0)
+    filter_seen: bool = Field(default=True, description="drop the items in the user's recent history")
+    item_refresh_s: float = Field(
+        default=1.0, gt=0, description="item features + trending are re-read for the catalogue this often (user features: every request)"
+    )
+    watch_interval_s: float = Field(default=0.5, gt=0, description="how often the registry's serving pointer is checked")
+    max_delta_chain: int = Field(default=20, ge=1, description="longer gaps load the full version")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
 
 
 class Paths(BaseModel):
@@ -279,6 +304,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    serving: ServingSettings = ServingSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property

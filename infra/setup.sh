@@ -49,6 +49,16 @@ if ! java_ok; then
   fi
 fi
 
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing headless Chromium (Debian package; the dashboard test and its screenshot use it)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "warning: chromium not found and cannot apt-get it; the dashboard test will be skipped" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip wheel
 echo "installing pinned dependencies (first time: a few minutes)"

@@ -5,6 +5,8 @@ Layout under ``settings.paths.models_dir``::
     versions/v0003/weights.safetensors   the full state dict (safetensors: loading runs no code)
     versions/v0003/model.json            config, feature spec, metrics, lineage (Delta table version,
                                          feature registry digest, code version, seed, base version)
+    versions/v0003/catalogue.json        the items the model was trained on, with their training counts
+                                         (what the server ranks and falls back to for cold users)
     versions/v0003/delta-from-v0002/     the delta to the version that was serving (models.delta)
     versions/v0003/manifest.json         size + sha256 of every file above; written last
     serving.json                         {"current": "v0003", "history": [...]} (promotion, rollback)
@@ -23,7 +25,7 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +35,7 @@ WEIGHTS = "weights.safetensors"
 META = "model.json"
 MANIFEST = "manifest.json"
 SERVING = "serving.json"
+CATALOGUE = "catalogue.json"
 
 
 class ModelIntegrityError(ValueError):
@@ -108,8 +111,47 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
         return version
 
-    def verify(self, version: str) -> dict:
-        """Check every file against the manifest; returns the manifest."""
+    def publish_model(self, state: Mapping[str, torch.Tensor], meta: dict, catalogue: Mapping[str, int],
+                      base: tuple[str, Mapping[str, torch.Tensor]] | None = None, delta_threshold: float = 0.0,
+                      extra_dirs: Mapping[str, Path] = ()) -> tuple[str, dict[str, int], str | None]:
+        """Publish a model version with its catalogue (item -> training count) and, given the
+        ``base`` (version, weights) it replaces, a ``delta-from-<base>``. Returns (version, delta rows
+        per table, why no delta could be made or None)."""
+        from models import delta as model_delta
+
+        target = self.next_version()
+        meta = dict(meta)
+        delta_rows: dict[str, int] = {}
+        no_delta = None
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = dict(extra_dirs)
+            files = {CATALOGUE: Path(tmp) / CATALOGUE}
+            ranked = sorted(catalogue.items(), key=lambda kv: (-kv[1], kv[0]))
+            files[CATALOGUE].write_text(json.dumps({"items": [k for k, _ in ranked], "counts": [int(v) for _, v in ranked]}))
+            if base is not None:
+                base_version, base_state = base
+                try:
+                    d = model_delta.compute_delta(base_state, state, delta_threshold)
+                    model_delta.write_delta(Path(tmp) / "delta", d, base_state, base_version, target)
+                    dirs[f"delta-from-{base_version}"] = Path(tmp) / "delta"
+                    delta_rows = d.row_counts
+                    meta["base_version"] = base_version
+                except model_delta.DeltaError as e:  # e.g. a new embedding size: servers load the full version
+                    no_delta = str(e)
+            version = self.publish(state, meta, extra_dirs=dirs, extra_files=files, version=target)
+        return version, delta_rows, no_delta
+
+    def catalogue(self, version: str) -> tuple[list[str], list[int]]:
+        """The version's items, most trained-on first, and their training counts."""
+        f = self.path(version) / CATALOGUE
+        if not f.is_file():
+            raise ModelIntegrityError(f"model version {version} has no {CATALOGUE} (published by an older engine): "
+                                      "run `recsys retrain` to publish a servable version")
+        raw = json.loads(f.read_text())
+        return list(raw["items"]), list(raw["counts"])
+
+    def verify(self, version: str, only: Iterable[str] | None = None) -> dict:
+        """Check every file (or those under the ``only`` prefixes) against the manifest; returns the manifest."""
         where = self.path(version)
         if not (where / MANIFEST).is_file():
             raise ModelIntegrityError(f"model version {version} is missing or incomplete (no {MANIFEST} in {where}): "
@@ -119,7 +161,10 @@ class ModelRegistry:
         except json.JSONDecodeError as e:
             raise ModelIntegrityError(f"{where / MANIFEST} is not valid JSON ({e}): the version is damaged; "
                                       "re-run `recsys retrain` or restore it from a backup") from e
+        prefixes = None if only is None else tuple(only)
         for name, expected in manifest["files"].items():
+            if prefixes is not None and not name.startswith(prefixes):
+                continue
             f = where / name
             problem = None
             if not f.is_file():

@@ -1,0 +1,324 @@
+"""The recommendation API (FastAPI): recommendations, events in, health, model, metrics, admin, /ui.
+
+``create_app(settings)`` wires the parts: the registry watcher (hot swap), the item snapshot
+refresher, the recommender and a lazily opened event producer. Run it with ``recsys serve``.
+"""
+
+
+import hmac
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Path as PathParam, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from features.model_inputs import feature_spec
+from infra.settings import Settings
+from models.registry import ModelRegistry
+from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
+from serving.item_snapshot import ItemSnapshotter
+from serving.metrics import ApiMetrics
+from serving.recommender import Recommender
+
+STATIC = Path(__file__).resolve().parent / "static"
+USER_ID = Annotated[str, PathParam(min_length=1, max_length=256, description="the user to recommend for")]
+
+
+class ScoredItemOut(BaseModel):
+    item_id: str
+    score: float = Field(description="predicted probability of a positive interaction")
+    sources: list[str] = Field(description="candidate sources that proposed the item: covisit, embedding, trending, popular")
+
+
+class RecommendationOut(BaseModel):
+    user_id: str
+    model_version: str
+    cold_start: bool = Field(description="the user has no history yet: trending and popular items")
+    recent_items: list[str]
+    items: list[ScoredItemOut]
+    candidates: dict[str, int]
+    timings_ms: dict[str, float]
+
+
+class BatchRequest(BaseModel):
+    user_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
+    k: int | None = Field(default=None, ge=1)
+    filter_seen: bool | None = None
+
+
+class BatchOut(BaseModel):
+    results: list[RecommendationOut]
+
+
+class RejectedEvent(BaseModel):
+    index: int
+    reason: str
+    detail: str
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    rejected: list[RejectedEvent] = Field(description="invalid events; each also went to the dead-letter topic")
+
+
+class ServingContext:
+    """Everything the routes share; background threads start in :meth:`start`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ApiMetrics()
+        self.registry = ModelRegistry(settings.paths.models_dir)
+        self.holder = ModelHolder()
+        self.loader = ModelLoader(self.registry, lambda: feature_spec(settings), settings.serving.max_delta_chain)
+        self.snapshots = ItemSnapshotter(settings, lambda: self.holder.current, settings.serving.item_refresh_s)
+        self.watcher = RegistryWatcher(self.registry, self.holder, self.loader, settings.serving.watch_interval_s,
+                                       prepare=self.snapshots.refresh, on_swap=self._swapped)
+        self.recommender = Recommender(settings)
+        self._producer = None
+        self._producer_lock = threading.Lock()
+        self.started_at = time.time()
+        r = settings.redis
+        self.redis = redis.Redis(host=r.host, port=r.port, password=r.password, socket_timeout=2)
+
+    def _swapped(self, event: SwapEvent) -> None:
+        self.metrics.swaps.labels(event.outcome).inc()
+        if event.outcome != "rejected":
+            self.metrics.swap_seconds.observe(event.ms / 1000)
+            for version in {e.version for e in self.holder.events} - {event.version}:
+                self.metrics.model_info.labels(version).set(0)
+            self.metrics.model_info.labels(event.version).set(1)
+
+    def start(self) -> None:
+        try:
+            self.watcher.check()  # serve a model from the first request on, when there is one
+        except Exception:  # noqa: BLE001 - the watcher thread retries and reports
+            pass
+        self.watcher.start()
+        self.snapshots.start()
+
+    def stop(self) -> None:
+        self.watcher.stop()
+        self.snapshots.stop()
+        if self._producer is not None:
+            self._producer.close()
+
+    def producer(self):  # noqa: ANN201 - streaming.producer.EventProducer, imported lazily (kafka client)
+        with self._producer_lock:
+            if self._producer is None:
+                from streaming.producer import EventProducer
+
+                self._producer = EventProducer(self.settings)
+            return self._producer
+
+
+def _require_admin(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    token = request.app.state.ctx.settings.serving.admin_token
+    if token is None:
+        raise HTTPException(403, "admin endpoints are disabled: set serving.admin_token (RECSYS_SERVING__ADMIN_TOKEN)")
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise HTTPException(401, "missing or wrong admin token: send 'Authorization: Bearer <serving.admin_token>'")
+
+
+def create_app(settings: Settings, background: bool = True) -> FastAPI:
+    ctx = ServingContext(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202
+        if background:
+            ctx.start()
+        yield
+        ctx.stop()
+
+    app = FastAPI(title="recsys recommendation API", version="1", lifespan=lifespan,
+                  description="Top-K recommendations from a TorchRec model over fresh streaming features.")
+    app.state.ctx = ctx
+    cfg = settings.serving
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):  # noqa: ANN001, ANN202
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        ctx.metrics.latency.labels(name).observe(time.perf_counter() - started)
+        ctx.metrics.requests.labels(name, str(response.status_code)).inc()
+        return response
+
+    def recommend_one(user_id: str, k: int | None, filter_seen: bool | None) -> RecommendationOut:
+        model = ctx.holder.current  # one read: this request finishes on this model even if a swap happens
+        if model is None:
+            raise HTTPException(503, "no model is served yet: run `recsys retrain` (the server picks it up by itself)")
+        k = min(k or cfg.default_k, cfg.max_k)
+        rec = ctx.recommender.recommend(model, ctx.snapshots.get(model.version), user_id, k, filter_seen)
+        for stage, ms in rec.timings_ms.items():
+            ctx.metrics.stage.labels(stage).observe(ms / 1000)
+        for source, n in rec.candidates.items():
+            ctx.metrics.candidates.labels(source).observe(n)
+        if rec.cold_start:
+            ctx.metrics.cold_start.inc()
+        return RecommendationOut(user_id=rec.user_id, model_version=rec.model_version, cold_start=rec.cold_start,
+                                 recent_items=rec.recent_items, candidates=rec.candidates,
+                                 timings_ms={s: round(v, 3) for s, v in rec.timings_ms.items()},
+                                 items=[ScoredItemOut(item_id=i.item_id, score=i.score, sources=i.sources) for i in rec.items])
+
+    @app.get("/recommendations/{user_id}", response_model=RecommendationOut, tags=["recommendations"])
+    def get_recommendations(user_id: USER_ID, k: Annotated[int | None, Query(ge=1, le=cfg.max_k)] = None,
+                            filter_seen: bool | None = None) -> RecommendationOut:
+        """Top-K items for one user, with scores and the candidate sources of each item."""
+        return recommend_one(user_id, k, filter_seen)
+
+    @app.post("/recommendations", response_model=BatchOut, tags=["recommendations"])
+    def batch_recommendations(body: BatchRequest) -> BatchOut:
+        """Top-K for several users in one call."""
+        if len(body.user_ids) > cfg.max_batch_users:
+            raise HTTPException(422, f"{len(body.user_ids)} users in one request, the limit is {cfg.max_batch_users} "
+                                     "(serving.max_batch_users): split the request")
+        if body.k is not None and body.k > cfg.max_k:
+            raise HTTPException(422, f"k={body.k} is above serving.max_k={cfg.max_k}: ask for fewer items")
+        return BatchOut(results=[recommend_one(u, body.k, body.filter_seen) for u in body.user_ids])
+
+    @app.post("/events", response_model=EventsOut, status_code=202, tags=["events"],
+              responses={422: {"description": "every event was invalid (all went to the dead-letter topic)"}})
+    def post_events(events: Annotated[list[dict[str, Any]] | dict[str, Any], Body(
+            description="one event or a list of events (the JSON of streaming.events.Event)")]) -> Any:
+        """Validate events and produce them to the events topic; invalid ones go to the DLQ with the reason."""
+        from streaming.events import InvalidEvent, validate_and_encode
+
+        batch = events if isinstance(events, list) else [events]
+        if not batch:
+            raise HTTPException(422, "no events in the request: send an event object or a non-empty list")
+        from streaming.producer import BrokerUnavailable
+
+        try:
+            producer = ctx.producer()
+        except BrokerUnavailable as e:
+            raise HTTPException(503, f"the event broker is unreachable ({e}); retry later") from e
+        rejected = []
+        with ctx._producer_lock:
+            for i, e in enumerate(batch):
+                try:
+                    validate_and_encode(e)
+                    problem = InvalidEvent("oversize", f"larger than producer.max_event_bytes={settings.producer.max_event_bytes}")
+                except InvalidEvent as exc:
+                    problem = exc
+                if producer.send(e) is None:  # dead-lettered with its reason
+                    rejected.append(RejectedEvent(index=i, reason=problem.reason, detail=problem.detail))
+            producer.flush(timeout=10)
+        accepted = len(batch) - len(rejected)
+        ctx.metrics.events.labels("accepted").inc(accepted)
+        ctx.metrics.events.labels("rejected").inc(len(rejected))
+        out = EventsOut(accepted=accepted, rejected=rejected)
+        if not accepted:
+            return JSONResponse(out.model_dump(), status_code=422)
+        return out
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict:
+        """The process is up."""
+        return {"status": "ok", "uptime_s": round(time.time() - ctx.started_at, 1)}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready; the body says why"}})
+    def readyz() -> Any:
+        """Ready to serve: a model is loaded and Redis answers."""
+        problems = []
+        if ctx.holder.current is None:
+            problems.append("no model loaded (run `recsys retrain`)")
+        try:
+            ctx.redis.ping()
+        except redis.RedisError as e:
+            problems.append(f"Redis unreachable at {settings.redis.host}:{settings.redis.port} ({e}): start it with `recsys up`")
+        body = {"ready": not problems, "problems": problems,
+                "model_version": ctx.holder.current.version if ctx.holder.current else None}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+    @app.get("/model", tags=["operations"])
+    def model_info() -> dict:
+        """Served version, how it was loaded (full or deltas), lineage, swap history and rejections."""
+        m = ctx.holder.current
+        served = None
+        if m is not None:
+            meta = m.meta
+            served = {"version": m.version, "loaded_from": m.lineage.loaded_from, "base_version": m.lineage.base_version,
+                      "applied_deltas": list(m.lineage.deltas), "loaded_at": m.lineage.loaded_at,
+                      "load_ms": round(m.lineage.load_ms, 2), "catalogue_items": len(m.catalogue),
+                      "lineage": {k: meta.get(k) for k in ("table_version", "code_version", "feature_registry_digest",
+                                                           "created_at", "base_version", "served_version")},
+                      "metrics": meta.get("metrics"), "popularity": meta.get("popularity")}
+        return {"served": served, "registry_current": ctx.registry.served(), "registry_history": ctx.registry.history(),
+                "swaps": [e.to_dict() for e in ctx.holder.events], "rejected": ctx.holder.rejected}
+
+    @app.get("/stats", tags=["operations"])
+    def stats() -> dict:
+        """What the dashboard shows: feature freshness and the stream job's counters."""
+        snap = ctx.snapshots.current
+        out: dict[str, Any] = {"time": time.time(), "item_snapshot": None, "stream": None}
+        if snap is not None:
+            out["item_snapshot"] = {"event_time_ms": snap.event_time_ms, "read_at": snap.read_at, "read_ms": round(snap.read_ms, 2),
+                                    "age_s": round(time.time() - snap.read_at, 3), "trending": snap.trending[:10]}
+            ctx.metrics.snapshot_age.set(time.time() - snap.read_at)
+        try:
+            from streaming.feature_functions import metrics_dir
+            from streaming.stream_metrics import totals
+
+            counters = totals(metrics_dir(settings))
+            out["stream"] = {k: v for k, v in counters.items() if not k.startswith("offset_p")} or None
+        except Exception as e:  # noqa: BLE001 - the stream job may run elsewhere: the dashboard says so
+            out["stream_error"] = str(e)
+        return out
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(_require_admin)])
+    def admin_reload() -> dict:
+        """Check the registry now (also retries a rejected version)."""
+        event = ctx.watcher.check(force=True)
+        return {"event": event.to_dict() if event else None, "served": ctx.holder.current.version if ctx.holder.current else None}
+
+    @app.post("/admin/rollback", tags=["admin"], dependencies=[Depends(_require_admin)])
+    def admin_rollback() -> dict:
+        """Serve the previously promoted version (same as `recsys model rollback`)."""
+        try:
+            previous = ctx.registry.rollback()
+        except ValueError as e:
+            raise HTTPException(409, str(e)) from e
+        event = ctx.watcher.check(force=True)
+        return {"rolled_back_to": previous, "event": event.to_dict() if event else None}
+
+    @app.post("/admin/promote/{version}", tags=["admin"], dependencies=[Depends(_require_admin)])
+    def admin_promote(version: Annotated[str, PathParam(pattern=r"^v\d{1,8}$")]) -> dict:
+        """Serve a specific registry version."""
+        if version not in ctx.registry.versions():
+            raise HTTPException(404, f"no model version {version}: pick one of {ctx.registry.versions()}")
+        try:
+            ctx.registry.promote(version)
+        except ValueError as e:
+            raise HTTPException(409, str(e)) from e
+        event = ctx.watcher.check(force=True)
+        return {"promoted": version, "event": event.to_dict() if event else None}
+
+    @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    def ui() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text())
+
+    @app.get("/", include_in_schema=False)
+    def root() -> dict:
+        return {"service": "recsys", "docs": "/docs", "dashboard": "/ui", "openapi": "/openapi.json"}
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for ``uvicorn --factory serving.app:app_from_environment`` (settings from file + env)."""
+    from serving.runner import settings_from_environment
+
+    return create_app(settings_from_environment())

@@ -1,0 +1,132 @@
+"""Item features for the whole catalogue, re-read in the background every ``item_refresh_s``.
+
+Ranking needs the dense item features of a few hundred candidates per request, and the trending
+source needs every item's windowed popularity. Both change per event, but nobody needs them
+fresher than about a second, so one background pass reads the catalogue from Redis (through the
+same Feast-layout reader) and publishes an immutable snapshot; requests only index into it.
+User features are the opposite (one row, must reflect the user's last click): they are read on
+every request.
+
+Windowed counts are written when an item gets an event, so an item nobody touched for a day
+still carries yesterday's 1-hour count. For choosing trending candidates a window counts only
+if the item was updated within it, measured on the stream's event-time clock (the newest
+``pop_as_of_ms`` in the catalogue). The model's inputs stay exactly what Feast returns, as in
+training.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from features import names
+from features.model_inputs import dense_transform
+from infra.settings import Settings
+from serving.online_features import OnlineFeatureReader
+from serving.served_model import ServedModel
+
+CHUNK = 2000
+
+
+@dataclass(frozen=True, eq=False)
+class ItemSnapshot:
+    version: str  # the model whose catalogue and feature spec it follows
+    items: np.ndarray
+    index: dict[str, int]
+    dense: np.ndarray  # (n, len(spec.item_refs)), transformed like the model's inputs
+    trending: list[str]  # catalogue items with recent activity, most active first
+    event_time_ms: int  # the stream's event-time clock: newest popularity update seen
+    read_at: float  # wall clock of the read
+    read_ms: float
+
+    def dense_for(self, items: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Rows for ``items``; the positions of items the snapshot doesn't have are returned too."""
+        idx = [self.index.get(i, -1) for i in items]
+        missing = [p for p, i in enumerate(idx) if i < 0]
+        out = self.dense[np.asarray([max(i, 0) for i in idx], dtype=np.int64)] if items else self.dense[:0]
+        return out, missing
+
+
+class ItemSnapshotter:
+    """Reads the catalogue's item features; keeps the latest snapshot for the served model."""
+
+    def __init__(self, settings: Settings, model: Callable[[], ServedModel | None], interval_s: float) -> None:
+        self.settings = settings
+        self.model = model
+        self.interval_s = interval_s
+        self._by_version: dict[str, ItemSnapshot] = {}  # the served model's, and the one before
+        self.errors = 0
+        self.last_error = ""
+        self._readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        windows = sorted(settings.features.windows, key=lambda w: w.size_s)
+        self._windows = [(f"{names.ITEM_POPULARITY}:pop_{w.name}", w.size_s * 1000) for w in windows]
+        self._as_of = f"{names.ITEM_POPULARITY}:pop_as_of_ms"
+
+    def reader(self, refs: tuple[str, ...]) -> OnlineFeatureReader:
+        if refs not in self._readers:
+            self._readers[refs] = OnlineFeatureReader(self.settings, refs, names.ITEM_KEY)
+        return self._readers[refs]
+
+    def get(self, version: str) -> ItemSnapshot | None:
+        return self._by_version.get(version)
+
+    @property
+    def current(self) -> ItemSnapshot | None:
+        served = self.model()
+        return self._by_version.get(served.version) if served else None
+
+    def refresh(self, served: ServedModel | None = None) -> ItemSnapshot | None:
+        """Read a model's catalogue now: the served one, or a new one before it is swapped in."""
+        served = served or self.model()
+        if served is None:
+            return None
+        started = time.perf_counter()
+        dense_refs = tuple(served.spec.item_refs)
+        extra = tuple(r for r, _ in self._windows) + (self._as_of,)
+        refs = dense_refs + tuple(r for r in extra if r not in dense_refs)
+        reader = self.reader(refs)
+        items = served.catalogue.tolist()
+        rows: list[list] = []
+        for lo in range(0, len(items), CHUNK):
+            rows.extend(reader.read(items[lo:lo + CHUNK]))
+        values = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64) \
+            if rows else np.zeros((0, len(refs)))
+        col = {r: i for i, r in enumerate(refs)}
+        dense = dense_transform(values[:, :len(dense_refs)]).astype(np.float32)
+        as_of = np.nan_to_num(values[:, col[self._as_of]], nan=-1.0) if len(values) else np.zeros(0)
+        clock = int(as_of.max()) if len(as_of) else -1
+        activity = np.zeros(len(items))
+        for weight, (ref, size_ms) in enumerate(self._windows[::-1], start=1):
+            live = as_of >= clock - size_ms  # updated within the window: its count is current
+            activity += np.where(live, np.nan_to_num(values[:, col[ref]]), 0.0) * (10.0 ** (weight - 1))
+        order = np.argsort(-activity, kind="stable")
+        trending = [items[i] for i in order if activity[i] > 0]
+        snap = ItemSnapshot(served.version, served.catalogue, served.index, dense, trending, clock, time.time(),
+                            (time.perf_counter() - started) * 1000)
+        keep = {served.version} | ({current.version} if (current := self.model()) else set())
+        self._by_version = {v: s for v, s in {**self._by_version, served.version: snap}.items() if v in keep}
+        return snap
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="item-snapshot", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as e:  # noqa: BLE001 - keep the last good snapshot; reported by /readyz and /stats
+                self.errors += 1
+                self.last_error = str(e)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,138 @@
+"""Candidates from several sources, filtered, ranked by the served model, top K.
+
+Sources (each item remembers every source that proposed it):
+
+- ``covisit``: items co-visited with the user's newest items (``item_covisit``, written by the
+  stream job), weighted towards the newest;
+- ``embedding``: catalogue items nearest to the user's recent items in the model's item table;
+- ``trending``: the catalogue's most active items right now (``serving.item_snapshot``);
+- ``popular``: the most trained-on items, only to fill up a list that is still short.
+
+A user with no history (cold) gets trending and popular candidates, ranked the same way.
+Items in the user's recent history are dropped when ``filter_seen`` is on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features import names
+from features.model_inputs import dense_transform
+from infra.settings import ServingSettings, Settings
+from serving.item_snapshot import ItemSnapshot
+from serving.online_features import OnlineFeatureReader
+from serving.served_model import ServedModel
+
+COVISIT_REFS = (f"{names.ITEM_COVISIT}:covisit_items", f"{names.ITEM_COVISIT}:covisit_counts")
+
+
+@dataclass
+class ScoredItem:
+    item_id: str
+    score: float
+    sources: list[str]
+
+
+@dataclass
+class Recommendation:
+    user_id: str
+    model_version: str
+    items: list[ScoredItem]
+    cold_start: bool
+    recent_items: list[str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, int] = field(default_factory=dict)
+
+
+class Recommender:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg: ServingSettings = settings.serving
+        self._user_readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
+        self._item_readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
+
+    def _reader(self, cache: dict, refs: tuple[str, ...], key: str) -> OnlineFeatureReader:
+        reader = cache.get(refs)
+        if reader is None:
+            reader = cache[refs] = OnlineFeatureReader(self.settings, refs, key)
+        return reader
+
+    def recommend(self, model: ServedModel, snapshot: ItemSnapshot | None, user_id: str, k: int,
+                  filter_seen: bool | None = None) -> Recommendation:
+        cfg = self.cfg
+        filter_seen = cfg.filter_seen if filter_seen is None else filter_seen
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        spec = model.spec
+        user_refs = (*spec.user_refs, spec.recent_ref)
+        row = self._reader(self._user_readers, user_refs, names.USER_KEY).read([user_id])[0]
+        user_dense = dense_transform(np.array([np.nan if v is None else float(v) for v in row[:-1]])).astype(np.float32)
+        recent = [str(i) for i in (row[-1] or [])]
+        t1 = time.perf_counter()
+        timings["user_features"] = (t1 - t0) * 1000
+
+        sources: dict[str, list[str]] = {}
+
+        def propose(items: list[str], source: str, limit: int) -> int:
+            n = 0
+            for item in items:
+                if n >= limit:
+                    break
+                if filter_seen and item in seen:
+                    continue
+                sources.setdefault(item, []).append(source)
+                n += 1
+            return n
+
+        seen = set(recent)
+        counts = {}
+        if recent and cfg.covisit_candidates:
+            counts["covisit"] = propose(self._covisited(recent), "covisit", cfg.covisit_candidates)
+        if recent and cfg.embedding_candidates:
+            nearest = model.nearest(recent[: cfg.covisit_from_recent * 2], cfg.embedding_candidates + len(seen))
+            counts["embedding"] = propose([i for i, _ in nearest], "embedding", cfg.embedding_candidates)
+        if snapshot is not None and cfg.trending_candidates:
+            counts["trending"] = propose(snapshot.trending, "trending", cfg.trending_candidates)
+        if len(sources) < k:
+            fill = [i for i in model.catalogue.tolist() if i not in sources]
+            counts["popular"] = propose(fill, "popular", k - len(sources))
+        t2 = time.perf_counter()
+        timings["candidates"] = (t2 - t1) * 1000
+
+        items = list(sources)
+        item_dense = self._item_dense(model, snapshot, items)
+        t3 = time.perf_counter()
+        timings["item_features"] = (t3 - t2) * 1000
+        scores = model.score(user_id, recent, user_dense, items, item_dense)
+        top = np.argsort(-scores, kind="stable")[:k]
+        timings["ranking"] = (time.perf_counter() - t3) * 1000
+        ranked = [ScoredItem(items[i], float(scores[i]), sources[items[i]]) for i in top]
+        return Recommendation(user_id, model.version, ranked, not recent, recent, timings, counts)
+
+    def _covisited(self, recent: list[str]) -> list[str]:
+        newest = recent[: self.cfg.covisit_from_recent]
+        rows = self._reader(self._item_readers, COVISIT_REFS, names.ITEM_KEY).read(newest)
+        score: dict[str, float] = {}
+        for position, (items, counts) in enumerate(rows):
+            weight = 1.0 / (1 + position)
+            for item, c in zip(items or [], counts or []):
+                score[item] = score.get(item, 0.0) + weight * c
+        return sorted(score, key=lambda i: (-score[i], i))
+
+    def _item_dense(self, model: ServedModel, snapshot: ItemSnapshot | None, items: list[str]) -> np.ndarray:
+        """Catalogue items from the snapshot; anything else (new items, no snapshot yet) read now."""
+        refs = tuple(model.spec.item_refs)
+        if snapshot is not None and snapshot.version == model.version:
+            dense, missing = snapshot.dense_for(items)
+        else:
+            dense, missing = np.zeros((len(items), len(refs)), dtype=np.float32), list(range(len(items)))
+        if missing:
+            rows = self._reader(self._item_readers, refs, names.ITEM_KEY).read([items[p] for p in missing])
+            fresh = dense_transform(np.array([[np.nan if v is None else float(v) for v in r] for r in rows],
+                                             dtype=np.float64).reshape(len(missing), len(refs)))
+            dense = dense.copy()
+            dense[missing] = fresh
+        return dense

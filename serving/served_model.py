@@ -1,0 +1,107 @@
+"""One immutable, ready-to-score model version: weights, feature spec, catalogue and lineage.
+
+The server never changes a :class:`ServedModel` after it is built; a new version is a new object
+and the swap is one reference assignment (``serving.hot_swap``), so a request that picked up a
+model finishes on it even if a newer one arrives meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from features.model_inputs import FeatureSpec
+from infra.settings import ModelSettings
+from models.ids import bucket, bucket_tensor
+from models.ranking import Batch, build_model, item_embeddings, predict
+
+
+class SmokeTestFailed(ValueError):
+    """A freshly loaded model gives non-finite or out-of-range scores."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """How the served weights came to be (shown by GET /model)."""
+
+    loaded_from: str  # "full" or "delta"
+    deltas: tuple[str, ...] = ()  # delta directories applied, oldest first ("v0003/delta-from-v0002")
+    base_version: str | None = None  # the served version the deltas were merged onto
+    loaded_at: float = field(default_factory=time.time)
+    load_ms: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    version: str
+    model: torch.nn.Module
+    cfg: ModelSettings
+    spec: FeatureSpec
+    meta: dict
+    state: Mapping[str, torch.Tensor]  # the weights (the base the next delta merges onto)
+    catalogue: np.ndarray  # item ids, most trained-on first
+    counts: np.ndarray  # their training counts
+    index: dict[str, int]
+    item_rows: torch.Tensor  # embedding rows of the catalogue items
+    item_unit: torch.Tensor  # their embeddings, L2-normalised (nearest neighbours)
+    lineage: Lineage
+
+    @classmethod
+    def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
+              counts: Sequence[int], lineage: Lineage) -> "ServedModel":
+        cfg = ModelSettings(**meta["model"])
+        spec = FeatureSpec.from_dict(meta["features"])
+        model = build_model(cfg, spec.n_dense)
+        model.load_state_dict(dict(state), strict=True)
+        model.eval()
+        catalogue = np.asarray(list(items), dtype=object)
+        rows = bucket_tensor(catalogue.tolist(), cfg.item_buckets)
+        vectors = item_embeddings(model).index_select(0, rows)
+        unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
+                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage)
+        served.smoke_test()
+        return served
+
+    def item_rows_for(self, items: Sequence[str]) -> torch.Tensor:
+        idx = [self.index.get(i, -1) for i in items]
+        if all(i >= 0 for i in idx):
+            return self.item_rows[torch.tensor(idx, dtype=torch.long)]
+        return bucket_tensor(items, self.cfg.item_buckets)
+
+    def score(self, user_id: str, recent: Sequence[str], user_dense: np.ndarray, items: Sequence[str],
+              item_dense: np.ndarray) -> np.ndarray:
+        """Positive-interaction probability of each item for this user (features already transformed)."""
+        n = len(items)
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        recent_rows = bucket_tensor(recent, self.cfg.item_buckets)
+        dense = np.hstack([np.broadcast_to(user_dense.reshape(1, -1), (n, user_dense.size)), item_dense]).astype(np.float32)
+        batch = Batch.from_rows(torch.full((n,), bucket(user_id, self.cfg.user_buckets), dtype=torch.long),
+                                self.item_rows_for(items), recent_rows.repeat(n),
+                                torch.full((n,), len(recent), dtype=torch.long), torch.from_numpy(dense))
+        return predict(self.model, batch).numpy()
+
+    def nearest(self, recent: Sequence[str], n: int) -> list[tuple[str, float]]:
+        """Catalogue items closest (cosine) to the mean embedding of the user's recent items."""
+        if not recent or n <= 0 or not len(self.catalogue):
+            return []
+        table = item_embeddings(self.model)
+        query = table.index_select(0, bucket_tensor(recent, self.cfg.item_buckets)).mean(dim=0)
+        query = query / query.norm().clamp_min(1e-12)
+        sims = self.item_unit @ query
+        top = torch.topk(sims, min(n, len(self.catalogue)))
+        return [(self.catalogue[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def smoke_test(self) -> None:
+        """Score a few catalogue items for a probe user: every score must be a probability."""
+        items = self.catalogue[:16].tolist() or ["__probe_item__"]
+        scores = self.score("__probe_user__", items[:3], np.zeros(len(self.spec.user_refs), dtype=np.float32), items,
+                            np.zeros((len(items), len(self.spec.item_refs)), dtype=np.float32))
+        if not np.all(np.isfinite(scores)) or np.any(scores < 0) or np.any(scores > 1):
+            raise SmokeTestFailed(f"model {self.version} gives invalid scores on a probe batch ({scores[:4]}...): "
+                                  "its weights are broken; keep serving the current model and retrain")

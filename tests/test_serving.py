@@ -1,0 +1,318 @@
+"""The recommendation API over the real chain: broker -> PyFlink job -> Redis (Feast layout) +
+Delta -> retrain -> registry -> HTTP server (uvicorn, real sockets) with its hot-swap watcher.
+
+One stream job and one server serve every test of the module (starting them costs ~20 s).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from batch import retrain
+from features import names
+from features.store import apply, feature_store
+from infra.services import free_port
+from infra.settings import ModelSettings, ServingSettings, TrainingSettings
+from models.registry import ModelRegistry
+from serving.app import create_app
+from serving.online_features import OnlineFeatureReader
+from streaming import stream_runner
+from streaming.producer import EventProducer
+from streaming.replay import load_events
+from streaming.topics import scan_topic
+from tests.conftest import isolated
+
+N_EVENTS = 20_000
+TOKEN = "test-admin-token"
+pytestmark = pytest.mark.timeout(900)
+
+
+class Server:
+    """uvicorn in a thread of this process, so tests can also reach the app's internals."""
+
+    def __init__(self, settings) -> None:  # noqa: ANN001
+        self.settings = settings
+        self.app = create_app(settings)
+        self.ctx = self.app.state.ctx
+        self.url = f"http://127.0.0.1:{settings.serving.port}"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=settings.serving.port,
+                                                     log_level="warning", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> "Server":
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the API did not become ready within 60 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def wait_for(self, version: str, timeout_s: float = 30) -> dict:
+        """/model once the watcher served or rejected ``version``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            m = httpx.get(self.url + "/model", timeout=5).json()
+            if (m["served"] and m["served"]["version"] == version) or version in m["rejected"]:
+                return m
+            time.sleep(0.05)
+        raise TimeoutError(f"the server neither served nor rejected {version} within {timeout_s}s")
+
+
+@pytest.fixture(scope="module")
+def stack(stack_settings, tmp_path_factory, ml100k_path):
+    s = isolated(stack_settings, tmp_path_factory.mktemp("serving"), checkpoint_interval_ms=1000, lake_flush_ms=500)
+    s = s.model_copy(update={
+        "model": ModelSettings(user_buckets=5_000, item_buckets=5_000, embedding_dim=16),
+        "training": TrainingSettings(validation_days=3.0, epochs=1),
+        "serving": ServingSettings(port=free_port(), admin_token=TOKEN, watch_interval_s=0.05, item_refresh_s=0.2),
+    })
+    apply(s)
+    events = load_events(ml100k_path).events[:N_EVENTS]
+    with EventProducer(s) as producer:
+        producer.send_many(events)
+    stream_runner.start(s, fresh=True)
+    try:
+        stream_runner.wait_idle(s, N_EVENTS, timeout_s=300)
+        first = retrain.run(s, progress=False)
+        assert first.promoted and first.version == "v0001"
+        with Server(s) as server:
+            yield server, events
+    finally:
+        stream_runner.stop(s)
+
+
+def _get(server: Server, path: str, **params) -> httpx.Response:
+    return httpx.get(server.url + path, params=params, timeout=10)
+
+
+def test_recommendations_for_known_and_cold_users(stack):
+    server, events = stack
+    user = events[-1].user_id
+    r = _get(server, f"/recommendations/{user}", k=7)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    items = [i["item_id"] for i in body["items"]]
+    assert len(items) == 7 and len(set(items)) == 7
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= x <= 1 for x in scores)
+    assert body["model_version"] == "v0001" and not body["cold_start"]
+    assert body["recent_items"] and not set(items) & set(body["recent_items"])  # consumed items filtered
+    assert {"covisit", "embedding", "trending"} <= {s for i in body["items"] for s in i["sources"]} | set(body["candidates"])
+    unfiltered = _get(server, f"/recommendations/{user}", k=50, filter_seen="false").json()
+    assert len(unfiltered["items"]) == 50
+
+    cold = _get(server, "/recommendations/someone-never-seen", k=5).json()
+    assert cold["cold_start"] and len(cold["items"]) == 5
+    assert all(set(i["sources"]) <= {"trending", "popular"} for i in cold["items"])
+
+    batch = httpx.post(server.url + "/recommendations", json={"user_ids": [user, "nobody"], "k": 3}, timeout=10)
+    assert batch.status_code == 200 and [len(x["items"]) for x in batch.json()["results"]] == [3, 3]
+
+
+@pytest.mark.parametrize("path, params", [("/recommendations/1", {"k": 0}), ("/recommendations/1", {"k": 10_000}),
+                                          ("/recommendations/1", {"k": "ten"})])
+def test_invalid_input_is_a_clear_4xx(stack, path, params):
+    server, _ = stack
+    r = _get(server, path, **params)
+    assert r.status_code == 422 and "k" in r.text
+    too_many = httpx.post(server.url + "/recommendations", json={"user_ids": ["u"] * 101}, timeout=10)
+    assert too_many.status_code == 422 and "max_batch_users" in too_many.text
+
+
+def test_online_reader_returns_what_feast_returns(stack):
+    server, events = stack
+    s = server.settings
+    store = feature_store(s)
+    for key, view_names, ids in [(names.USER_KEY, [names.USER_STATS, names.USER_RECENT], ["1", events[5].user_id, "nobody"]),
+                                 (names.ITEM_KEY, [names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT],
+                                  [events[0].item_id, events[-1].item_id, "no-such-item"])]:
+        refs = [f"{v}:{f.name}" for v in view_names for f in store.get_feature_view(v).features]
+        ours = OnlineFeatureReader(s, refs, key).read_dicts(ids)
+        theirs = store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids], full_feature_names=True).to_dict()
+        for n, entity in enumerate(ids):
+            for ref in refs:
+                want = theirs[ref.replace(":", "__")][n]
+                assert ours[n][ref] == want, (entity, ref, ours[n][ref], want)
+        assert any(v is not None for v in ours[0].values()) and all(v is None for v in ours[2].values())
+
+
+def test_post_events_produces_valid_and_dead_letters_invalid(stack):
+    server, events = stack
+    s = server.settings
+    before = scan_topic(s, s.topics.events, idle_ms=300).records
+    good = {"event_id": "api-1", "user_id": "api-user", "item_id": "50", "event_type": "click",
+            "event_time": events[-1].event_time + 1000}
+    r = httpx.post(server.url + "/events", json=good, timeout=10)
+    assert r.status_code == 202 and r.json() == {"accepted": 1, "rejected": []}
+    bad = {"event_id": "api-2", "user_id": "api-user", "item_id": "50", "event_type": "teleport", "event_time": 1}
+    mixed = httpx.post(server.url + "/events", json=[{**good, "event_id": "api-3"}, bad], timeout=10)
+    assert mixed.status_code == 202
+    assert mixed.json()["accepted"] == 1 and [x["index"] for x in mixed.json()["rejected"]] == [1]
+    only_bad = httpx.post(server.url + "/events", json=[bad], timeout=10)
+    assert only_bad.status_code == 422 and only_bad.json()["rejected"][0]["reason"]
+    assert scan_topic(s, s.topics.events, idle_ms=300).records == before + 2
+    dlq = scan_topic(s, s.topics.dlq, idle_ms=300)
+    assert dlq.records >= 2 and sum(dlq.reasons.values()) == dlq.records
+
+
+def test_health_model_and_metrics(stack):
+    server, _ = stack
+    assert _get(server, "/healthz").json()["status"] == "ok"
+    ready = _get(server, "/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"]
+    model = _get(server, "/model").json()
+    assert model["served"]["lineage"]["table_version"] is not None
+    assert model["served"]["metrics"]["auc"] > 0.5
+    _get(server, "/recommendations/1")
+    text = _get(server, "/metrics").text
+    assert 'recsys_http_request_seconds_bucket{le="0.025",route="/recommendations/{user_id}"}' in text
+    assert "recsys_recommend_stage_seconds" in text and "recsys_model_info" in text
+
+
+def test_admin_endpoints_need_the_token(stack):
+    server, _ = stack
+    assert httpx.post(server.url + "/admin/reload", timeout=10).status_code == 401
+    wrong = httpx.post(server.url + "/admin/reload", headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401 and "admin token" in wrong.text
+    ok = httpx.post(server.url + "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["served"]
+
+
+def _publish_next(registry: ModelRegistry, step: int, wrong_base: bool = False) -> str:
+    """A new version = the served weights with some item rows and a bias moved, plus its delta
+    (``wrong_base``: the delta is computed against other weights, as if copied from the wrong run)."""
+    served = registry.served()
+    state, meta = registry.load(served)
+    new = {k: v.clone() for k, v in state.items()}
+    table = next(k for k in new if k.endswith("embedding_bags.item.weight"))
+    gen = torch.Generator().manual_seed(step)
+    rows = torch.randint(0, new[table].shape[0], (50,), generator=gen)
+    new[table][rows] += 0.01 * torch.randn(50, new[table].shape[1], generator=gen)
+    bias = next(k for k in new if k.startswith("over_arch") and k.endswith("bias"))
+    new[bias] += 0.001
+    base_state = {k: (v + 1.0 if k == table else v) for k, v in state.items()} if wrong_base else state
+    items, counts = registry.catalogue(served)
+    version, rows_changed, problem = registry.publish_model(new, meta, dict(zip(items, counts)), base=(served, base_state))
+    assert problem is None and rows_changed
+    return version
+
+
+def test_hot_swap_under_load_with_one_bad_delta(stack):
+    server, events = stack
+    registry = ModelRegistry(server.settings.paths.models_dir)
+    users = sorted({e.user_id for e in events})[:200] + ["cold-user"]
+    stop = threading.Event()
+    failures: list[str] = []
+    seen: list[list[str]] = []
+
+    def hammer(seed: int) -> None:
+        rng = random.Random(seed)
+        versions: list[str] = []
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    r = client.get(f"{server.url}/recommendations/{rng.choice(users)}", params={"k": 10})
+                    if r.status_code != 200 or len(r.json()["items"]) != 10:
+                        failures.append(f"{r.status_code}: {r.text[:200]}")
+                    else:
+                        versions.append(r.json()["model_version"])
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+        seen.append(versions)
+
+    clients = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for c in clients:
+        c.start()
+    try:
+        time.sleep(0.5)
+        published = []
+        for step in range(5):
+            version = _publish_next(registry, step, wrong_base=(step == 2))
+            registry.promote(version)
+            published.append(version)
+            server.wait_for(version)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    model = server.wait_for(published[-1])
+    swaps = [(e["version"], e["outcome"]) for e in model["swaps"]]
+    bad = published[2]
+    assert (bad, "rejected") in swaps and "digest mismatch" in model["rejected"][bad]
+    assert [v for v, o in swaps if o != "rejected"] == ["v0001", *published[:2], *published[3:]]
+    assert dict(swaps)[published[3]] == "full"  # its delta is based on the rejected version: a gap
+    assert [o for v, o in swaps if v in (published[0], published[1], published[4])] == ["delta"] * 3
+    assert not failures, failures[:5]
+    order = {v: i for i, v in enumerate(["v0001", *published])}
+    total = Counter(v for vs in seen for v in vs)
+    assert sum(total.values()) > 100 and bad not in total
+    for versions in seen:  # each client only ever moves forward
+        ranks = [order[v] for v in versions]
+        assert ranks == sorted(ranks)
+
+
+def test_corrupted_delta_file_is_rejected_and_rollback_is_instant(stack):
+    server, _ = stack
+    registry = ModelRegistry(server.settings.paths.models_dir)
+    served_before = server.ctx.holder.current.version
+    server.ctx.watcher.stop()  # take the watcher out, so the corruption lands before it looks
+    try:
+        version = _publish_next(registry, 99)
+        registry.promote(version)
+        delta_file = registry.path(version) / f"delta-from-{served_before}" / "delta.safetensors"
+        data = bytearray(delta_file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        delta_file.write_bytes(bytes(data))
+        event = server.ctx.watcher.check()
+        assert event.outcome == "rejected" and "does not match its sha256" in event.detail
+        assert server.ctx.holder.current.version == served_before
+        registry.rollback()  # the registry points back at the version being served: nothing to load
+        assert server.ctx.watcher.check() is None
+        r = httpx.post(server.url + f"/admin/promote/{version}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert r.status_code == 409 or r.json()["event"]["outcome"] == "rejected"
+    finally:
+        registry.promote(served_before)
+        server.ctx.watcher._stop.clear()
+        server.ctx.watcher.start()
+
+
+def test_a_new_event_changes_recent_items_and_covisit_candidates(stack):
+    server, events = stack
+    user = events[-1].user_id
+    before = _get(server, f"/recommendations/{user}", k=100).json()
+    store = feature_store(server.settings)
+    candidates = [e.item_id for e in events[-2000:] if e.item_id not in before["recent_items"]]
+    covisit = store.get_online_features(features=["item_covisit:covisit_items"],
+                                        entity_rows=[{names.ITEM_KEY: i} for i in candidates]).to_dict()["covisit_items"]
+    new_item = next(i for i, c in zip(candidates, covisit) if c and len(set(c) - set(before["recent_items"])) >= 3)
+    event = {"event_id": f"fresh-{user}", "user_id": user, "item_id": new_item, "event_type": "click",
+             "event_time": events[-1].event_time + 5_000}
+    assert httpx.post(server.url + "/events", json=event, timeout=10).status_code == 202
+    deadline = time.monotonic() + 30
+    after = before
+    while time.monotonic() < deadline:
+        after = _get(server, f"/recommendations/{user}", k=100).json()
+        if after["recent_items"][:1] == [new_item]:
+            break
+        time.sleep(0.1)
+    assert after["recent_items"][0] == new_item
+    covisited = {i["item_id"] for i in after["items"] if "covisit" in i["sources"]}
+    assert covisited != {i["item_id"] for i in before["items"] if "covisit" in i["sources"]}
+    assert new_item not in {i["item_id"] for i in after["items"]}  # just consumed: filtered
