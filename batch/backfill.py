@@ -87,7 +87,7 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     last_snap: dict[tuple[str, str], int] = {}
     values = df["value"].astype(object).where(df["value"].notna(), None)
     rows = zip(df["event_id"], df["user_id"], df["item_id"], df["event_type"], values, df["event_time"].astype(int))
-    for event_id, user_id, item_id, event_type, value, event_time in tqdm(rows, total=len(df), desc="backfill", disable=not progress, unit="ev"):
+    for event_id, user_id, item_id, event_type, value, event_time in tqdm(rows, total=len(df), desc="backfill", disable=None if progress else True, unit="ev"):
         user, touched = fold.add(event_id, user_id, item_id, event_type, value, event_time)
         user_time[user_id] = max(user_time.get(user_id, 0), event_time)
         for touched_id in touched:

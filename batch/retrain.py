@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 
 from batch import backfill, training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
-from infra.settings import ModelSettings, Settings
-from models.evaluate import auc, logloss, top_k
+from infra.settings import ModelSettings, Settings, TrainingSettings
+from models.evaluate import auc, logloss, paired_worse, top_k
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.registry import ModelIntegrityError, ModelRegistry, code_version
 from models.train import Examples, TrainLog, fit
@@ -48,13 +48,15 @@ class Evaluation:
     popularity: np.ndarray  # training-period positives per catalogue item
     cutoff_ms: int
 
-    def metrics(self, model: torch.nn.Module, cfg: ModelSettings, k: int, batch_size: int) -> dict[str, float]:
+    def metrics(self, model: torch.nn.Module, cfg: ModelSettings, k: int, batch_size: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Aggregate metrics, and per-user top-K values (for the paired promotion test)."""
         probs = np.concatenate([predict(model, b).numpy() for b in self.validation.batches(cfg, batch_size)]) \
             if len(self.validation) else np.array([])
         labels = self.validation.labels if self.validation.labels is not None else np.array([])
         ranked = top_k(lambda u, c: self._score(model, cfg, u, c), self.users, self.catalogue, self.relevant, self.seen, k)
-        return {"auc": auc(labels, probs), "logloss": logloss(labels, probs) if len(labels) else float("nan"),
-                "hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users, "validation_rows": len(labels)}
+        return ({"auc": auc(labels, probs), "logloss": logloss(labels, probs) if len(labels) else float("nan"),
+                 "hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users, "validation_rows": len(labels)},
+                ranked.per_user or {})
 
     def popularity_metrics(self, k: int) -> dict[str, float]:
         ranked = top_k(lambda u, c: self.popularity[c], self.users, self.catalogue, self.relevant, self.seen, k)
@@ -145,6 +147,23 @@ def load_model(registry: ModelRegistry, version: str) -> tuple[torch.nn.Module, 
     return model, meta
 
 
+def _promotion(tcfg: TrainingSettings, served: str, metrics: dict, served_metrics: dict,
+               per_user: dict[str, np.ndarray], served_per_user: dict[str, np.ndarray]) -> tuple[bool, str]:
+    """Promote unless the new model is worse than the served one on ``promote_metric``: for top-K
+    metrics by more than max(tolerance, promote_z standard errors of the per-user difference),
+    otherwise by more than the tolerance."""
+    m, tol = tcfg.promote_metric, tcfg.promote_tolerance
+    if m in per_user and m in served_per_user and len(per_user[m]) == len(served_per_user[m]) and tcfg.promote_z > 0:
+        worse, diff, margin = paired_worse(per_user[m], served_per_user[m], tol, tcfg.promote_z)
+        ok = not worse
+        how = f"difference {diff:+.4f} over {len(per_user[m])} users, allowed -{margin:.4f}"
+    else:
+        ok = _better_or_equal(m, metrics[m], served_metrics[m], tol)
+        how = f"tolerance {tol}"
+    return ok, (f"{m} {metrics[m]:.4f} vs served {served} {served_metrics[m]:.4f} ({how}): "
+                + ("promoted" if ok else "NOT promoted, the served model stays"))
+
+
 def _better_or_equal(metric: str, new: float, old: float, tolerance: float) -> bool:
     if np.isnan(old):
         return True
@@ -167,30 +186,29 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     every_ms = int(tcfg.snapshot_every_s * 1000)
     history = backfill.compute(settings, version=data.table_version, progress=progress, snapshot_every_ms=every_ms)
     backfill.write_offline(settings, history.snapshot_frames())
-    console.print("point-in-time features through Feast ...")
+    console.print(f"point-in-time features ({tcfg.pit_engine} join over the Feast registry's views) ...")
     train = _examples(settings, spec, data.train)
     evaluation = _evaluation(settings, spec, data)
 
     model, log = _train(settings, spec, train, progress, console)
-    metrics = evaluation.metrics(model, cfg, tcfg.eval_k, tcfg.batch_size)
+    metrics, per_user = evaluation.metrics(model, cfg, tcfg.eval_k, tcfg.batch_size)
     metrics["train_samples_per_s"] = log.samples / log.seconds if log.seconds else float("nan")
     popularity = evaluation.popularity_metrics(tcfg.eval_k)
 
     served = registry.served()
     served_metrics, served_state, reason = None, None, "first model: nothing is served yet"
+    served_per_user: dict[str, np.ndarray] = {}
     if served:
         try:
             served_model, served_meta = load_model(registry, served)
             check_compatible(FeatureSpec.from_dict(served_meta["features"]), spec)
-            served_metrics = evaluation.metrics(served_model, ModelSettings(**served_meta["model"]), tcfg.eval_k, tcfg.batch_size)
+            served_metrics, served_per_user = evaluation.metrics(served_model, ModelSettings(**served_meta["model"]),
+                                                                 tcfg.eval_k, tcfg.batch_size)
             served_state = served_model.state_dict()
         except (ModelIntegrityError, FeatureSpecMismatch, RuntimeError) as e:
             reason = f"the served {served} cannot be compared ({e}); promoting the new model"
-    m = tcfg.promote_metric
     if served_metrics is not None:
-        ok = _better_or_equal(m, metrics[m], served_metrics[m], tcfg.promote_tolerance)
-        reason = (f"{m} {metrics[m]:.4f} vs served {served} {served_metrics[m]:.4f} (tolerance {tcfg.promote_tolerance}): "
-                  + ("promoted" if ok else "NOT promoted, the served model stays"))
+        ok, reason = _promotion(tcfg, served, metrics, served_metrics, per_user, served_per_user)
     else:
         ok = True
 

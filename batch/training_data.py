@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from infra.settings import Settings
+from infra.settings import Settings, TrainingSettings
 from streaming.lake import open_table
 
 DAY_MS = 86_400_000
@@ -35,17 +35,22 @@ class TrainingData:
         return self.examples[self.examples["split"] == "validation"]
 
 
+def labels(cfg: TrainingSettings, events: pd.DataFrame) -> pd.Series:
+    """1 for a positive (rating >= threshold, or a positive type), 0 for a low rating, NaN otherwise."""
+    is_rating = events["event_type"] == "rating"
+    label = pd.Series(np.nan, index=events.index)
+    label[is_rating] = (events.loc[is_rating, "value"] >= cfg.rating_threshold).astype(float)
+    label[events["event_type"].isin(cfg.positive_types)] = 1.0
+    return label
+
+
 def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
     """Valid, non-late events with a label, ordered by event time (then event id)."""
     table = open_table(settings.paths.events_table, version)
     cfg = settings.training
     df = table.to_pandas(columns=["event_id", "user_id", "item_id", "event_type", "value", "event_time", "late"])
     df = df[~df["late"]]
-    is_rating = df["event_type"] == "rating"
-    label = pd.Series(np.nan, index=df.index)
-    label[is_rating] = (df.loc[is_rating, "value"] >= cfg.rating_threshold).astype(float)
-    label[df["event_type"].isin(cfg.positive_types)] = 1.0
-    df = df.assign(label=label).dropna(subset=["label"])
+    df = df.assign(label=labels(cfg, df)).dropna(subset=["label"])
     df = df.sort_values(["event_time", "event_id"], kind="stable").reset_index(drop=True)
     return table.version(), df[["event_id", "user_id", "item_id", "event_time", "label"]]
 

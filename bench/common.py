@@ -66,3 +66,24 @@ def record(name: str, *, value: float, baseline: float, ratio: float, unit: str,
             f"- {today} | {machine()} | `{command}` | {name}: ours {value:,.1f} {unit}, "
             f"baseline {baseline:,.1f} {unit}, ratio {ratio:.3f} ({verdict} goal {goal}){' | ' + note if note else ''}\n"
         )
+
+
+@contextmanager
+def served_stack(events: int | None = None) -> Iterator[Settings]:
+    """A local stack with ml-100k (or its first ``events``) in the lake and the online store, a
+    trained and promoted model, and a free port for the API (start it with serving.runner)."""
+    from batch import backfill, retrain
+    from features.store import apply
+    from streaming.lake import append_events
+    from streaming.replay import load_events
+
+    with local_stack() as base:
+        settings = base.model_copy(update={
+            "ml100k_path": (BENCH_DIR.parent / ".." / "shared" / "data" / "ml-100k" / "u.data").resolve(),
+            "serving": base.serving.model_copy(update={"port": free_port()})})
+        apply(settings)
+        loaded = load_events(settings.ml100k_path).events[:events]
+        append_events(settings, loaded)
+        backfill.write_online(settings, backfill.compute(settings, progress=False))
+        retrain.run(settings, progress=False)
+        yield settings

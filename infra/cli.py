@@ -102,7 +102,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(settings, console, speedup=args.speedup)
+    return run_demo(settings, console, speedup=args.speedup, holdout_days=args.holdout_days)
 
 
 def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job end to end on the local stack")
     demo.add_argument("--speedup", type=float, default=None, help="event-time speed-up for the replay (default: as fast as possible)")
+    demo.add_argument("--holdout-days", type=int, default=1, help="the last N days are replayed after the first retrain and checked against it")
 
     features = sub.add_parser("features", help="the Feast feature registry")
     features.add_argument("action", choices=["apply", "list", "env"],
@@ -389,7 +390,19 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
 }
 
 
+def quiet_third_party_noise() -> None:
+    """Import-time deprecation chatter of fbgemm/torchrec/torch.fx says nothing a user can act on."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchrec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_third_party_noise()
     args = build_parser().parse_args(argv)
     if args.config:
         import os

@@ -1,28 +1,45 @@
-"""The main job on the embedded local stack.
+"""The main job on the embedded local stack, end to end.
 
-Today: services -> feature registry -> stream job -> replay ml-100k -> features in Feast/Redis
-and events in Delta. Later stages (retrain, delta, hot swap, recommendations) plug in here.
+services -> feature registry -> stream job -> replay ml-100k up to the last day boundary ->
+nightly retrain (v1) -> recommendation API -> held-out check vs popularity -> replay the last
+day (fresh features) -> nightly retrain (v2 + delta) -> hot swap -> recommendations + summary.
 """
 
 from __future__ import annotations
 
+import time
+
+import httpx
 from rich.console import Console
 from rich.table import Table
 
 from infra.report import topics_table
 from infra.services import up
 from infra.settings import Settings
+from streaming.events import Event
 from streaming.ingest import send_events
 from streaming.pacing import Pacer
 from streaming.producer import EventProducer
 from streaming.replay import load_events
 from streaming.topics import scan_topic
 
+DAY_MS = 86_400_000
+SHOW_USERS = ("1", "42", "196")
 
-def run_demo(settings: Settings, console: Console, speedup: float | None = None) -> int:
+
+def split_at_day_boundary(events: list[Event], holdout_days: int = 1) -> tuple[list[Event], list[Event], int]:
+    """Events before the start (UTC midnight) of the last ``holdout_days`` days, the rest, and that boundary."""
+    boundary = (events[-1].event_time // DAY_MS - (holdout_days - 1)) * DAY_MS
+    cut = next(i for i, e in enumerate(events) if e.event_time >= boundary)
+    return events[:cut], events[cut:], boundary
+
+
+def run_demo(settings: Settings, console: Console, speedup: float | None = None, holdout_days: int = 1) -> int:
     from features.store import apply
+    from serving import runner
     from streaming import stream_runner
 
+    started = time.monotonic()
     console.rule("[bold]1. local stack")
     for s in up(settings):
         console.print(f"[green]✓[/] {s.describe()}")
@@ -37,47 +54,120 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None)
             pid, restored = stream_runner.start(settings)
         console.print(f"[green]✓[/] stream job pid {pid}, {'resumed from ' + str(restored) if restored else 'fresh start'}")
     try:
-        return _replay_and_show(settings, console, speedup)
+        return _pipeline(settings, console, speedup, holdout_days, started)
     finally:
         stream_runner.stop(settings)  # also on errors: never leave a job behind
+        if runner.running_pid(settings) is not None:
+            url = runner.base_url(settings)
+            console.print(f"The API keeps serving on {url} (dashboard [bold]{url}/ui[/]); "
+                          "[bold]recsys down[/] stops it and the services.")
 
 
-def _replay_and_show(settings: Settings, console: Console, speedup: float | None) -> int:
-    from features import names
-    from features.store import feature_store
+def _replay(settings: Settings, console: Console, events: list[Event], speedup: float | None, label: str) -> int:
     from streaming import stream_runner
-    from streaming.lake import read_events
 
-    console.rule("[bold]3. replay MovieLens 100k in event-time order")
     already = scan_topic(settings, settings.topics.events, idle_ms=500).records
-    if already:
-        console.print(f"[yellow]note:[/] the events topic already holds {already:,} records from earlier runs "
-                      "(`recsys down` clears the in-memory broker)")
-    loaded = load_events(settings.ml100k_path)
-    console.print(f"{len(loaded.events):,} events from {settings.ml100k_path}")
     with EventProducer(settings) as producer:
-        result = send_events(producer, loaded.events, pacer=Pacer(speedup=speedup), description="replay")
+        result = send_events(producer, events, pacer=Pacer(speedup=speedup), description=label)
     console.print(f"acknowledged {result.report.acked:,} events at {result.rate:,.0f} ev/s")
-
-    console.rule("[bold]4. streaming features")
     with console.status("waiting for the stream job to catch up..."):
         metrics = stream_runner.wait_idle(settings, already + result.report.acked, timeout_s=600)
-    lake = read_events(settings.paths.events_table, columns=["event_id"])
-    console.print(f"job: {metrics.get('events_in', 0):,} records read, {metrics.get('late', 0):,} late, "
-                  f"{metrics.get('dlq', 0):,} to the DLQ; Delta `events` table holds {lake.num_rows:,} rows")
-    store = feature_store(settings)
-    users = ["1", "42", "196"]
-    rows = store.get_online_features(
-        features=[f"{names.USER_STATS}:n_events", f"{names.USER_STATS}:avg_rating", f"{names.USER_RECENT}:recent_items"],
-        entity_rows=[{names.USER_KEY: u} for u in users],
-    ).to_dict()
-    table = Table("user", "events", "avg rating", "recent items (newest first)", title="read back through Feast")
-    for u, n, avg, recent in zip(rows[names.USER_KEY], rows["n_events"], rows["avg_rating"], rows["recent_items"]):
-        table.add_row(u, str(n), f"{avg:.2f}" if avg is not None else "-", ", ".join((recent or [])[:8]))
+    console.print(f"stream job: {metrics.get('events_in', 0):,} records read, {metrics.get('late', 0):,} late, "
+                  f"{metrics.get('dlq', 0):,} to the DLQ")
+    return result.report.acked
+
+
+def _retrain(settings: Settings, console: Console, title: str):  # noqa: ANN202 - batch.retrain.RetrainResult
+    from batch import retrain
+
+    console.rule(f"[bold]{title}")
+    result = retrain.run(settings, progress=True, console=console)
+    delta = f", delta from {result.served_version}: {sum(result.delta_rows.values()):,} changed rows" if result.delta_rows else ""
+    console.print(f"[green]✓[/] {result.version} published{delta}; {'promoted' if result.promoted else 'not promoted'}")
+    return result
+
+
+def _show(settings: Settings, console: Console, url: str, title: str) -> None:
+    table = Table("user", "recent items (newest first)", "top 10 (score, sources)", title=title)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for user in SHOW_USERS:
+            r = client.get(f"/recommendations/{user}", params={"k": 10}).json()
+            top = ", ".join(f"{i['item_id']} ({i['score']:.2f}, {'+'.join(s[:3] for s in i['sources'])})" for i in r["items"])
+            table.add_row(user, ", ".join(r["recent_items"][:6]), top)
+        version = client.get("/model").json()["served"]["version"]
+    table.caption = f"served model {version}"
     console.print(table)
 
-    console.rule("[bold]5. what the broker holds")
+
+def _wait_for_version(url: str, version: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        model = httpx.get(url + "/model", timeout=10).json()
+        if (model["served"] or {}).get("version") == version or version in model["rejected"]:
+            return model
+        time.sleep(0.2)
+    raise TimeoutError(f"the API did not pick up {version} within {timeout_s}s: see {url}/model")
+
+
+def _latency(url: str, users: list[str], n: int = 300) -> tuple[float, float]:
+    times = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(n):
+            t = time.perf_counter()
+            client.get(f"/recommendations/{users[i % len(users)]}", params={"k": 10}).raise_for_status()
+            times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
+
+
+def _pipeline(settings: Settings, console: Console, speedup: float | None, holdout_days: int, started: float) -> int:
+    from serving import holdout, runner
+    from streaming.lake import read_events
+
+    loaded = load_events(settings.ml100k_path)
+    history, last_days, boundary = split_at_day_boundary(loaded.events, holdout_days)
+    day = time.strftime("%Y-%m-%d", time.gmtime(boundary / 1000))
+    console.rule(f"[bold]3. replay MovieLens 100k up to {day} (event-time order)")
+    console.print(f"{len(loaded.events):,} events from {settings.ml100k_path}; {len(history):,} before {day}, "
+                  f"{len(last_days):,} from then on (held out)")
+    sent = _replay(settings, console, history, speedup, "replay")
+
+    first = _retrain(settings, console, f"4. nightly retrain at the day boundary {day}")
+
+    console.rule("[bold]5. recommendation API")
+    status = runner.start(settings)
+    url = runner.base_url(settings)
+    _wait_for_version(url, first.version)
+    console.print(f"[green]✓[/] API pid {status.pid} on {url} serving {first.version} (docs {url}/docs, dashboard {url}/ui)")
+    _show(settings, console, url, f"recommendations at {day} 00:00")
+    check = holdout.evaluate(url, settings.training, last_days, k=10)
+    console.print(f"[bold]{check.describe()}[/]")
+
+    console.rule(f"[bold]6. the held-out day arrives: replay {len(last_days):,} events")
+    sent += _replay(settings, console, last_days, speedup, "replay last day")
+    second = _retrain(settings, console, "7. next nightly retrain: new version + delta")
+    model = _wait_for_version(url, second.version)
+    served = model["served"]
+    if served and served["version"] == second.version:
+        how = f"merged {', '.join(served['applied_deltas'])}" if served["loaded_from"] == "delta" else "loaded the full version"
+        console.print(f"[green]✓[/] hot swap to {second.version}: {how} in {served['load_ms']:.0f} ms, no restart")
+    else:
+        console.print(f"[red]✗[/] {second.version} was rejected: {model['rejected'].get(second.version)}")
+    _show(settings, console, url, "recommendations after the last day")
+
+    console.rule("[bold]8. summary")
+    p50, p99 = _latency(url, [e.user_id for e in last_days] + list(SHOW_USERS))
+    lake = read_events(settings.paths.events_table, columns=["event_id"])
+    summary = Table("", "")
+    summary.add_row("events replayed", f"{sent:,}")
+    summary.add_row("Delta `events` rows", f"{lake.num_rows:,}")
+    summary.add_row("model versions", ", ".join(f"{e['version']} ({e['outcome']})" for e in model["swaps"]))
+    summary.add_row(f"HR@{check.k} held-out ({check.users} users)", f"API {check.hr_api:.3f} vs popularity {check.hr_popularity:.3f}")
+    summary.add_row("model metrics (last retrain)", f"AUC {second.metrics['auc']:.3f}, HR@10 {second.metrics['hr_at_k']:.3f} "
+                    f"(popularity {second.popularity['hr_at_k']:.3f})")
+    summary.add_row("/recommendations latency", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (sequential, {url})")
+    summary.add_row("wall time", f"{time.monotonic() - started:.0f} s")
+    console.print(summary)
     console.print(topics_table(settings))
-    console.print("Stream job stopped (its checkpoint is kept: `recsys stream start` resumes). "
-                  "Stop the services with [bold]recsys down[/].")
+    console.print("Stream job stopped (its checkpoint is kept: `recsys stream start` resumes).")
     return 0

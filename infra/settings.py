@@ -211,6 +211,7 @@ class TrainingSettings(BaseModel):
     eval_k: int = Field(default=10, ge=1, description="top-K metrics (HR@K, NDCG@K) with full-catalogue ranking")
     promote_metric: str = Field(default="ndcg_at_k", pattern="^(auc|logloss|hr_at_k|ndcg_at_k)$")
     promote_tolerance: float = Field(default=0.01, ge=0, description="promote unless the new model is worse than the served one by more than this (absolute)")
+    promote_z: float = Field(default=2.0, ge=0, description="top-K metrics: also allow z standard errors of the per-user difference (noise of small validation sets); 0 = tolerance only")
     delta_threshold: float = Field(default=0.0, ge=0, description="an embedding row goes into a delta when any value moved by more than this")
     nproc: int = Field(default=1, ge=1, description="training processes (torchrun + gloo DistributedModelParallel when > 1)")
 
@@ -238,6 +239,7 @@ class ServingSettings(BaseModel):
     covisit_candidates: int = Field(default=100, ge=0)
     covisit_from_recent: int = Field(default=5, ge=1, description="co-visitation lists read for the user's newest N items")
     embedding_candidates: int = Field(default=100, ge=0)
+    popular_candidates: int = Field(default=50, ge=0, description="the model's most trained-on items (more when the list is still short)")
     filter_seen: bool = Field(default=True, description="drop the items in the user's recent history")
     item_refresh_s: float = Field(
         default=1.0, gt=0, description="item features + trending are re-read for the catalogue this often (user features: every request)"

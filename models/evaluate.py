@@ -56,6 +56,27 @@ class TopK:
     hr: float
     ndcg: float
     users: int
+    per_user: dict[str, np.ndarray] | None = None  # "hr_at_k" / "ndcg_at_k" -> one value per user, in user order
+
+
+def paired_worse(new: np.ndarray, old: np.ndarray, tolerance: float, z: float = 2.0) -> tuple[bool, float, float]:
+    """Is ``new`` worse than ``old`` (per-user values of the same users) by more than
+    ``max(tolerance, z * standard error of the mean paired difference)``? Returns (worse, mean
+    difference, margin). A few dozen validation users make top-K metrics noisy: two models
+    trained on the same data a day apart differ by more than a fixed 0.01 by chance.
+
+    >>> worse, diff, margin = paired_worse(np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 1.0, 0.0, 0.0]), 0.01)
+    >>> worse, diff, round(margin, 3)
+    (False, 0.0, 0.816)
+    >>> paired_worse(np.zeros(50), np.full(50, 0.2), 0.01)[0]
+    True
+    """
+    d = np.asarray(new, dtype=float) - np.asarray(old, dtype=float)
+    if len(d) == 0:
+        return False, 0.0, tolerance
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    margin = max(tolerance, z * se)
+    return bool(d.mean() < -margin), float(d.mean()), margin
 
 
 def top_k(score_user: Callable[[int, np.ndarray], np.ndarray], users: Sequence[str], catalogue: np.ndarray,
@@ -72,4 +93,5 @@ def top_k(score_user: Callable[[int, np.ndarray], np.ndarray], users: Sequence[s
         hr, ndcg = hits_and_ndcg([catalogue[i] for i in best], relevant[user], k)
         hrs.append(hr)
         ndcgs.append(ndcg)
-    return TopK(float(np.mean(hrs)) if hrs else float("nan"), float(np.mean(ndcgs)) if ndcgs else float("nan"), len(hrs))
+    return TopK(float(np.mean(hrs)) if hrs else float("nan"), float(np.mean(ndcgs)) if ndcgs else float("nan"), len(hrs),
+                {"hr_at_k": np.array(hrs), "ndcg_at_k": np.array(ndcgs)})

@@ -85,7 +85,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: Exam
         losses = []
         n_batches = (len(examples) + batch_size - 1) // batch_size
         bar = tqdm(examples.batches(cfg, batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}/{epochs}",
-                   unit="batch", disable=not progress)
+                   unit="batch", disable=None if progress else True)
         for batch in bar:
             losses.append(train_step(model, optimizer, batch))
             if len(losses) % 20 == 0:

@@ -184,6 +184,14 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
             raise HTTPException(422, f"k={body.k} is above serving.max_k={cfg.max_k}: ask for fewer items")
         return BatchOut(results=[recommend_one(u, body.k, body.filter_seen) for u in body.user_ids])
 
+    @app.get("/popular", tags=["recommendations"])
+    def popular(k: Annotated[int, Query(ge=1, le=10_000)] = 10) -> dict:
+        """The served model's most trained-on items (the non-personalised baseline)."""
+        model = ctx.holder.current
+        if model is None:
+            raise HTTPException(503, "no model is served yet: run `recsys retrain`")
+        return {"model_version": model.version, "items": model.catalogue[:k].tolist()}
+
     @app.post("/events", response_model=EventsOut, status_code=202, tags=["events"],
               responses={422: {"description": "every event was invalid (all went to the dead-letter topic)"}})
     def post_events(events: Annotated[list[dict[str, Any]] | dict[str, Any], Body(

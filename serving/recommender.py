@@ -6,7 +6,8 @@ Sources (each item remembers every source that proposed it):
   stream job), weighted towards the newest;
 - ``embedding``: catalogue items nearest to the user's recent items in the model's item table;
 - ``trending``: the catalogue's most active items right now (``serving.item_snapshot``);
-- ``popular``: the most trained-on items, only to fill up a list that is still short.
+- ``popular``: the most trained-on items of the model's catalogue (the non-personalised prior;
+  also what fills up a list that is still short).
 
 A user with no history (cold) gets trending and popular candidates, ranked the same way.
 Items in the user's recent history are dropped when ``filter_seen`` is on.
@@ -96,9 +97,9 @@ class Recommender:
             counts["embedding"] = propose([i for i, _ in nearest], "embedding", cfg.embedding_candidates)
         if snapshot is not None and cfg.trending_candidates:
             counts["trending"] = propose(snapshot.trending, "trending", cfg.trending_candidates)
-        if len(sources) < k:
-            fill = [i for i in model.catalogue.tolist() if i not in sources]
-            counts["popular"] = propose(fill, "popular", k - len(sources))
+        want_popular = max(cfg.popular_candidates, k - len(sources))
+        if want_popular:
+            counts["popular"] = propose(model.catalogue[: want_popular + len(seen)].tolist(), "popular", want_popular)
         t2 = time.perf_counter()
         timings["candidates"] = (t2 - t1) * 1000
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from streaming.events import Event
 
 EVENTS_SCHEMA = pa.schema(
     [
@@ -40,6 +43,14 @@ EVENTS_SCHEMA = pa.schema(
 PARTITION_BY = ["event_date"]
 
 LakeRow = tuple  # values in EVENTS_SCHEMA order, event_date excluded (derived)
+
+
+def append_events(settings: Settings, events: Sequence["Event"], first_offset: int = 0) -> int:
+    """Write events straight into the lake, as partition 0 from ``first_offset`` on (imports, tests and
+    benchmarks that skip the topic; the stream job writes its own rows)."""
+    return LakeWriter.for_settings(settings).append(0, [
+        (e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time, None, 0, first_offset + i, False, 0)
+        for i, e in enumerate(events)])
 
 
 def topic_epoch(settings: Settings) -> str:

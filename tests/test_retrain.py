@@ -11,12 +11,13 @@ import torch
 
 from batch import retrain
 from features.model_inputs import feature_spec, point_in_time
+from features.point_in_time import column, historical
 from features.store import apply
 from infra import cli
 from infra.settings import Settings
 from models import delta as model_delta
 from models.registry import ModelIntegrityError, ModelRegistry
-from streaming.lake import LakeWriter
+from streaming.lake import append_events
 from streaming.replay import load_events
 from tests.conftest import ML100K
 
@@ -24,9 +25,7 @@ SMALL = 20_000
 
 
 def _load(settings: Settings, events, first_offset: int = 0) -> None:
-    LakeWriter.for_settings(settings).append(0, [
-        (e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time, None, 0, first_offset + i, False, 0)
-        for i, e in enumerate(events)])
+    append_events(settings, events, first_offset)
 
 
 def _settings(data_dir, project: str, **training) -> Settings:
@@ -99,6 +98,31 @@ def test_point_in_time_rows_never_see_the_event_itself_or_later(small):
         assert value == pytest.approx(np.log1p(len(before)), abs=1e-5)  # everything earlier, nothing at or after
         later = set(events[(events["user_id"] == row.user_id) & (events["event_time"] >= row.event_time)]["item_id"])
         assert not (set(bag) & later - set(before["item_id"]))
+
+
+def _comparable(value):  # noqa: ANN001, ANN202 - Feast and DuckDB spell "missing" and lists differently
+    if isinstance(value, (list, np.ndarray)):
+        return [str(v) for v in value]
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value if isinstance(value, str) else float(value)
+
+
+def test_asof_engine_returns_exactly_what_feast_returns(small):
+    retrain.run(_with(small, epochs=1), progress=False, promote=False)  # writes the feature history
+    events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]]).sample(1500, random_state=2)
+    spec = feature_spec(small)
+    late = pd.Series([int(events["event_time"].max()) + 10**9] * 20)  # after all history, and before all of it
+    early = pd.Series([0] * 20)
+    for key, refs in [("user_id", [*spec.user_refs, spec.recent_ref]), ("item_id", list(spec.item_refs))]:
+        keys = pd.concat([events[key], events[key].iloc[:20], events[key].iloc[:20], pd.Series(["unknown"])])
+        times = pd.concat([events["event_time"] - 1, late, early, pd.Series([5 * 10**12])])
+        asof, feast = (historical(small, key, keys, times, refs, engine=e).sort_values([key, "t"]).reset_index(drop=True)
+                       for e in ("asof", "feast"))
+        assert len(asof) == len(feast) == len(pd.DataFrame({"k": keys.to_numpy(), "t": times.to_numpy()}).drop_duplicates())
+        for col in feast.columns:
+            assert [_comparable(v) for v in asof[col]] == [_comparable(v) for v in feast[col]], col
+        assert asof[column(refs[0])].isna().any() and asof[column(refs[0])].notna().any()
 
 
 def test_a_worse_model_is_not_promoted_and_the_served_one_stays(small):

@@ -13,8 +13,10 @@ from collections import Counter
 
 import httpx
 import pytest
-import torch
+import schemathesis
 import uvicorn
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from batch import retrain
 from features import names
@@ -22,6 +24,7 @@ from features.store import apply, feature_store
 from infra.services import free_port
 from infra.settings import ModelSettings, ServingSettings, TrainingSettings
 from models.registry import ModelRegistry
+from models.synthetic import publish_nudged_version
 from serving.app import create_app
 from serving.online_features import OnlineFeatureReader
 from streaming import stream_runner
@@ -194,25 +197,6 @@ def test_admin_endpoints_need_the_token(stack):
     assert ok.status_code == 200 and ok.json()["served"]
 
 
-def _publish_next(registry: ModelRegistry, step: int, wrong_base: bool = False) -> str:
-    """A new version = the served weights with some item rows and a bias moved, plus its delta
-    (``wrong_base``: the delta is computed against other weights, as if copied from the wrong run)."""
-    served = registry.served()
-    state, meta = registry.load(served)
-    new = {k: v.clone() for k, v in state.items()}
-    table = next(k for k in new if k.endswith("embedding_bags.item.weight"))
-    gen = torch.Generator().manual_seed(step)
-    rows = torch.randint(0, new[table].shape[0], (50,), generator=gen)
-    new[table][rows] += 0.01 * torch.randn(50, new[table].shape[1], generator=gen)
-    bias = next(k for k in new if k.startswith("over_arch") and k.endswith("bias"))
-    new[bias] += 0.001
-    base_state = {k: (v + 1.0 if k == table else v) for k, v in state.items()} if wrong_base else state
-    items, counts = registry.catalogue(served)
-    version, rows_changed, problem = registry.publish_model(new, meta, dict(zip(items, counts)), base=(served, base_state))
-    assert problem is None and rows_changed
-    return version
-
-
 def test_hot_swap_under_load_with_one_bad_delta(stack):
     server, events = stack
     registry = ModelRegistry(server.settings.paths.models_dir)
@@ -243,7 +227,7 @@ def test_hot_swap_under_load_with_one_bad_delta(stack):
         time.sleep(0.5)
         published = []
         for step in range(5):
-            version = _publish_next(registry, step, wrong_base=(step == 2))
+            version = publish_nudged_version(registry, step, wrong_base=(step == 2))
             registry.promote(version)
             published.append(version)
             server.wait_for(version)
@@ -274,7 +258,7 @@ def test_corrupted_delta_file_is_rejected_and_rollback_is_instant(stack):
     served_before = server.ctx.holder.current.version
     server.ctx.watcher.stop()  # take the watcher out, so the corruption lands before it looks
     try:
-        version = _publish_next(registry, 99)
+        version = publish_nudged_version(registry, 99)
         registry.promote(version)
         delta_file = registry.path(version) / f"delta-from-{served_before}" / "delta.safetensors"
         data = bytearray(delta_file.read_bytes())
@@ -316,3 +300,34 @@ def test_a_new_event_changes_recent_items_and_covisit_candidates(stack):
     covisited = {i["item_id"] for i in after["items"] if "covisit" in i["sources"]}
     assert covisited != {i["item_id"] for i in before["items"] if "covisit" in i["sources"]}
     assert new_item not in {i["item_id"] for i in after["items"]}  # just consumed: filtered
+
+
+def test_dashboard_renders_in_headless_chromium(stack, tmp_path):
+    from infra import chromium
+
+    if chromium.binary() is None:
+        pytest.skip("chromium is not installed (infra/setup.sh installs it)")
+    server, _ = stack
+    dom = chromium.dump_dom(server.url + "/ui")
+    version = server.ctx.holder.current.version
+    assert f'id="model-version">{version}<' in dom  # the script fetched /model and rendered it
+    assert dom.count('class="rec-row"') == 10  # and /recommendations for the default user
+    assert "ev/s" in dom or "stream job" in dom
+    shot = chromium.screenshot(server.url + "/ui", tmp_path / "dashboard.png")
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def api_schema(stack):
+    server, _ = stack
+    return schemathesis.openapi.from_url(server.url + "/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@hypothesis_settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_input_makes_the_api_fail(case):
+    response = case.call(timeout=30)
+    assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
