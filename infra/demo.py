@@ -140,7 +140,7 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     _wait_for_version(url, first.version)
     console.print(f"[green]✓[/] API pid {status.pid} on {url} serving {first.version} (docs {url}/docs, dashboard {url}/ui)")
     _show(settings, console, url, f"recommendations at {day} 00:00")
-    check = holdout.evaluate(url, settings.training, last_days, k=10)
+    check = holdout.evaluate(url, settings.training, history, last_days, k=10)
     console.print(f"[bold]{check.describe()}[/]")
 
     console.rule(f"[bold]6. the held-out day arrives: replay {len(last_days):,} events")

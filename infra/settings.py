@@ -199,7 +199,7 @@ class TrainingSettings(BaseModel):
     rating_threshold: float = Field(default=4.0, description="rating >= this is a positive, below is a negative")
     positive_types: list[str] = ["click", "add_to_cart", "purchase", "like", "share"]
     negatives_per_positive: int = Field(default=4, ge=0)
-    negative_popularity_power: float = Field(default=0.75, ge=0, description="negatives ~ item count ** this (0 = uniform)")
+    negative_popularity_power: float = Field(default=0.0, ge=0, description="negatives ~ item count ** this (0 = uniform, the default: popularity-weighted negatives teach the model to rank popular items down and lost to plain popularity on top-K)")
     validation: str = Field(default="last_days", pattern="^(last_days|last_per_user)$")
     validation_days: float = Field(default=7.0, gt=0, description="last_days: events in the final N days validate")
     validation_per_user: int = Field(default=1, ge=1, description="last_per_user: each user's last N interactions validate")

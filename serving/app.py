@@ -50,6 +50,7 @@ class BatchRequest(BaseModel):
     user_ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1)
     k: int | None = Field(default=None, ge=1)
     filter_seen: bool | None = None
+    exclude: dict[str, list[str]] = Field(default_factory=dict, description="per user: items never to return")
 
 
 class BatchOut(BaseModel):
@@ -151,12 +152,12 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         ctx.metrics.requests.labels(name, str(response.status_code)).inc()
         return response
 
-    def recommend_one(user_id: str, k: int | None, filter_seen: bool | None) -> RecommendationOut:
+    def recommend_one(user_id: str, k: int | None, filter_seen: bool | None, exclude: list[str] = ()) -> RecommendationOut:
         model = ctx.holder.current  # one read: this request finishes on this model even if a swap happens
         if model is None:
             raise HTTPException(503, "no model is served yet: run `recsys retrain` (the server picks it up by itself)")
         k = min(k or cfg.default_k, cfg.max_k)
-        rec = ctx.recommender.recommend(model, ctx.snapshots.get(model.version), user_id, k, filter_seen)
+        rec = ctx.recommender.recommend(model, ctx.snapshots.get(model.version), user_id, k, filter_seen, frozenset(exclude))
         for stage, ms in rec.timings_ms.items():
             ctx.metrics.stage.labels(stage).observe(ms / 1000)
         for source, n in rec.candidates.items():
@@ -170,9 +171,10 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
 
     @app.get("/recommendations/{user_id}", response_model=RecommendationOut, tags=["recommendations"])
     def get_recommendations(user_id: USER_ID, k: Annotated[int | None, Query(ge=1, le=cfg.max_k)] = None,
-                            filter_seen: bool | None = None) -> RecommendationOut:
+                            filter_seen: bool | None = None,
+                            exclude: Annotated[list[str], Query(max_length=1000, description="items never to return")] = []) -> RecommendationOut:  # noqa: B006 - FastAPI copies defaults
         """Top-K items for one user, with scores and the candidate sources of each item."""
-        return recommend_one(user_id, k, filter_seen)
+        return recommend_one(user_id, k, filter_seen, exclude)
 
     @app.post("/recommendations", response_model=BatchOut, tags=["recommendations"])
     def batch_recommendations(body: BatchRequest) -> BatchOut:
@@ -182,7 +184,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                                      "(serving.max_batch_users): split the request")
         if body.k is not None and body.k > cfg.max_k:
             raise HTTPException(422, f"k={body.k} is above serving.max_k={cfg.max_k}: ask for fewer items")
-        return BatchOut(results=[recommend_one(u, body.k, body.filter_seen) for u in body.user_ids])
+        return BatchOut(results=[recommend_one(u, body.k, body.filter_seen, body.exclude.get(u, [])) for u in body.user_ids])
 
     @app.get("/popular", tags=["recommendations"])
     def popular(k: Annotated[int, Query(ge=1, le=10_000)] = 10) -> dict:

@@ -12,7 +12,6 @@ Feast; tests check both readers return the same values.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import redis
@@ -59,13 +58,13 @@ class OnlineFeatureReader:
         self._fields = [_mmh3(r) for r in self.refs]
         r = settings.redis
         self._redis = client or redis.Redis(host=r.host, port=r.port, password=r.password)
-        self._keys: OrderedDict[str, bytes] = OrderedDict()
+        self._keys: dict[str, bytes] = {}  # request threads share it: only atomic dict operations
 
     def _key(self, entity_id: str) -> bytes:
         key = self._keys.get(entity_id)
         if key is None:
             if len(self._keys) >= MAX_CACHED_KEYS:
-                self._keys.popitem(last=False)
+                self._keys = {}
             proto = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity_id)])
             key = self._keys[entity_id] = _redis_key(self._project, proto, self._key_version)
         return key

@@ -10,7 +10,9 @@ Sources (each item remembers every source that proposed it):
   also what fills up a list that is still short).
 
 A user with no history (cold) gets trending and popular candidates, ranked the same way.
-Items in the user's recent history are dropped when ``filter_seen`` is on.
+Items in the user's recent history are dropped when ``filter_seen`` is on, and items the caller
+passes in ``exclude`` always (the online features know a user's last ``features.recent_items``
+events; a caller that knows more, such as past purchases, can exclude them).
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ class Recommender:
         return reader
 
     def recommend(self, model: ServedModel, snapshot: ItemSnapshot | None, user_id: str, k: int,
-                  filter_seen: bool | None = None) -> Recommendation:
+                  filter_seen: bool | None = None, exclude: frozenset[str] = frozenset()) -> Recommendation:
+        """Top ``k`` for one user; ``exclude`` items are never returned (e.g. what the caller knows the
+        user bought), in addition to the recent history when ``filter_seen``."""
         cfg = self.cfg
         filter_seen = cfg.filter_seen if filter_seen is None else filter_seen
         timings: dict[str, float] = {}
@@ -82,13 +86,13 @@ class Recommender:
             for item in items:
                 if n >= limit:
                     break
-                if filter_seen and item in seen:
+                if item in seen:
                     continue
                 sources.setdefault(item, []).append(source)
                 n += 1
             return n
 
-        seen = set(recent)
+        seen = (set(recent) if filter_seen else set()) | set(exclude)
         counts = {}
         if recent and cfg.covisit_candidates:
             counts["covisit"] = propose(self._covisited(recent), "covisit", cfg.covisit_candidates)

@@ -39,15 +39,20 @@ def _spec(settings: Settings, env: dict[str, str] | None = None) -> ServiceSpec:
                        env=env or {})
 
 
-def start(settings: Settings, timeout_s: float = 120.0) -> ServiceStatus:
-    """Start the API in the background (idempotent); returns once /healthz answers."""
+def _child_env(settings: Settings) -> dict[str, str]:
+    """Environment that hands these exact settings to another process (the token not in a file)."""
     env_file = settings.paths.run_dir / "api.env"
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text(settings.model_dump_json())
     env = {SETTINGS_ENV: str(env_file), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     if settings.serving.admin_token is not None:
         env[TOKEN_ENV] = settings.serving.admin_token.get_secret_value()
-    return start_service(_spec(settings, env), timeout_s)
+    return env
+
+
+def start(settings: Settings, timeout_s: float = 120.0) -> ServiceStatus:
+    """Start the API in the background (idempotent); returns once /healthz answers."""
+    return start_service(_spec(settings, _child_env(settings)), timeout_s)
 
 
 def stop(settings: Settings) -> bool:
@@ -82,7 +87,8 @@ def run(settings: Settings) -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one request per core beats threads per op
     s = settings.serving
-    if s.workers > 1:
+    if s.workers > 1:  # each worker process builds its app from these settings
+        os.environ.update(_child_env(settings))
         uvicorn.run("serving.app:app_from_environment", factory=True, host=s.host, port=s.port, workers=s.workers,
                     log_level="warning")
     else:
