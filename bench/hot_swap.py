@@ -66,7 +66,7 @@ def main() -> int:
             model = httpx.get(url + "/model", timeout=5).json()
         finally:
             runner.stop(settings)
-    samples = np.array([(s, ms) for s, ms, _ in out["samples"]])
+    samples = np.array([(s, ms) for s, ms, _ in out["samples"] if ms is not None])
     steady = samples[(samples[:, 0] >= 1.0) & (samples[:, 0] < swap_start), 1]
     during = samples[(samples[:, 0] >= swap_start) & (samples[:, 0] < swap_end), 1]
     p99_steady, p99_during = float(np.percentile(steady, 99)), float(np.percentile(during, 99))

@@ -39,7 +39,7 @@ def plot(runs: list[dict], path) -> None:  # noqa: ANN001
     ax.plot(rates, [r["p50_ms"] for r in runs], "o-", label="p50")
     ax.plot(rates, [r["p99_ms"] for r in runs], "o-", label="p99")
     ax.axhline(GOAL_MS, color="grey", ls="--", label=f"goal p99 {GOAL_MS:.0f} ms at 300 rps")
-    ax.set(xlabel="offered load (requests/s)", ylabel="latency (ms)", title="GET /recommendations (k=10), 1 worker")
+    ax.set(xlabel="offered load (requests/s)", ylabel="latency (ms)", title="GET /recommendations (k=10)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -50,11 +50,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--events", type=int, default=None, help="ml-100k events to load (default all)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the API")
+    parser.add_argument("--rates", default=",".join(map(str, RATES)), help="offered loads, requests/s")
     args = parser.parse_args()
     from serving import runner
     from streaming.replay import load_events
 
     with served_stack(args.events) as settings:
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"workers": args.workers})})
         runner.start(settings)
         try:
             url = runner.base_url(settings)
@@ -62,7 +65,7 @@ def main() -> int:
             users += [f"new-user-{i}" for i in range(len(users) // 20)]  # some cold starts too
             load(url, 100, 3, users)  # warm-up
             runs = []
-            for rate in RATES:
+            for rate in [int(r) for r in args.rates.split(",")]:
                 r = load(url, rate, args.seconds, users)
                 runs.append(r)
                 print(f"{rate:>4} rps offered: {r['throughput']:.0f} ok/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "

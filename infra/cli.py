@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from rich.console import Console
@@ -102,7 +103,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(settings, console, speedup=args.speedup, holdout_days=args.holdout_days)
+    return run_demo(settings, console, speedup=args.speedup, holdout_days=args.holdout_days, screenshot=args.screenshot)
 
 
 def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job end to end on the local stack")
     demo.add_argument("--speedup", type=float, default=None, help="event-time speed-up for the replay (default: as fast as possible)")
     demo.add_argument("--holdout-days", type=int, default=1, help="the last N days are replayed after the first retrain and checked against it")
+    demo.add_argument("--screenshot", type=Path, help="save a headless-Chromium screenshot of the dashboard here at the end")
 
     features = sub.add_parser("features", help="the Feast feature registry")
     features.add_argument("action", choices=["apply", "list", "env"],

@@ -8,6 +8,7 @@ day (fresh features) -> nightly retrain (v2 + delta) -> hot swap -> recommendati
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 from rich.console import Console
@@ -34,7 +35,8 @@ def split_at_day_boundary(events: list[Event], holdout_days: int = 1) -> tuple[l
     return events[:cut], events[cut:], boundary
 
 
-def run_demo(settings: Settings, console: Console, speedup: float | None = None, holdout_days: int = 1) -> int:
+def run_demo(settings: Settings, console: Console, speedup: float | None = None, holdout_days: int = 1,
+             screenshot: Path | None = None) -> int:
     from features.store import apply
     from serving import runner
     from streaming import stream_runner
@@ -54,7 +56,13 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
             pid, restored = stream_runner.start(settings)
         console.print(f"[green]✓[/] stream job pid {pid}, {'resumed from ' + str(restored) if restored else 'fresh start'}")
     try:
-        return _pipeline(settings, console, speedup, holdout_days, started)
+        code = _pipeline(settings, console, speedup, holdout_days, started)
+        if screenshot is not None:
+            from infra import chromium
+
+            shot = chromium.screenshot(runner.base_url(settings) + "/ui", screenshot)
+            console.print(f"dashboard screenshot: {shot}")
+        return code
     finally:
         stream_runner.stop(settings)  # also on errors: never leave a job behind
         if runner.running_pid(settings) is not None:

@@ -235,14 +235,14 @@ class ServingSettings(BaseModel):
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
     max_batch_users: int = Field(default=100, ge=1, description="users per POST /recommendations")
-    trending_candidates: int = Field(default=100, ge=0)
-    covisit_candidates: int = Field(default=100, ge=0)
+    trending_candidates: int = Field(default=50, ge=0)
+    covisit_candidates: int = Field(default=50, ge=0)
     covisit_from_recent: int = Field(default=5, ge=1, description="co-visitation lists read for the user's newest N items")
-    embedding_candidates: int = Field(default=100, ge=0)
+    embedding_candidates: int = Field(default=50, ge=0)
     popular_candidates: int = Field(default=50, ge=0, description="the model's most trained-on items (more when the list is still short)")
     filter_seen: bool = Field(default=True, description="drop the items in the user's recent history")
     item_refresh_s: float = Field(
-        default=1.0, gt=0, description="item features + trending are re-read for the catalogue this often (user features: every request)"
+        default=2.0, gt=0, description="item features + trending are re-read for the catalogue this often (user features: every request)"
     )
     watch_interval_s: float = Field(default=0.5, gt=0, description="how often the registry's serving pointer is checked")
     max_delta_chain: int = Field(default=20, ge=1, description="longer gaps load the full version")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -26,10 +27,11 @@ import numpy as np
 from features import names
 from features.model_inputs import dense_transform
 from infra.settings import Settings
-from serving.online_features import OnlineFeatureReader
+from serving.online_features import OnlineFeatureReader, decode_value
 from serving.served_model import ServedModel
 
 CHUNK = 2000
+_decode_cached = lru_cache(maxsize=65536)(decode_value)  # item features are scalars that repeat (small counts)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +44,10 @@ class ItemSnapshot:
     event_time_ms: int  # the stream's event-time clock: newest popularity update seen
     read_at: float  # wall clock of the read
     read_ms: float
+    refs: tuple[str, ...] = ()
+    values: np.ndarray | None = None  # raw values per item and ref (NaN = missing)
+    stamps: list | None = None  # per item: the views' raw write timestamps when read
+    changed: int = 0  # items re-read in this pass
 
     def dense_for(self, items: list[str]) -> tuple[np.ndarray, list[int]]:
         """Rows for ``items``; the positions of items the snapshot doesn't have are returned too."""
@@ -92,11 +98,20 @@ class ItemSnapshotter:
         refs = dense_refs + tuple(r for r in extra if r not in dense_refs)
         reader = self.reader(refs)
         items = served.catalogue.tolist()
-        rows: list[list] = []
-        for lo in range(0, len(items), CHUNK):
-            rows.extend(reader.read(items[lo:lo + CHUNK]))
-        values = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64) \
-            if rows else np.zeros((0, len(refs)))
+        stamps: list = []
+        for lo in range(0, len(items), CHUNK):  # timestamps first: a write after them is seen next pass
+            stamps.extend(reader.read_timestamps(items[lo:lo + CHUNK]))
+        prev = self._by_version.get(served.version)
+        if prev is not None and prev.refs == refs and prev.values is not None:
+            changed = [i for i, (now, before) in enumerate(zip(stamps, prev.stamps)) if now != before]
+            values = prev.values.copy() if changed else prev.values
+        else:
+            changed = list(range(len(items)))
+            values = np.full((len(items), len(refs)), np.nan)
+        for lo in range(0, len(changed), CHUNK):
+            part = changed[lo:lo + CHUNK]
+            rows = reader.read([items[i] for i in part], decode=_decode_cached)
+            values[part] = [[np.nan if v is None else float(v) for v in row] for row in rows]
         col = {r: i for i, r in enumerate(refs)}
         dense = dense_transform(values[:, :len(dense_refs)]).astype(np.float32)
         as_of = np.nan_to_num(values[:, col[self._as_of]], nan=-1.0) if len(values) else np.zeros(0)
@@ -108,7 +123,7 @@ class ItemSnapshotter:
         order = np.argsort(-activity, kind="stable")
         trending = [items[i] for i in order if activity[i] > 0]
         snap = ItemSnapshot(served.version, served.catalogue, served.index, dense, trending, clock, time.time(),
-                            (time.perf_counter() - started) * 1000)
+                            (time.perf_counter() - started) * 1000, refs, values, stamps, len(changed))
         keep = {served.version} | ({current.version} if (current := self.model()) else set())
         self._by_version = {v: s for v, s in {**self._by_version, served.version: snap}.items() if v in keep}
         return snap

@@ -26,7 +26,7 @@ from infra.settings import Settings
 MAX_CACHED_KEYS = 200_000
 
 
-def _decode(raw: bytes | None) -> Any:
+def decode_value(raw: bytes | None) -> Any:
     """A serialised Feast ``Value`` -> Python (lists as lists); unset or absent -> None."""
     if not raw:
         return None
@@ -56,6 +56,8 @@ class OnlineFeatureReader:
         if wrong_key:
             raise ValueError(f"{wrong_key} are not keyed by {join_key}: read them with a reader for their entity")
         self._fields = [_mmh3(r) for r in self.refs]
+        self.views = sorted({r.split(":", 1)[0] for r in self.refs})
+        self._ts_fields = [f"_ts:{v}".encode() for v in self.views]
         r = settings.redis
         self._redis = client or redis.Redis(host=r.host, port=r.port, password=r.password)
         self._keys: dict[str, bytes] = {}  # request threads share it: only atomic dict operations
@@ -80,7 +82,17 @@ class OnlineFeatureReader:
                 pipe.hmget(self._key(e), self._fields)
             return pipe.execute()
 
-    def read(self, entity_ids: Sequence[str], decode: Callable[[bytes | None], Any] = _decode) -> list[list[Any]]:
+    def read_timestamps(self, entity_ids: Sequence[str]) -> list[tuple[bytes | None, ...]]:
+        """Each entity's write timestamps of the views read (Feast's ``_ts:<view>`` fields), raw:
+        cheap to compare, so a caller can re-read only the entities that changed."""
+        if not entity_ids:
+            return []
+        with self._redis.pipeline(transaction=False) as pipe:
+            for e in entity_ids:
+                pipe.hmget(self._key(e), self._ts_fields)
+            return [tuple(r) for r in pipe.execute()]
+
+    def read(self, entity_ids: Sequence[str], decode: Callable[[bytes | None], Any] = decode_value) -> list[list[Any]]:
         """Values in ``refs`` order per entity; None where nothing was written."""
         return [[decode(v) for v in raw] for raw in self.read_raw(entity_ids)]
 

@@ -20,6 +20,9 @@ from models.ids import bucket, bucket_tensor
 from models.ranking import Batch, build_model, item_embeddings, predict
 
 
+PAD = 32  # batches are padded to a multiple of this: a handful of shapes, each warmed up at load
+
+
 class SmokeTestFailed(ValueError):
     """A freshly loaded model gives non-finite or out-of-range scores."""
 
@@ -65,6 +68,7 @@ class ServedModel:
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
                      {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage)
         served.smoke_test()
+        served.warm_up()
         return served
 
     def item_rows_for(self, items: Sequence[str]) -> torch.Tensor:
@@ -79,12 +83,18 @@ class ServedModel:
         n = len(items)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
+        # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
+        size = -(-n // PAD) * PAD
         recent_rows = bucket_tensor(recent, self.cfg.item_buckets)
-        dense = np.hstack([np.broadcast_to(user_dense.reshape(1, -1), (n, user_dense.size)), item_dense]).astype(np.float32)
-        batch = Batch.from_rows(torch.full((n,), bucket(user_id, self.cfg.user_buckets), dtype=torch.long),
-                                self.item_rows_for(items), recent_rows.repeat(n),
-                                torch.full((n,), len(recent), dtype=torch.long), torch.from_numpy(dense))
-        return predict(self.model, batch).numpy()
+        dense = np.zeros((size, user_dense.size + item_dense.shape[1]), dtype=np.float32)
+        dense[:, :user_dense.size] = user_dense.reshape(1, -1)
+        dense[:n, user_dense.size:] = item_dense
+        rows = self.item_rows_for(items)
+        rows = torch.cat([rows, rows[:1].expand(size - n)]) if size > n else rows
+        batch = Batch.from_rows(torch.full((size,), bucket(user_id, self.cfg.user_buckets), dtype=torch.long),
+                                rows, recent_rows.repeat(size), torch.full((size,), len(recent), dtype=torch.long),
+                                torch.from_numpy(dense))
+        return predict(self.model, batch).numpy()[:n]
 
     def nearest(self, recent: Sequence[str], n: int) -> list[tuple[str, float]]:
         """Catalogue items closest (cosine) to the mean embedding of the user's recent items."""
@@ -96,6 +106,13 @@ class ServedModel:
         sims = self.item_unit @ query
         top = torch.topk(sims, min(n, len(self.catalogue)))
         return [(self.catalogue[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    def warm_up(self, max_candidates: int = 512) -> None:
+        """Run every padded batch shape once, so the first requests don't pay for kernel planning."""
+        items = (self.catalogue.tolist() or ["__probe_item__"]) * (max_candidates // max(1, len(self.catalogue)) + 1)
+        user = np.zeros(len(self.spec.user_refs), dtype=np.float32)
+        for n in range(PAD, max_candidates + 1, PAD):
+            self.score("__probe_user__", items[:5], user, items[:n], np.zeros((n, len(self.spec.item_refs)), dtype=np.float32))
 
     def smoke_test(self) -> None:
         """Score a few catalogue items for a probe user: every score must be a probability."""
