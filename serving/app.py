@@ -91,7 +91,7 @@ class ServingContext:
 
     def _swapped(self, event: SwapEvent) -> None:
         self.metrics.swaps.labels(event.outcome).inc()
-        _freeze_heap()
+        gc.freeze()  # the new model's objects join the frozen heap (no collection: that would stall requests)
         if event.outcome != "rejected":
             self.metrics.swap_seconds.observe(event.ms / 1000)
             for version in {e.version for e in self.holder.events} - {event.version}:

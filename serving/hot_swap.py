@@ -92,7 +92,7 @@ class ModelLoader:
         items, counts = self.registry.catalogue(target)
         return ServedModel.build(target, state, meta, items, counts, Lineage(
             "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
-            load_ms=(time.perf_counter() - started) * 1000))
+            load_ms=(time.perf_counter() - started) * 1000), warm_up=False)
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

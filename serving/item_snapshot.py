@@ -101,7 +101,7 @@ class ItemSnapshotter:
         stamps: list = []
         for lo in range(0, len(items), CHUNK):  # timestamps first: a write after them is seen next pass
             stamps.extend(reader.read_timestamps(items[lo:lo + CHUNK]))
-        prev = self._by_version.get(served.version)
+        prev = self._by_version.get(served.version) or self._same_catalogue(served, refs)
         if prev is not None and prev.refs == refs and prev.values is not None:
             changed = [i for i, (now, before) in enumerate(zip(stamps, prev.stamps)) if now != before]
             values = prev.values.copy() if changed else prev.values
@@ -127,6 +127,14 @@ class ItemSnapshotter:
         keep = {served.version} | ({current.version} if (current := self.model()) else set())
         self._by_version = {v: s for v, s in {**self._by_version, served.version: snap}.items() if v in keep}
         return snap
+
+    def _same_catalogue(self, served: ServedModel, refs: tuple[str, ...]) -> ItemSnapshot | None:
+        """A snapshot of another version with the same items and features (a delta rarely changes
+        the catalogue): the new version starts from its values and re-reads only what changed."""
+        for snap in self._by_version.values():
+            if snap.refs == refs and len(snap.items) == len(served.catalogue) and np.array_equal(snap.items, served.catalogue):
+                return snap
+        return None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="item-snapshot", daemon=True)

@@ -55,7 +55,9 @@ class ServedModel:
 
     @classmethod
     def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
-              counts: Sequence[int], lineage: Lineage) -> "ServedModel":
+              counts: Sequence[int], lineage: Lineage, warm_up: bool = True) -> "ServedModel":
+        """``warm_up=False`` when a model of the same architecture already ran in this process
+        (a merged delta): its batch shapes are planned already."""
         cfg = ModelSettings(**meta["model"])
         spec = FeatureSpec.from_dict(meta["features"])
         model = build_model(cfg, spec.n_dense)
@@ -68,7 +70,8 @@ class ServedModel:
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
                      {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage)
         served.smoke_test()
-        served.warm_up()
+        if warm_up:
+            served.warm_up()
         return served
 
     def item_rows_for(self, items: Sequence[str]) -> torch.Tensor:
