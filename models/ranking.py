@@ -127,8 +127,11 @@ class TableBatchedSparseArch(SparseArch):
         return torch.stack([pooled[f] for f in self.sparse_feature_names], dim=1)
 
 
-def build_model(cfg: ModelSettings, n_dense: int) -> DLRM:
-    """A fresh model with sparse rows trained in backward (call :func:`dense_optimizer` for the rest)."""
+def build_model(cfg: ModelSettings, n_dense: int, table_device: str = "cpu") -> DLRM:
+    """A fresh model with sparse rows trained in backward (call :func:`dense_optimizer` for the rest).
+
+    ``table_device="meta"`` allocates no table memory and skips their random init, for a model
+    whose weights are loaded right after with ``load_state_dict(state, assign=True)`` (serving)."""
     torch.manual_seed(cfg.seed)
     ebc = EmbeddingBagCollection(
         tables=[
@@ -137,7 +140,7 @@ def build_model(cfg: ModelSettings, n_dense: int) -> DLRM:
             EmbeddingBagConfig(name=ITEM_TABLE, embedding_dim=cfg.embedding_dim, num_embeddings=cfg.item_buckets,
                                feature_names=["item_id", "recent_items"]),
         ],
-        device=torch.device("cpu"),
+        device=torch.device(table_device),
     )
     model = DLRM(
         embedding_bag_collection=ebc,

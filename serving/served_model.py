@@ -60,8 +60,8 @@ class ServedModel:
         (a merged delta): its batch shapes are planned already."""
         cfg = ModelSettings(**meta["model"])
         spec = FeatureSpec.from_dict(meta["features"])
-        model = build_model(cfg, spec.n_dense)
-        model.load_state_dict(dict(state), strict=True)
+        model = build_model(cfg, spec.n_dense, table_device="meta")  # tables come from ``state``, not a random init
+        model.load_state_dict(dict(state), strict=True, assign=True)
         model.eval()
         catalogue = np.asarray(list(items), dtype=object)
         rows = bucket_tensor(catalogue.tolist(), cfg.item_buckets)
