@@ -27,7 +27,7 @@ import numpy as np
 from features import names
 from features.model_inputs import dense_transform
 from infra.settings import Settings
-from serving.online_features import OnlineFeatureReader, decode_value
+from serving.online_features import OnlineFeatureReader, decode_value, numeric
 from serving.served_model import ServedModel
 
 CHUNK = 2000
@@ -111,7 +111,7 @@ class ItemSnapshotter:
         for lo in range(0, len(changed), CHUNK):
             part = changed[lo:lo + CHUNK]
             rows = reader.read([items[i] for i in part], decode=_decode_cached)
-            values[part] = [[np.nan if v is None else float(v) for v in row] for row in rows]
+            values[part] = numeric(rows)
         col = {r: i for i, r in enumerate(refs)}
         dense = dense_transform(values[:, :len(dense_refs)]).astype(np.float32)
         as_of = np.nan_to_num(values[:, col[self._as_of]], nan=-1.0) if len(values) else np.zeros(0)

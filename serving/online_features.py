@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import redis
 from feast import FeatureView
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
@@ -36,6 +37,12 @@ def decode_value(raw: bytes | None) -> Any:
         return None
     decoded = getattr(value, kind)
     return list(decoded.val) if kind.endswith("_list_val") else decoded
+
+
+def numeric(rows: Sequence[Sequence[Any]]) -> np.ndarray:
+    """Rows of read values -> a float matrix, NaN where nothing was written (what the model's
+    ``dense_transform`` turns into 0, as in training)."""
+    return np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
 
 
 class OnlineFeatureReader:

@@ -26,7 +26,7 @@ from features import names
 from features.model_inputs import dense_transform
 from infra.settings import ServingSettings, Settings
 from serving.item_snapshot import ItemSnapshot
-from serving.online_features import OnlineFeatureReader
+from serving.online_features import OnlineFeatureReader, numeric
 from serving.served_model import ServedModel
 
 COVISIT_REFS = (f"{names.ITEM_COVISIT}:covisit_items", f"{names.ITEM_COVISIT}:covisit_counts")
@@ -74,7 +74,7 @@ class Recommender:
         spec = model.spec
         user_refs = (*spec.user_refs, spec.recent_ref)
         row = self._reader(self._user_readers, user_refs, names.USER_KEY).read([user_id])[0]
-        user_dense = dense_transform(np.array([np.nan if v is None else float(v) for v in row[:-1]])).astype(np.float32)
+        user_dense = dense_transform(numeric([row[:-1]])[0]).astype(np.float32)
         recent = [str(i) for i in (row[-1] or [])]
         t1 = time.perf_counter()
         timings["user_features"] = (t1 - t0) * 1000
@@ -136,8 +136,7 @@ class Recommender:
             dense, missing = np.zeros((len(items), len(refs)), dtype=np.float32), list(range(len(items)))
         if missing:
             rows = self._reader(self._item_readers, refs, names.ITEM_KEY).read([items[p] for p in missing])
-            fresh = dense_transform(np.array([[np.nan if v is None else float(v) for v in r] for r in rows],
-                                             dtype=np.float64).reshape(len(missing), len(refs)))
+            fresh = dense_transform(numeric(rows).reshape(len(missing), len(refs)))
             dense = dense.copy()
             dense[missing] = fresh
         return dense
