@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from features import names
 from features.point_in_time import column, historical
-from features.store import registered_views
+from features.store import env_for, registered_views
 from infra.settings import Settings
 
 RECENT_REF = f"{names.USER_RECENT}:recent_items"
@@ -78,6 +80,34 @@ def feature_spec(settings: Settings) -> FeatureSpec:
         raise FeatureSpecMismatch(f"the registry has no {view_name} view: run `recsys features apply`")
     digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return FeatureSpec(tuple(user_refs), tuple(item_refs), RECENT_REF, digest)
+
+
+class RegistrySpecCache:
+    """:func:`feature_spec`, re-read only when the registry changed: a file registry is re-read when
+    its size or modification time moves, a SQL registry at most every ``sql_ttl_s`` seconds. Reading
+    the registry costs tens of milliseconds of Python work, too much to repeat on every model swap."""
+
+    def __init__(self, settings: Settings, sql_ttl_s: float = 10.0) -> None:
+        self.settings = settings
+        self.sql_ttl_s = sql_ttl_s
+        self._key: object = None
+        self._spec: FeatureSpec | None = None
+
+    def _registry_key(self) -> object:
+        env = env_for(self.settings)
+        if env["RECSYS_FEAST_REGISTRY_TYPE"] == "file":
+            try:
+                st = Path(env["RECSYS_FEAST_REGISTRY_PATH"]).stat()
+            except OSError:
+                return None  # no registry yet: feature_spec says what to do
+            return st.st_size, st.st_mtime_ns
+        return int(time.monotonic() // self.sql_ttl_s)
+
+    def __call__(self) -> FeatureSpec:
+        key = self._registry_key()
+        if self._spec is None or key is None or key != self._key:
+            self._spec, self._key = feature_spec(self.settings), key
+        return self._spec
 
 
 def check_compatible(trained: FeatureSpec, current: FeatureSpec) -> None:

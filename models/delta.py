@@ -312,20 +312,27 @@ def merge(directory: Path, base_state: Mapping[str, Tensor], base_version: str) 
     which is never modified): checks the delta's base version and base digest first and the merged
     digest after. Returns the merged state dict; raises :class:`DeltaError` on any mismatch.
     """
+    return merge_with_digest(directory, base_state, base_version)[0]
+
+
+def merge_with_digest(directory: Path, base_state: Mapping[str, Tensor], base_version: str,
+                      base_digest: str | None = None) -> tuple[dict[str, Tensor], str]:
+    """:func:`merge`, for a caller that keeps digests: ``base_digest`` (when the caller already knows
+    the base weights' digest) saves hashing them again; returns the merged weights and their digest."""
     manifest, tensors = read_delta(directory)
     where = f"delta {Path(directory)}"
     want, target = manifest["base_version"], manifest["target_version"]
     if want != base_version:
         raise DeltaError(f"{where} is for base {want}, serving {base_version}: apply deltas in order "
                          f"or load the full version {target}")
-    if state_digest(base_state) != manifest["base_digest"]:
+    if (base_digest or state_digest(base_state)) != manifest["base_digest"]:
         raise DeltaError(f"{where} is for base {want}, but the served weights labelled {base_version} differ from "
                          f"the ones it was computed against (digest mismatch): load the full version {target}")
     try:
         merged = apply_delta(base_state, tensors)
     except DeltaError as e:
         raise DeltaError(f"{where}: {e}") from e
-    if state_digest(merged) != manifest["merged_digest"]:
+    if (digest := state_digest(merged)) != manifest["merged_digest"]:
         raise DeltaError(f"{where}: merged weights don't match the manifest's merged_digest "
                          f"(delta and manifest disagree): load the full version {target}")
-    return merged
+    return merged, digest

@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from features.model_inputs import feature_spec
+from features.model_inputs import RegistrySpecCache
 from infra.settings import Settings
 from models.registry import ModelRegistry
 from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
@@ -78,10 +78,10 @@ class ServingContext:
         self.metrics = ApiMetrics()
         self.registry = ModelRegistry(settings.paths.models_dir)
         self.holder = ModelHolder()
-        self.loader = ModelLoader(self.registry, lambda: feature_spec(settings), settings.serving.max_delta_chain)
+        self.loader = ModelLoader(self.registry, RegistrySpecCache(settings), settings.serving.max_delta_chain)
         self.snapshots = ItemSnapshotter(settings, lambda: self.holder.current, settings.serving.item_refresh_s)
         self.watcher = RegistryWatcher(self.registry, self.holder, self.loader, settings.serving.watch_interval_s,
-                                       prepare=self.snapshots.refresh, on_swap=self._swapped)
+                                       prepare=self.snapshots.prepare, on_swap=self._swapped)
         self.recommender = Recommender(settings)
         self._producer = None
         self._producer_lock = threading.Lock()

@@ -81,18 +81,19 @@ class ModelLoader:
 
     def via_deltas(self, served: ServedModel, chain: list[tuple[str, str]]) -> ServedModel:
         started = time.perf_counter()
-        state = served.state
+        state, digest = served.state, served.digest
         for version, base in chain:
             # the delta and the small files, not the full weights: that is the point of a delta
             self.registry.verify(version, only=(f"delta-from-{base}/", META, "catalogue.json"))
-            state = model_delta.merge(self.registry.path(version) / f"delta-from-{base}", state, base)
+            state, digest = model_delta.merge_with_digest(self.registry.path(version) / f"delta-from-{base}", state,
+                                                          base, base_digest=digest)
         target = chain[-1][0]
         meta = self.registry.meta(target)
         self._check_features(meta)
         items, counts = self.registry.catalogue(target)
         return ServedModel.build(target, state, meta, items, counts, Lineage(
             "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
-            load_ms=(time.perf_counter() - started) * 1000), warm_up=False)
+            load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest)
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

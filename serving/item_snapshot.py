@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Callable
 
@@ -94,8 +94,7 @@ class ItemSnapshotter:
             return None
         started = time.perf_counter()
         dense_refs = tuple(served.spec.item_refs)
-        extra = tuple(r for r, _ in self._windows) + (self._as_of,)
-        refs = dense_refs + tuple(r for r in extra if r not in dense_refs)
+        refs = self._refs(served)
         reader = self.reader(refs)
         items = served.catalogue.tolist()
         stamps: list = []
@@ -127,6 +126,24 @@ class ItemSnapshotter:
         keep = {served.version} | ({current.version} if (current := self.model()) else set())
         self._by_version = {v: s for v, s in {**self._by_version, served.version: snap}.items() if v in keep}
         return snap
+
+    def prepare(self, served: ServedModel) -> ItemSnapshot | None:
+        """A snapshot for a model about to be swapped in. A version with the catalogue and item
+        features of one already read (most deltas) takes that snapshot as it is - no Redis round
+        trips while requests are being served; the next background pass refreshes it."""
+        if served.version in self._by_version:
+            return self._by_version[served.version]
+        same = self._same_catalogue(served, self._refs(served))
+        if same is None or same.values is None:
+            return self.refresh(served)
+        snap = replace(same, version=served.version)
+        self._by_version = {**self._by_version, served.version: snap}  # trimmed by the next refresh
+        return snap
+
+    def _refs(self, served: ServedModel) -> tuple[str, ...]:
+        dense_refs = tuple(served.spec.item_refs)
+        extra = tuple(r for r, _ in self._windows) + (self._as_of,)
+        return dense_refs + tuple(r for r in extra if r not in dense_refs)
 
     def _same_catalogue(self, served: ServedModel, refs: tuple[str, ...]) -> ItemSnapshot | None:
         """A snapshot of another version with the same items and features (a delta rarely changes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings
+from models.delta import state_digest
 from models.ids import bucket, bucket_tensor
 from models.ranking import Batch, build_model, item_embeddings, predict
 
@@ -52,10 +54,17 @@ class ServedModel:
     item_rows: torch.Tensor  # embedding rows of the catalogue items
     item_unit: torch.Tensor  # their embeddings, L2-normalised (nearest neighbours)
     lineage: Lineage
+    known_digest: str | None = None  # the weights' digest when the loader verified it already (a merged delta)
+
+    @cached_property
+    def digest(self) -> str:
+        """Digest of the weights (``models.delta.state_digest``): the next delta's base check."""
+        return self.known_digest or state_digest(self.state)
 
     @classmethod
     def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
-              counts: Sequence[int], lineage: Lineage, warm_up: bool = True) -> "ServedModel":
+              counts: Sequence[int], lineage: Lineage, warm_up: bool = True,
+              digest: str | None = None) -> "ServedModel":
         """``warm_up=False`` when a model of the same architecture already ran in this process
         (a merged delta): its batch shapes are planned already."""
         cfg = ModelSettings(**meta["model"])
@@ -68,7 +77,7 @@ class ServedModel:
         vectors = item_embeddings(model).index_select(0, rows)
         unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
-                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage)
+                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, digest)
         served.smoke_test()
         if warm_up:
             served.warm_up()
