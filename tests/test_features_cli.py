@@ -93,3 +93,20 @@ def test_lake_writer_is_idempotent_and_compact_keeps_rows(tmp_path: Path):
 def test_missing_lake_table_says_what_to_do(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="recsys stream start"):
         read_events(tmp_path / "nothing")
+
+
+def test_cached_feature_spec_follows_a_re_applied_registry(stack_settings, tmp_path):
+    from features.model_inputs import RegistrySpecCache, feature_spec
+
+    s = isolated(stack_settings, tmp_path)
+    apply(s)
+    cache = RegistrySpecCache(s)
+    first = cache()
+    assert cache() is first  # unchanged registry: not read again
+    data = s.model_dump()
+    data["features"]["windows"] = [{"name": "15m", "size_s": 900, "slide_s": 60}]
+    narrower = type(s).model_validate(data)
+    apply(narrower)  # same registry file, other views
+    changed = cache()
+    assert changed == feature_spec(narrower) and changed != first
+    assert any("pop_15m" in ref for ref in changed.item_refs)
