@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from features import names
-from features.compute import InMemoryFeatures, ItemState, UserState
+from features.compute import InMemoryFeatures, ItemState, UserState, view_values
 from features.definitions import TIMESTAMP_FIELD, snapshot_table
 from infra.settings import Settings
 from streaming.lake import open_table
@@ -44,19 +44,18 @@ class Backfill:
         """One DataFrame per feature view: entity id, features, event_timestamp."""
         cfg = settings.features
 
-        def frame(key: str, states: dict, times: dict[str, int], values) -> pd.DataFrame:  # noqa: ANN001
-            rows = [{key: k, **values(s), TIMESTAMP_FIELD: _ts(times[k])} for k, s in states.items()]
+        def frame(view: str, key: str, states: dict, times: dict[str, int]) -> pd.DataFrame:
+            rows = [{key: k, **view_values(cfg, view, s), TIMESTAMP_FIELD: _ts(times[k])} for k, s in states.items()]
             return pd.DataFrame(rows)
 
+        active = {k: s for k, s in self.items.items() if s.latest_ms >= 0}
         return {
-            names.USER_STATS: frame(names.USER_KEY, self.users, self.user_time, lambda s: s.stats.features()),
-            names.USER_RECENT: frame(names.USER_KEY, self.users, self.user_time, lambda s: s.recent_features()),
-            names.ITEM_STATS: frame(names.ITEM_KEY, {k: s for k, s in self.items.items() if s.latest_ms >= 0},
-                                    self.item_time, lambda s: s.stats.features()),
-            names.ITEM_POPULARITY: frame(names.ITEM_KEY, {k: s for k, s in self.items.items() if s.latest_ms >= 0},
-                                         self.item_time, lambda s: s.popularity_features(cfg)),
-            names.ITEM_COVISIT: frame(names.ITEM_KEY, {k: s for k, s in self.items.items() if s.covisit},
-                                      self.item_time, lambda s: s.covisit_features(cfg)),
+            names.USER_STATS: frame(names.USER_STATS, names.USER_KEY, self.users, self.user_time),
+            names.USER_RECENT: frame(names.USER_RECENT, names.USER_KEY, self.users, self.user_time),
+            names.ITEM_STATS: frame(names.ITEM_STATS, names.ITEM_KEY, active, self.item_time),
+            names.ITEM_POPULARITY: frame(names.ITEM_POPULARITY, names.ITEM_KEY, active, self.item_time),
+            names.ITEM_COVISIT: frame(names.ITEM_COVISIT, names.ITEM_KEY, {k: s for k, s in self.items.items() if s.covisit},
+                                      self.item_time),
         }
 
 
@@ -121,19 +120,20 @@ def _snapshot(cfg, snapshots, last_snap, every_ms, event_time, user_id, user, to
         rows.append(row)
         return len(rows) - 1
 
-    views = [(names.USER_STATS, names.USER_KEY, user_id, True, user.stats.features),
-             (names.USER_RECENT, names.USER_KEY, user_id, True, user.recent_features)]
+    views = [(names.USER_STATS, names.USER_KEY, user_id, True, user),
+             (names.USER_RECENT, names.USER_KEY, user_id, True, user)]
     for item_id in dict.fromkeys(touched):
         item = items[item_id]
-        views += [(names.ITEM_STATS, names.ITEM_KEY, item_id, item.latest_ms >= 0, item.stats.features),
-                  (names.ITEM_POPULARITY, names.ITEM_KEY, item_id, item.latest_ms >= 0, partial(item.popularity_features, cfg)),
-                  (names.ITEM_COVISIT, names.ITEM_KEY, item_id, bool(item.covisit), partial(item.covisit_features, cfg))]
-    for view, key, entity, present, values in views:
+        views += [(names.ITEM_STATS, names.ITEM_KEY, item_id, item.latest_ms >= 0, item),
+                  (names.ITEM_POPULARITY, names.ITEM_KEY, item_id, item.latest_ms >= 0, item),
+                  (names.ITEM_COVISIT, names.ITEM_KEY, item_id, bool(item.covisit), item)]
+    for view, key, entity, present, state in views:
         if not present:
             continue
         slot = due(view, entity)
         if slot is not None:
-            last_snap[(view, entity)] = (event_time, put(view, {key: entity, **values(), TIMESTAMP_FIELD: ts}, slot))
+            row = {key: entity, **view_values(cfg, view, state), TIMESTAMP_FIELD: ts}
+            last_snap[(view, entity)] = (event_time, put(view, row, slot))
 
 
 def write_offline(settings: Settings, frames: dict[str, pd.DataFrame]) -> None:

@@ -33,6 +33,7 @@ import bisect
 from collections import deque
 from typing import Any, Callable
 
+from features import names
 from features.names import EVENT_TYPES
 from infra.settings import FeatureSettings
 
@@ -228,6 +229,21 @@ def apply_to_items(cfg: FeatureSettings, get_item: "Callable[[str], ItemState]",
         single = (item_id,)
         for other in previous:
             get_item(other).add_covisits(single)
+
+
+_VIEW_VALUES: dict[str, Callable[[Any, FeatureSettings], dict[str, Any]]] = {
+    names.USER_STATS: lambda s, cfg: s.stats.features(),
+    names.USER_RECENT: lambda s, cfg: s.recent_features(),
+    names.ITEM_STATS: lambda s, cfg: s.stats.features(),
+    names.ITEM_POPULARITY: lambda s, cfg: s.popularity_features(cfg),
+    names.ITEM_COVISIT: lambda s, cfg: s.covisit_features(cfg),
+}
+
+
+def view_values(cfg: FeatureSettings, view: str, state: "UserState | ItemState") -> dict[str, Any]:
+    """One feature view's values from its entity's state: a ``user_*`` view reads a
+    :class:`UserState`, an ``item_*`` view an :class:`ItemState` (what the job writes for it)."""
+    return _VIEW_VALUES[view](state, cfg)
 
 
 class InMemoryFeatures:

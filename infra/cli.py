@@ -161,6 +161,28 @@ def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if result.promoted or args.no_promote else 4
 
 
+def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
+    from batch import learn
+
+    o = settings.online
+    update = {k: v for k, v in (("publish_every_s", args.every_s), ("publish_every_events", args.every_events)) if v}
+    if update:
+        settings = settings.model_copy(update={"online": o.model_copy(update=update)})
+    o = settings.online
+    console.print(f"[bold]learn[/]: training the served model on {settings.topics.events}; a delta every "
+                  f"{o.publish_every_s:g} s or {o.publish_every_events:,} events (Ctrl-C stops after publishing)")
+
+    def published(r) -> None:  # noqa: ANN001 - batch.online_learner.PublishResult
+        rows = ", ".join(f"{k.split('.')[-2]} {n}" for k, n in r.rows_changed.items() if n) or "no rows"
+        console.print(f"[green]{r.version}[/]: {r.events:,} events, {r.examples:,} examples, changed rows: {rows} "
+                      f"({r.ms:.0f} ms)")
+
+    report = learn.run(settings, idle_exit_s=args.idle_exit_s, max_events=args.max_events, on_publish=published)
+    console.print(f"consumed {report.consumed:,}, trained {report.trained:,}, invalid skipped {report.skipped_invalid:,}, "
+                  f"{len(report.published)} versions published, {report.rebases} rebases onto a newer served version")
+    return 0
+
+
 def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     import logging
     import subprocess
@@ -356,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--no-promote", action="store_true", help="publish the version but do not serve it")
     retrain.add_argument("--quiet", action="store_true")
 
+    learn = sub.add_parser("learn", help="the streaming trainer: train the served model on new events, publish minute-level deltas")
+    learn.add_argument("--every-s", type=float, help="publish at most this often (default online.publish_every_s)")
+    learn.add_argument("--every-events", type=int, help="... or after this many events (default online.publish_every_events)")
+    learn.add_argument("--idle-exit-s", type=float, help="stop after this many seconds without a new event (default: run until Ctrl-C)")
+    learn.add_argument("--max-events", type=int, help="stop after training this many events")
+
     serve = sub.add_parser("serve", help="the recommendation API: run in the foreground, or start|stop|status in the background")
     serve.add_argument("action", nargs="?", default="run", choices=["run", "start", "stop", "status"])
     serve.add_argument("--host", help="default serving.host")
@@ -387,6 +415,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "stream": cmd_stream,
     "serve": cmd_serve,
     "retrain": cmd_retrain,
+    "learn": cmd_learn,
     "schedule": cmd_schedule,
     "model": cmd_model,
 }

@@ -249,6 +249,20 @@ class ServingSettings(BaseModel):
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
 
 
+class OnlineSettings(BaseModel):
+    """The streaming trainer (`recsys learn`, batch.online_learner): minute-level deltas."""
+
+    group_id: str = Field(default="recsys-learner", description="its own consumer group (offsets live with the model, not in Kafka)")
+    publish_every_s: float = Field(default=60.0, gt=0, description="publish a delta at most this often ...")
+    publish_every_events: int = Field(default=5000, ge=1, description="... or after this many events, whichever comes first")
+    batch_size: int = Field(default=256, ge=1, description="examples per incremental training step")
+    sparse_lr: float = Field(default=0.02, gt=0, description="row-wise Adagrad rate for online steps (fresh optimizer state: lower than nightly)")
+    train_dense: bool = Field(default=False, description="also move the dense weights (off: deltas carry only touched embedding rows)")
+    promote: bool = Field(default=True, description="serve each published version (the API hot-swaps the delta)")
+    keep_versions: int = Field(default=20, ge=2, description="online versions kept on disk; older ones are pruned (nightly versions are never pruned)")
+    poll_timeout_ms: int = Field(default=500, ge=1)
+
+
 class Paths(BaseModel):
     """Locations under the one data directory; nothing is written to $HOME."""
 
@@ -307,6 +321,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     serving: ServingSettings = ServingSettings()
+    online: OnlineSettings = OnlineSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property

@@ -210,6 +210,15 @@ class ModelRegistry:
         _write_json(self.root / SERVING, {"current": version, "history": [*s["history"], version],
                                           "updated_at": datetime.now(timezone.utc).isoformat()})
 
+    def remove(self, version: str) -> None:
+        """Delete a version that is not served (and drop it from the serving history)."""
+        s = self._serving()
+        if s["current"] == version:
+            raise ValueError(f"{version} is being served: promote or roll back to another version before removing it")
+        if version in s["history"]:
+            _write_json(self.root / SERVING, {**s, "history": [v for v in s["history"] if v != version]})
+        shutil.rmtree(self.path(version), ignore_errors=True)
+
     def rollback(self) -> str:
         """Serve the previously promoted version again; returns it."""
         s = self._serving()

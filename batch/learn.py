@@ -1,0 +1,99 @@
+"""`recsys learn`: the streaming trainer's loop over the events topic.
+
+The learner's position lives in the model versions it publishes, not in Kafka, so the consumer
+is assigned every partition and seeks to where :meth:`OnlineLearner.start` says (its own group id
+only names it to the broker). Invalid records are skipped here: the stream job already
+dead-letters them with a reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import NoBrokersAvailable
+
+from batch.online_learner import OnlineLearner, PublishResult
+from infra.settings import Settings
+from streaming.events import InvalidEvent, decode_event
+from streaming.topics import BrokerUnavailable, broker_hint
+
+
+@dataclass
+class LearnReport:
+    consumed: int = 0
+    trained: int = 0
+    skipped_invalid: int = 0
+    rebases: int = 0
+    published: list[PublishResult] = field(default_factory=list)
+
+
+def _consumer(settings: Settings, start: dict[int, int]) -> KafkaConsumer:
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.broker.bootstrap, group_id=None,
+                                 client_id=f"{settings.broker.client_id}-{settings.online.group_id}",
+                                 security_protocol=settings.broker.security_protocol, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
+    except NoBrokersAvailable as exc:
+        raise BrokerUnavailable(broker_hint(settings)) from exc
+    topic = settings.topics.events
+    parts = sorted(consumer.partitions_for_topic(topic) or [])
+    if not parts:
+        consumer.close()
+        raise RuntimeError(f"topic {topic!r} does not exist: run `recsys up` to create it")
+    tps = [TopicPartition(topic, p) for p in parts]
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, start.get(tp.partition, 0))
+    return consumer
+
+
+def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int | None = None,
+        stop: Callable[[], bool] = lambda: False, on_publish: Callable[[PublishResult], None] = lambda r: None,
+        learner: OnlineLearner | None = None) -> LearnReport:
+    """Consume, train and publish until ``stop()``, ``max_events`` trained, or (``idle_exit_s``) no
+    new event for that long; whatever was trained is published before returning (Ctrl-C too)."""
+    learner = learner or OnlineLearner(settings)
+    report = LearnReport()
+    consumer = _consumer(settings, learner.start())
+    idle_since = time.monotonic()
+    limit = max_events if max_events is not None else float("inf")
+    try:
+        while not stop() and report.trained < limit:
+            if learner.superseded():  # a nightly version (or a rollback) is served now: train on top of it
+                consumer.close()
+                consumer = _consumer(settings, learner.start())
+                report.rebases += 1
+            batch = consumer.poll(timeout_ms=settings.online.poll_timeout_ms, max_records=2000)
+            records = [(tp.partition, r) for tp, rs in sorted(batch.items(), key=lambda kv: kv[0].partition) for r in rs]
+            for partition, r in records:
+                if report.trained >= limit:
+                    break  # the rest is re-read next time: the position only moves past trained events
+                report.consumed += 1
+                try:
+                    event = decode_event(r.value or b"", settings.producer.max_event_bytes)
+                except InvalidEvent:
+                    report.skipped_invalid += 1
+                    continue
+                report.trained += learner.offer(partition, r.offset, event)
+            if records:
+                idle_since = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
+                break
+            if learner.due():
+                _publish(learner, report, on_publish)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: publish what was trained, below
+    finally:
+        consumer.close()
+    _publish(learner, report, on_publish)
+    return report
+
+
+def _publish(learner: OnlineLearner, report: LearnReport, on_publish: Callable[[PublishResult], None]) -> None:
+    result = learner.publish()
+    if result is not None:
+        report.published.append(result)
+        on_publish(result)

@@ -1,0 +1,258 @@
+"""The streaming trainer: the served model, trained on each new event, published as small deltas.
+
+The nightly job is the floor; between two nightly runs the learner keeps the model moving:
+
+* **Where it starts.** From the served version. A nightly version was trained on the Delta
+  ``events`` table at ``table_version``: the learner folds that table version through the
+  feature definitions (``features.compute``, as the stream job and the backfill do) and starts
+  consuming the topic right after the last Kafka offset per partition the table holds. An online
+  version carries its own offsets (``meta["online"]["offsets"]``): the learner folds the lake up to
+  them (and re-reads from the topic, features only, whatever the lake does not hold yet), then
+  trains from exactly those offsets. So offsets are checkpointed *with the model*, and a restart
+  trains no event twice and skips none.
+* **Examples.** The same labels as the nightly job (``batch.training_data.labels``), features read
+  from the state just before the event is folded in (what the point-in-time join gives a training
+  row), and ``training.negatives_per_positive`` uniform negatives per positive from the catalogue
+  (seeded by the event's partition and offset, so a replay draws the same ones).
+* **Steps.** Embedding rows train with row-wise Adagrad in backward at ``online.sparse_lr``; the
+  dense weights stay frozen unless ``online.train_dense`` (then deltas carry only touched rows).
+* **Publishing.** Every ``online.publish_every_s`` or ``online.publish_every_events``: a registry
+  version (``kind: online``) with a delta from the previous one, promoted when ``online.promote``;
+  the API merges the delta and hot-swaps. Older online versions are pruned
+  (``online.keep_versions``); nightly versions never are.
+* **Nightly supersedes.** When the serving pointer moves to a version the learner did not publish
+  (the nightly job, or an operator's rollback), it rebases onto that version: reload, refold,
+  and train the events after that version's offsets on top of it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from batch.training_data import labels
+from features.compute import InMemoryFeatures
+from features.live import LiveFeatures
+from features.model_inputs import FeatureSpec
+from infra.settings import ModelSettings, Settings
+from models.ranking import Batch, build_model, dense_optimizer, train_step
+from models.registry import ModelRegistry, code_version
+from streaming.events import Event
+from streaming.lake import open_table
+
+ONLINE = "online"
+
+
+class _NoDenseStep:
+    """Stands in for the dense optimizer: the dense weights stay as the nightly job left them."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - the Optimizer.step signature
+        return None
+
+
+@dataclass
+class Position:
+    """Where the learner is in the topic: the next offset to train per partition."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+
+    def to_meta(self) -> dict[str, int]:
+        return {str(p): o for p, o in sorted(self.offsets.items())}
+
+    @classmethod
+    def from_meta(cls, raw: dict) -> "Position":
+        return cls({int(p): int(o) for p, o in raw.items()})
+
+
+@dataclass
+class PublishResult:
+    version: str
+    events: int  # events trained since the previous publish
+    examples: int
+    rows_changed: dict[str, int]
+    ms: float
+
+
+def fold_lake(settings: Settings, table_version: int | None, below: dict[int, int] | None) -> tuple[InMemoryFeatures, dict[int, int]]:
+    """Feature state from the Delta events table (at ``table_version``, default latest), folded in
+    the stream job's order; only rows below ``below[partition]`` when given. Returns the state and,
+    per partition, the offset after the last row folded."""
+    fold = InMemoryFeatures(settings.features)
+    try:
+        table = open_table(settings.paths.events_table, table_version)
+    except FileNotFoundError:
+        return fold, {}
+    cols = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "kafka_partition", "kafka_offset", "late"]
+    df = table.to_pandas(columns=cols)
+    df = df[~df["late"]]
+    if below is not None:
+        limit = df["kafka_partition"].map(lambda p: below.get(int(p), 0))
+        df = df[df["kafka_offset"] < limit]
+    df = df.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
+    values = df["value"].astype(object).where(df["value"].notna(), None)
+    for row in zip(df["event_id"], df["user_id"], df["item_id"], df["event_type"], values, df["event_time"].astype(int)):
+        fold.add(*row)
+    folded = df.groupby("kafka_partition")["kafka_offset"].max()
+    return fold, {int(p): int(o) + 1 for p, o in folded.items()}
+
+
+class OnlineLearner:
+    """Incremental training from the served version; see the module docstring."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or ModelRegistry(settings.paths.models_dir)
+        self.own_versions: set[str] = set()
+        self.trained_events = 0  # since start or rebase
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._pending: list[tuple[str, str, float, list[str], np.ndarray]] = []
+        self._since_publish_events = 0
+        self._since_publish_examples = 0
+        self._last_publish = time.monotonic()
+
+    # -- start / rebase ------------------------------------------------------------------------
+    def start(self) -> dict[int, int]:
+        """Load the served version and its feature state; returns where to consume from per
+        partition (events below ``self.position`` there are folded, not trained)."""
+        served = self.registry.served()
+        if served is None:
+            raise RuntimeError("nothing is served yet: run `recsys retrain` first, then `recsys learn`")
+        state, meta = self.registry.load(served)
+        self.version, self.meta, self.started_from = served, meta, served
+        self.base_nightly = meta.get(ONLINE, {}).get("nightly_version", served)
+        cfg = ModelSettings(**meta["model"]).model_copy(update={"sparse_lr": self.settings.online.sparse_lr})
+        self.spec = FeatureSpec.from_dict(meta["features"])
+        self.model = build_model(cfg, self.spec.n_dense)
+        self.model.load_state_dict(state, strict=True)
+        self.model.train()
+        self.model_cfg = cfg
+        if self.settings.online.train_dense:
+            self.optimizer = dense_optimizer(self.model, cfg)
+        else:
+            for name, p in self.model.named_parameters():
+                if "embedding_bags" not in name:
+                    p.requires_grad_(False)
+            self.optimizer = _NoDenseStep()
+        self.published_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        items, counts = self.registry.catalogue(served)
+        self.catalogue: dict[str, int] = dict(zip(items, counts))
+        self._catalogue_list = list(self.catalogue)
+        if ONLINE in meta:  # our own checkpoint: fold the lake up to its offsets
+            self.position = Position.from_meta(meta[ONLINE]["offsets"])
+            fold, lake_next = fold_lake(self.settings, None, self.position.offsets)
+        else:  # a nightly version: its table version says what it was trained on
+            fold, lake_next = fold_lake(self.settings, int(meta["table_version"]), None)
+            self.position = Position(dict(lake_next))
+        self.features = LiveFeatures(self.settings.features, self.spec, fold)
+        self.trained_events = 0
+        self._reset_counters()
+        return {p: min(lake_next.get(p, 0), o) for p, o in self.position.offsets.items()}
+
+    def superseded(self) -> bool:
+        """True when the serving pointer moved to a version this learner did not publish."""
+        served = self.registry.served()
+        return served is not None and served != self.started_from and served not in self.own_versions
+
+    # -- learning ------------------------------------------------------------------------------
+    def offer(self, partition: int, offset: int, event: Event) -> bool:
+        """One consumed event: trained when at or past the position, folded into features always.
+        Returns whether it was trained."""
+        train = offset >= self.position.offsets.get(partition, 0)
+        if train:
+            self._examples(partition, offset, event)
+            self.position.offsets[partition] = offset + 1
+            self._since_publish_events += 1
+            self.trained_events += 1
+        self.features.add(event.event_id, event.user_id, event.item_id, event.event_type.value, event.value,
+                          event.event_time)
+        if len(self._pending) >= self.settings.online.batch_size:
+            self._step()
+        return train
+
+    def _examples(self, partition: int, offset: int, event: Event) -> None:
+        frame = pd.DataFrame({"event_type": [event.event_type.value], "value": [event.value]})
+        label = float(labels(self.settings.training, frame).iloc[0])
+        if np.isnan(label):
+            return  # a view: no label, as in the nightly job
+        items = [event.item_id]
+        tcfg = self.settings.training
+        if label == 1.0 and tcfg.negatives_per_positive and self._catalogue_list:
+            rng = np.random.default_rng((tcfg.seed, partition, offset))
+            _, recent = self.features.user(event.user_id)
+            avoid = set(recent) | {event.item_id}
+            draws = rng.integers(0, len(self._catalogue_list), size=tcfg.negatives_per_positive * 3)
+            negatives = [c for c in dict.fromkeys(self._catalogue_list[d] for d in draws) if c not in avoid]
+            items += negatives[:tcfg.negatives_per_positive]
+        dense, recent = self.features.rows(event.user_id, items)
+        for i, item in enumerate(items):
+            self._pending.append((event.user_id, item, label if i == 0 else 0.0, recent, dense[i]))
+        self._since_publish_examples += len(items)
+        if event.item_id not in self.catalogue:
+            self._catalogue_list.append(event.item_id)  # a new item: servable from the next delta
+        self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
+
+    def _step(self) -> None:
+        if not self._pending:
+            return
+        users, items, label, recent, dense = zip(*self._pending)
+        batch = Batch.build(self.model_cfg, list(users), list(items), list(recent), torch.from_numpy(np.stack(dense)),
+                            torch.tensor(label, dtype=torch.float32))
+        train_step(self.model, self.optimizer, batch)
+        self._pending = []
+
+    # -- publishing ----------------------------------------------------------------------------
+    def due(self) -> bool:
+        o = self.settings.online
+        if not self._since_publish_events:
+            return False
+        return (self._since_publish_events >= o.publish_every_events
+                or time.monotonic() - self._last_publish >= o.publish_every_s)
+
+    def publish(self) -> PublishResult | None:
+        """Train what is pending, then write a version with its delta (and promote it); None when
+        nothing was trained since the last one."""
+        if not self._since_publish_events:
+            return None
+        started = time.perf_counter()
+        self._step()
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        meta = {k: v for k, v in self.meta.items() if k not in ("version", "created_at", "base_version")}
+        meta.update({"kind": ONLINE, "code_version": code_version(), ONLINE: {
+            "offsets": self.position.to_meta(), "nightly_version": self.base_nightly, "previous": self.version,
+            "events": self._since_publish_events, "examples": self._since_publish_examples,
+            "topic": self.settings.topics.events}})
+        version, rows, problem = self.registry.publish_model(state, meta, self.catalogue, base=(self.version, self.published_state))
+        if problem is not None:
+            raise RuntimeError(f"online version {version} has no delta ({problem}): servers will load it in full")
+        self.own_versions.add(version)
+        if self.settings.online.promote:
+            self.registry.promote(version)
+        result = PublishResult(version, self._since_publish_events, self._since_publish_examples, rows,
+                               (time.perf_counter() - started) * 1000)
+        self.version, self.published_state = version, state
+        self.meta = {**self.meta, ONLINE: meta[ONLINE]}
+        self._reset_counters()
+        self.prune()
+        return result
+
+    def prune(self) -> list[str]:
+        """Delete online versions beyond the newest ``online.keep_versions`` (never the served one,
+        never a nightly version); returns what was removed."""
+        keep = self.settings.online.keep_versions
+        online = [v for v in self.registry.versions() if self.registry.meta(v).get("kind") == ONLINE]
+        protected = {self.registry.served(), self.version}
+        removed = []
+        for v in online[:-keep] if len(online) > keep else []:
+            if v not in protected:
+                self.registry.remove(v)
+                removed.append(v)
+        return removed

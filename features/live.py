@@ -1,0 +1,81 @@
+"""Model inputs from in-process feature state: what the point-in-time join returns, without a join.
+
+The streaming trainer sees events one by one. Before it folds an event into the feature state
+(``features.compute``, the code the stream job and the backfill run) it reads the user's and the
+item's values from that state: exactly the values as of "just before this event", which is what
+the nightly job's point-in-time join gives each training row. Values of an entity the state has
+not seen are missing (NaN -> 0 after :func:`~features.model_inputs.dense_transform`), as in the join.
+
+>>> from infra.settings import FeatureSettings
+>>> from features.model_inputs import FeatureSpec
+>>> spec = FeatureSpec(("user_stats:n_events",), ("item_stats:n_events",), "user_recent:recent_items", "d")
+>>> live = LiveFeatures(FeatureSettings(), spec)
+>>> live.rows("u1", ["a"])[0].tolist()
+[[0.0, 0.0]]
+>>> live.add("e1", "u1", "a", "click", None, 1000)
+>>> dense, recent = live.rows("u1", ["a", "b"])
+>>> dense.astype(float).round(3).tolist(), recent
+([[0.693, 0.693], [0.693, 0.0]], ['a'])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from features import names
+from features.compute import InMemoryFeatures, ItemState, UserState, view_values
+from features.model_inputs import FeatureSpec, dense_transform
+from infra.settings import FeatureSettings
+
+
+def _split(refs: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``view:feature`` refs grouped by view, in first-appearance order (the spec's column order)."""
+    groups: dict[str, list[str]] = {}
+    for ref in refs:
+        view, feature = ref.split(":", 1)
+        groups.setdefault(view, []).append(feature)
+    return list(groups.items())
+
+
+class LiveFeatures:
+    """Users' and items' feature state, folded event by event, read in the model's input layout."""
+
+    def __init__(self, cfg: FeatureSettings, spec: FeatureSpec, fold: InMemoryFeatures | None = None) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.fold = fold or InMemoryFeatures(cfg)
+        self._user_views = _split(spec.user_refs)
+        self._item_views = _split(spec.item_refs)
+        self._recent_feature = spec.recent_ref.split(":", 1)[1]
+
+    def add(self, event_id: str, user_id: str, item_id: str, event_type: str, value: float | None, event_time: int) -> None:
+        self.fold.add(event_id, user_id, item_id, event_type, value, event_time)
+
+    def _values(self, views: list[tuple[str, list[str]]], state: UserState | ItemState | None, present: bool) -> list[Any]:
+        out: list[Any] = []
+        for view, features in views:
+            if state is None or not present:
+                out.extend([np.nan] * len(features))
+                continue
+            values = view_values(self.cfg, view, state)
+            out.extend(np.nan if values.get(f) is None else values[f] for f in features)
+        return out
+
+    def user(self, user_id: str) -> tuple[list[Any], list[str]]:
+        """Raw user values (spec order) and the recent items, newest first."""
+        state = self.fold.users.get(user_id)
+        recent = view_values(self.cfg, names.USER_RECENT, state)[self._recent_feature] if state else []
+        return self._values(self._user_views, state, True), list(recent)
+
+    def item(self, item_id: str) -> list[Any]:
+        state = self.fold.items.get(item_id)
+        # an item known only from co-visits has no stats/popularity row yet (the backfill writes none)
+        return self._values(self._item_views, state, state is not None and state.latest_ms >= 0)
+
+    def rows(self, user_id: str, items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Dense inputs (len(items), n_dense), transformed as in training, and the user's recent items."""
+        user, recent = self.user(user_id)
+        raw = np.array([user + self.item(i) for i in items], dtype=np.float64).reshape(len(items), self.spec.n_dense)
+        return dense_transform(raw).astype(np.float32), recent

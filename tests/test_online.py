@@ -1,0 +1,131 @@
+"""The streaming trainer against the real broker, Delta table and model registry.
+
+A nightly version is trained on the first ml-100k events (landed in Delta with their real Kafka
+partitions and offsets, as the stream job lands them); newer events are only in the topic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from batch import learn, retrain
+from batch.online_learner import ONLINE, OnlineLearner
+from features.store import apply
+from models.registry import ModelRegistry
+from streaming.events import Event, EventType
+from streaming.lake import LakeWriter
+from streaming.producer import EventProducer
+from streaming.replay import load_events
+from streaming.topics import scan_topic
+from tests.conftest import isolated
+
+NIGHTLY_EVENTS = 8000
+
+
+def _produce(settings, events) -> None:
+    with EventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+
+
+def _land_topic_in_lake(settings) -> int:
+    """What the stream job's lake sink does: every valid record with its partition and offset."""
+    rows: dict[int, list] = {}
+
+    def visit(r) -> None:  # noqa: ANN001 - a kafka ConsumerRecord
+        e = Event.model_validate_json(r.value)
+        rows.setdefault(r.partition, []).append((e.event_id, e.user_id, e.item_id, e.event_type.value, e.value,
+                                                 e.event_time, None, r.partition, r.offset, False, r.timestamp))
+
+    scan_topic(settings, settings.topics.events, visit=visit)
+    return LakeWriter.for_settings(settings).append_many(rows)
+
+
+def _end_offsets(settings) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    scan_topic(settings, settings.topics.events, visit=lambda r: ends.__setitem__(r.partition, r.offset + 1))
+    return ends
+
+
+class RecordingLearner(OnlineLearner):
+    """Remembers every (partition, offset) it trained, across restarts of the loop."""
+
+    trained_log: Counter = Counter()
+
+    def offer(self, partition, offset, event):  # noqa: ANN001, ANN201
+        trained = super().offer(partition, offset, event)
+        if trained:
+            RecordingLearner.trained_log[(partition, offset)] += 1
+        return trained
+
+
+@pytest.fixture(scope="module")
+def nightly(stack_settings, tmp_path_factory):
+    s = isolated(stack_settings, tmp_path_factory.mktemp("online"))
+    s = s.model_copy(update={"online": s.online.model_copy(update={"publish_every_events": 100_000, "batch_size": 64}),
+                             "training": s.training.model_copy(update={"epochs": 1})})
+    apply(s)
+    events = sorted(load_events(s.ml100k_path).events, key=lambda e: (e.event_time, e.event_id))
+    _produce(s, events[:NIGHTLY_EVENTS])
+    assert _land_topic_in_lake(s) == NIGHTLY_EVENTS
+    result = retrain.run(s, progress=False)
+    assert result.promoted
+    return s, events, result.version
+
+
+def test_learner_trains_only_events_the_nightly_model_has_not_seen(nightly):
+    s, events, v_nightly = nightly
+    _produce(s, events[NIGHTLY_EVENTS:NIGHTLY_EVENTS + 1500])
+    report = learn.run(s, idle_exit_s=2.0, learner=RecordingLearner(s))
+    assert report.trained == 1500 and report.consumed == 1500  # the first 8,000 are the nightly model's
+    registry = ModelRegistry(s.paths.models_dir)
+    (published,) = report.published
+    assert registry.served() == published.version
+    meta = registry.meta(published.version)
+    assert meta["kind"] == ONLINE and meta["base_version"] == v_nightly
+    assert meta[ONLINE]["nightly_version"] == v_nightly
+    assert {int(p): o for p, o in meta[ONLINE]["offsets"].items()} == _end_offsets(s)
+    # dense weights frozen: the delta holds embedding rows only, and some of them
+    assert published.rows_changed and all("embedding_bags" in k for k, n in published.rows_changed.items() if n)
+    assert sum(published.rows_changed.values()) > 0
+    registry.verify(published.version)
+    new_items = {e.item_id for e in events[NIGHTLY_EVENTS:NIGHTLY_EVENTS + 1500]}
+    items, _ = registry.catalogue(published.version)
+    assert new_items <= set(items)
+
+
+def test_restart_resumes_from_the_checkpointed_offsets(nightly):
+    s, events, _ = nightly
+    first, second = NIGHTLY_EVENTS + 1500, NIGHTLY_EVENTS + 2500
+    _produce(s, events[first:second])
+    RecordingLearner.trained_log.clear()
+    stopped = learn.run(s, max_events=400, learner=RecordingLearner(s))  # "crash" after 400, published on the way out
+    assert stopped.trained == 400
+    resumed = learn.run(s, idle_exit_s=2.0, learner=RecordingLearner(s))
+    assert resumed.trained == 600  # exactly the rest
+    log = RecordingLearner.trained_log
+    assert len(log) == 1000 and set(log.values()) == {1}  # every new event trained once, none twice
+    registry = ModelRegistry(s.paths.models_dir)
+    meta = registry.meta(registry.served())
+    assert {int(p): o for p, o in meta[ONLINE]["offsets"].items()} == _end_offsets(s)
+
+
+def test_a_new_item_enters_the_catalogue_and_its_embedding_moves(nightly):
+    s, events, _ = nightly
+    registry = ModelRegistry(s.paths.models_dir)
+    before = registry.served()
+    last_t = events[NIGHTLY_EVENTS + 2500].event_time
+    users = sorted({e.user_id for e in events[:NIGHTLY_EVENTS]})[:40]
+    fresh = [Event(event_id=f"new-{i}", user_id=u, item_id="brand-new-item", event_type=EventType.RATING, value=5.0,
+                   event_time=last_t + 1000 * i) for i, u in enumerate(users)]
+    _produce(s, fresh)
+    report = learn.run(s, idle_exit_s=2.0)
+    assert report.trained == len(fresh)
+    (published,) = report.published
+    items, counts = registry.catalogue(published.version)
+    assert dict(zip(items, counts))["brand-new-item"] == len(fresh)
+    assert "brand-new-item" not in registry.catalogue(before)[0]
+    assert published.rows_changed  # its row (and the raters' rows) moved
