@@ -195,20 +195,24 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     metrics["train_samples_per_s"] = log.samples / log.seconds if log.seconds else float("nan")
     popularity = evaluation.popularity_metrics(tcfg.eval_k)
 
-    served = registry.served()
+    served = compared = registry.served()
     served_metrics, served_state, reason = None, None, "first model: nothing is served yet"
     served_per_user: dict[str, np.ndarray] = {}
     if served:
         try:
             served_model, served_meta = load_model(registry, served)
+            served_state = served_model.state_dict()  # what servers hold: the delta's base
+            # an online version has trained on this validation period: compare with its nightly base
+            compared = served_meta.get("online", {}).get("nightly_version", served)
+            if compared != served:
+                served_model, served_meta = load_model(registry, compared)
             check_compatible(FeatureSpec.from_dict(served_meta["features"]), spec)
             served_metrics, served_per_user = evaluation.metrics(served_model, ModelSettings(**served_meta["model"]),
                                                                  tcfg.eval_k, tcfg.batch_size)
-            served_state = served_model.state_dict()
         except (ModelIntegrityError, FeatureSpecMismatch, RuntimeError) as e:
             reason = f"the served {served} cannot be compared ({e}); promoting the new model"
     if served_metrics is not None:
-        ok, reason = _promotion(tcfg, served, metrics, served_metrics, per_user, served_per_user)
+        ok, reason = _promotion(tcfg, compared, metrics, served_metrics, per_user, served_per_user)
     else:
         ok = True
 
@@ -216,7 +220,7 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
             "feature_registry_digest": spec.registry_digest, "feast_project": settings.features.project,
             "code_version": code_version(), "seed": {"model": cfg.seed, "training": tcfg.seed},
             "training": tcfg.model_dump(), "metrics": metrics, "popularity": popularity,
-            "served_version": served, "served_metrics": served_metrics, "loss": log.epoch_loss,
+            "served_version": served, "compared_version": compared, "served_metrics": served_metrics, "loss": log.epoch_loss,
             "examples": {"train": len(train), "validation": len(evaluation.validation)}}
     counts = data.train.loc[~data.train["sampled"], "item_id"].value_counts()
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,7 +259,7 @@ def _report(directory: Path, meta: dict, log, version: str) -> Path:  # noqa: AN
     names = ["hr_at_k", "ndcg_at_k"]
     bars = {"model": [meta["metrics"][n] for n in names], "popularity": [meta["popularity"][n] for n in names]}
     if meta.get("served_metrics"):
-        bars[f"served {meta['served_version']}"] = [meta["served_metrics"][n] for n in names]
+        bars[f"served {meta.get('compared_version') or meta['served_version']}"] = [meta["served_metrics"][n] for n in names]
     width = 0.8 / len(bars)
     for i, (label, values) in enumerate(bars.items()):
         right.bar(np.arange(len(names)) + i * width, values, width, label=label)

@@ -129,3 +129,30 @@ def test_a_new_item_enters_the_catalogue_and_its_embedding_moves(nightly):
     assert dict(zip(items, counts))["brand-new-item"] == len(fresh)
     assert "brand-new-item" not in registry.catalogue(before)[0]
     assert published.rows_changed  # its row (and the raters' rows) moved
+
+
+def test_a_nightly_version_supersedes_the_online_ones(nightly):
+    s, events, v_first = nightly
+    registry = ModelRegistry(s.paths.models_dir)
+    online_served = registry.served()
+    assert registry.meta(online_served)["kind"] == ONLINE
+    _land_topic_in_lake(s)  # the stream job's lake sink caught up: the next nightly sees everything so far
+    result = retrain.run(s, progress=False, promote=False)
+    meta = registry.meta(result.version)
+    assert meta["compared_version"] == v_first  # not the online version, which trained on this validation period
+    assert meta["base_version"] == online_served  # servers merge the nightly delta onto what they hold
+    _produce(s, events[NIGHTLY_EVENTS + 2500:NIGHTLY_EVENTS + 2800])
+    promoted = []
+
+    def promote_nightly_once() -> bool:  # the nightly job promotes while the learner runs
+        if not promoted:
+            registry.promote(result.version)
+            promoted.append(result.version)
+        return False
+
+    report = learn.run(s, idle_exit_s=2.0, stop=promote_nightly_once)
+    assert report.rebases == 1
+    assert report.trained == 300  # on top of the nightly version: only what its table did not hold
+    latest = registry.meta(registry.served())
+    assert latest["kind"] == ONLINE and latest["base_version"] == result.version
+    assert latest[ONLINE]["nightly_version"] == result.version
