@@ -39,12 +39,14 @@ from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings, Settings
-from models.ranking import Batch, build_model, dense_optimizer, train_step
+from models.ids import bucket_tensor
+from models.ranking import Batch, build_model, dense_optimizer, item_embeddings, train_step
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
 from streaming.lake import open_table
 
 ONLINE = "online"
+WARM_START_FROM = 100  # a new item's row starts at the mean of this many most trained-on items' rows
 
 
 class _NoDenseStep:
@@ -146,6 +148,7 @@ class OnlineLearner:
         items, counts = self.registry.catalogue(served)
         self.catalogue: dict[str, int] = dict(zip(items, counts))
         self._catalogue_list = list(self.catalogue)
+        self._catalogue_rows = set(bucket_tensor(self._catalogue_list, cfg.item_buckets).tolist())
         if ONLINE in meta:  # our own checkpoint: fold the lake up to its offsets
             self.position = Position.from_meta(meta[ONLINE]["offsets"])
             fold, lake_next = fold_lake(self.settings, None, self.position.offsets)
@@ -198,7 +201,21 @@ class OnlineLearner:
         self._since_publish_examples += len(items)
         if event.item_id not in self.catalogue:
             self._catalogue_list.append(event.item_id)  # a new item: servable from the next delta
+            self._warm_start(event.item_id)
         self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
+
+    def _warm_start(self, item_id: str) -> None:
+        """A new item's row starts at the mean of the most trained-on items' rows, not at its random
+        init: it is ranked like a typical popular item from its first delta on, and its own events
+        move it from there. A row another catalogue item already hashes to is left alone."""
+        rows = bucket_tensor(self._catalogue_list[:WARM_START_FROM], self.model_cfg.item_buckets)
+        row = int(bucket_tensor([item_id], self.model_cfg.item_buckets)[0])
+        if row in self._catalogue_rows:
+            return
+        self._catalogue_rows.add(row)
+        table = item_embeddings(self.model)  # a detached view of the live table
+        with torch.no_grad():
+            table[row] = table.index_select(0, rows).mean(dim=0)
 
     def _step(self) -> None:
         if not self._pending:

@@ -236,6 +236,7 @@ class ServingSettings(BaseModel):
     max_k: int = Field(default=100, ge=1)
     max_batch_users: int = Field(default=100, ge=1, description="users per POST /recommendations")
     trending_candidates: int = Field(default=50, ge=0)
+    trending_slots: int = Field(default=1, ge=0, description="the N most active trending candidates always make the list (last places when the ranking left them out); 0 = ranking only")
     covisit_candidates: int = Field(default=50, ge=0)
     covisit_from_recent: int = Field(default=5, ge=1, description="co-visitation lists read for the user's newest N items")
     embedding_candidates: int = Field(default=50, ge=0)

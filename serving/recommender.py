@@ -18,6 +18,7 @@ events; a caller that knows more, such as past purchases, can exclude them).
 from __future__ import annotations
 
 import time
+from itertools import islice
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,26 @@ class Recommendation:
     recent_items: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: dict[str, int] = field(default_factory=dict)
+
+
+def _with_trending_slots(order: np.ndarray, k: int, items: list[str], trending: list[str], slots: int) -> list[int]:
+    """The ranked top ``k`` (indices into ``items``), where the ``slots`` most active trending
+    candidates are always present: any the ranking left out take the last places. A burst of
+    activity (often a new item, whose feature values the model has never seen at that scale)
+    reaches users before the model has caught up with it.
+
+    >>> _with_trending_slots(np.array([0, 1, 2, 3]), 2, ["a", "b", "c", "d"], ["d", "a"], 1)
+    [0, 3]
+    >>> _with_trending_slots(np.array([0, 1, 2, 3]), 2, ["a", "b", "c", "d"], ["a", "d"], 1)
+    [0, 1]
+    """
+    top = [int(i) for i in order[:k]]
+    if slots <= 0 or k <= slots:
+        return top
+    position = {item: i for i, item in enumerate(items)}
+    wanted = list(islice((position[t] for t in trending if t in position), slots))
+    missing = [i for i in wanted if i not in set(top)]
+    return top[:k - len(missing)] + missing if missing else top
 
 
 class Recommender:
@@ -112,7 +133,8 @@ class Recommender:
         t3 = time.perf_counter()
         timings["item_features"] = (t3 - t2) * 1000
         scores = model.score(user_id, recent, user_dense, items, item_dense)
-        top = np.argsort(-scores, kind="stable")[:k]
+        trending = snapshot.trending if snapshot is not None and cfg.trending_candidates else []
+        top = _with_trending_slots(np.argsort(-scores, kind="stable"), k, items, trending, cfg.trending_slots)
         timings["ranking"] = (time.perf_counter() - t3) * 1000
         ranked = [ScoredItem(items[i], float(scores[i]), sources[items[i]]) for i in top]
         return Recommendation(user_id, model.version, ranked, not recent, recent, timings, counts)

@@ -336,3 +336,36 @@ def test_no_generated_input_makes_the_api_fail(stack):
 
         check()
     assert calls[2] and calls[4]  # both accepted and refused inputs were generated
+
+
+def test_an_item_that_becomes_popular_is_recommended_after_the_next_online_delta(stack):
+    """No nightly run: the streaming trainer's delta puts the new item in the served catalogue."""
+    from batch import learn
+
+    server, events = stack
+    s = server.settings
+    s = s.model_copy(update={"online": s.online.model_copy(update={"publish_every_events": 40})})
+    raters = sorted({e.user_id for e in events})[:60]
+    t0 = events[-1].event_time + 60_000
+    fresh = [{"event_id": f"trend-{i}", "user_id": u, "item_id": "trend-item-1", "event_type": "rating", "value": 5.0,
+              "event_time": t0 + 1000 * i} for i, u in enumerate(raters)]
+    cold = "nobody-has-seen-this-user"
+    assert "trend-item-1" not in {i["item_id"] for i in _get(server, f"/recommendations/{cold}", k=20).json()["items"]}
+    with EventProducer(s) as producer:
+        producer.send_many(fresh)
+    time.sleep(3)  # the stream job has its features in Redis now, but the served catalogue lacks it
+    assert "trend-item-1" not in {i["item_id"] for i in _get(server, f"/recommendations/{cold}", k=20).json()["items"]}
+    report = learn.run(s, idle_exit_s=3.0)
+    assert report.trained >= len(fresh) and report.published
+    served = server.wait_for(report.published[-1].version)
+    assert served["served"]["version"] == report.published[-1].version
+    assert served["served"]["loaded_from"] == "delta"
+    deadline = time.monotonic() + 20  # item features (its popularity) reach the snapshot within item_refresh_s
+    items: dict = {}
+    while time.monotonic() < deadline:
+        items = {i["item_id"]: i for i in _get(server, f"/recommendations/{cold}", k=20).json()["items"]}
+        if "trend-item-1" in items:
+            break
+        time.sleep(0.2)
+    assert "trend-item-1" in items
+    assert {"trending", "popular"} & set(items["trend-item-1"]["sources"])
