@@ -30,33 +30,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-import pandas as pd
-import torch
-
-from batch.training_data import labels
+from batch.event_examples import EventExamples
 from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings, Settings
 from models.ids import bucket_tensor
-from models.ranking import Batch, build_model, dense_optimizer, item_embeddings, train_step
+from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
 from streaming.lake import open_table
 
 ONLINE = "online"
 WARM_START_FROM = 100  # a new item's row starts at the mean of this many most trained-on items' rows
-
-
-class _NoDenseStep:
-    """Stands in for the dense optimizer: the dense weights stay as the nightly job left them."""
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        return None
-
-    def step(self, closure=None):  # noqa: ANN001, ANN201 - the Optimizer.step signature
-        return None
 
 
 @dataclass
@@ -116,7 +102,6 @@ class OnlineLearner:
         self._reset_counters()
 
     def _reset_counters(self) -> None:
-        self._pending: list[tuple[str, str, float, list[str], np.ndarray]] = []
         self._since_publish_events = 0
         self._since_publish_examples = 0
         self._last_publish = time.monotonic()
@@ -131,24 +116,13 @@ class OnlineLearner:
         state, meta = self.registry.load(served)
         self.version, self.meta, self.started_from = served, meta, served
         self.base_nightly = meta.get(ONLINE, {}).get("nightly_version", served)
-        cfg = ModelSettings(**meta["model"]).model_copy(update={"sparse_lr": self.settings.online.sparse_lr})
+        o = self.settings.online
         self.spec = FeatureSpec.from_dict(meta["features"])
-        self.model = build_model(cfg, self.spec.n_dense)
-        self.model.load_state_dict(state, strict=True)
-        self.model.train()
-        self.model_cfg = cfg
-        if self.settings.online.train_dense:
-            self.optimizer = dense_optimizer(self.model, cfg)
-        else:
-            for name, p in self.model.named_parameters():
-                if "embedding_bags" not in name:
-                    p.requires_grad_(False)
-            self.optimizer = _NoDenseStep()
-        self.published_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.learning = IncrementalModel(state, ModelSettings(**meta["model"]), self.spec.n_dense, o.sparse_lr,
+                                         o.train_dense, o.batch_size)
+        self.published_state = self.learning.state()
         items, counts = self.registry.catalogue(served)
-        self.catalogue: dict[str, int] = dict(zip(items, counts))
-        self._catalogue_list = list(self.catalogue)
-        self._catalogue_rows = set(bucket_tensor(self._catalogue_list, cfg.item_buckets).tolist())
+        self._catalogue_rows = set(bucket_tensor(items, self.learning.cfg.item_buckets).tolist())
         if ONLINE in meta:  # our own checkpoint: fold the lake up to its offsets
             self.position = Position.from_meta(meta[ONLINE]["offsets"])
             fold, lake_next = fold_lake(self.settings, None, self.position.offsets)
@@ -156,6 +130,7 @@ class OnlineLearner:
             fold, lake_next = fold_lake(self.settings, int(meta["table_version"]), None)
             self.position = Position(dict(lake_next))
         self.features = LiveFeatures(self.settings.features, self.spec, fold)
+        self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start)
         self.trained_events = 0
         self._reset_counters()
         return {p: min(lake_next.get(p, 0), o) for p, o in self.position.offsets.items()}
@@ -171,60 +146,22 @@ class OnlineLearner:
         Returns whether it was trained."""
         train = offset >= self.position.offsets.get(partition, 0)
         if train:
-            self._examples(partition, offset, event)
+            rows = self.examples.make(event, (partition, offset))
+            self.learning.add(rows)
             self.position.offsets[partition] = offset + 1
             self._since_publish_events += 1
+            self._since_publish_examples += len(rows)
             self.trained_events += 1
         self.features.add(event.event_id, event.user_id, event.item_id, event.event_type.value, event.value,
                           event.event_time)
-        if len(self._pending) >= self.settings.online.batch_size:
-            self._step()
         return train
-
-    def _examples(self, partition: int, offset: int, event: Event) -> None:
-        frame = pd.DataFrame({"event_type": [event.event_type.value], "value": [event.value]})
-        label = float(labels(self.settings.training, frame).iloc[0])
-        if np.isnan(label):
-            return  # a view: no label, as in the nightly job
-        items = [event.item_id]
-        tcfg = self.settings.training
-        if label == 1.0 and tcfg.negatives_per_positive and self._catalogue_list:
-            rng = np.random.default_rng((tcfg.seed, partition, offset))
-            _, recent = self.features.user(event.user_id)
-            avoid = set(recent) | {event.item_id}
-            draws = rng.integers(0, len(self._catalogue_list), size=tcfg.negatives_per_positive * 3)
-            negatives = [c for c in dict.fromkeys(self._catalogue_list[d] for d in draws) if c not in avoid]
-            items += negatives[:tcfg.negatives_per_positive]
-        dense, recent = self.features.rows(event.user_id, items)
-        for i, item in enumerate(items):
-            self._pending.append((event.user_id, item, label if i == 0 else 0.0, recent, dense[i]))
-        self._since_publish_examples += len(items)
-        if event.item_id not in self.catalogue:
-            self._catalogue_list.append(event.item_id)  # a new item: servable from the next delta
-            self._warm_start(event.item_id)
-        self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
 
     def _warm_start(self, item_id: str) -> None:
         """A new item's row starts at the mean of the most trained-on items' rows, not at its random
         init: it is ranked like a typical popular item from its first delta on, and its own events
-        move it from there. A row another catalogue item already hashes to is left alone."""
-        rows = bucket_tensor(self._catalogue_list[:WARM_START_FROM], self.model_cfg.item_buckets)
-        row = int(bucket_tensor([item_id], self.model_cfg.item_buckets)[0])
-        if row in self._catalogue_rows:
-            return
-        self._catalogue_rows.add(row)
-        table = item_embeddings(self.model)  # a detached view of the live table
-        with torch.no_grad():
-            table[row] = table.index_select(0, rows).mean(dim=0)
-
-    def _step(self) -> None:
-        if not self._pending:
-            return
-        users, items, label, recent, dense = zip(*self._pending)
-        batch = Batch.build(self.model_cfg, list(users), list(items), list(recent), torch.from_numpy(np.stack(dense)),
-                            torch.tensor(label, dtype=torch.float32))
-        train_step(self.model, self.optimizer, batch)
-        self._pending = []
+        move it from there (unless another catalogue item already hashes to that row)."""
+        if self.learning.warm_start(item_id, self.examples.items[:WARM_START_FROM], self._catalogue_rows):
+            self._catalogue_rows.add(int(bucket_tensor([item_id], self.learning.cfg.item_buckets)[0]))
 
     # -- publishing ----------------------------------------------------------------------------
     def due(self) -> bool:
@@ -240,14 +177,15 @@ class OnlineLearner:
         if not self._since_publish_events:
             return None
         started = time.perf_counter()
-        self._step()
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.learning.flush()
+        state = self.learning.state()
         meta = {k: v for k, v in self.meta.items() if k not in ("version", "created_at", "base_version")}
         meta.update({"kind": ONLINE, "code_version": code_version(), ONLINE: {
             "offsets": self.position.to_meta(), "nightly_version": self.base_nightly, "previous": self.version,
             "events": self._since_publish_events, "examples": self._since_publish_examples,
             "topic": self.settings.topics.events}})
-        version, rows, problem = self.registry.publish_model(state, meta, self.catalogue, base=(self.version, self.published_state))
+        version, rows, problem = self.registry.publish_model(state, meta, self.examples.catalogue,
+                                                             base=(self.version, self.published_state))
         if problem is not None:
             raise RuntimeError(f"online version {version} has no delta ({problem}): servers will load it in full")
         self.own_versions.add(version)
