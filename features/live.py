@@ -49,9 +49,12 @@ class LiveFeatures:
         self._user_views = _split(spec.user_refs)
         self._item_views = _split(spec.item_refs)
         self._recent_feature = spec.recent_ref.split(":", 1)[1]
+        self._item_cache: dict[str, np.ndarray] = {}  # raw item values; an event drops the items it touched
 
     def add(self, event_id: str, user_id: str, item_id: str, event_type: str, value: float | None, event_time: int) -> None:
-        self.fold.add(event_id, user_id, item_id, event_type, value, event_time)
+        _, touched = self.fold.add(event_id, user_id, item_id, event_type, value, event_time)
+        for item in touched:
+            self._item_cache.pop(item, None)
 
     def _values(self, views: list[tuple[str, list[str]]], state: UserState | ItemState | None, present: bool) -> list[Any]:
         out: list[Any] = []
@@ -69,13 +72,20 @@ class LiveFeatures:
         recent = view_values(self.cfg, names.USER_RECENT, state)[self._recent_feature] if state else []
         return self._values(self._user_views, state, True), list(recent)
 
-    def item(self, item_id: str) -> list[Any]:
-        state = self.fold.items.get(item_id)
-        # an item known only from co-visits has no stats/popularity row yet (the backfill writes none)
-        return self._values(self._item_views, state, state is not None and state.latest_ms >= 0)
+    def item(self, item_id: str) -> np.ndarray:
+        values = self._item_cache.get(item_id)
+        if values is None:
+            state = self.fold.items.get(item_id)
+            # an item known only from co-visits has no stats/popularity row yet (the backfill writes none)
+            present = state is not None and state.latest_ms >= 0
+            values = self._item_cache[item_id] = np.array(self._values(self._item_views, state, present), dtype=np.float64)
+        return values
 
     def rows(self, user_id: str, items: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Dense inputs (len(items), n_dense), transformed as in training, and the user's recent items."""
         user, recent = self.user(user_id)
-        raw = np.array([user + self.item(i) for i in items], dtype=np.float64).reshape(len(items), self.spec.n_dense)
+        raw = np.empty((len(items), self.spec.n_dense), dtype=np.float64)
+        raw[:, :len(user)] = np.array(user, dtype=np.float64)
+        if items:
+            raw[:, len(user):] = np.stack([self.item(i) for i in items]).reshape(len(items), -1)
         return dense_transform(raw).astype(np.float32), recent

@@ -44,19 +44,32 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if statuses and all(s.ready for s in statuses) else 3
 
 
+def _load_event_file(args: argparse.Namespace):  # noqa: ANN202 - streaming.replay.LoadedEvents
+    from streaming.replay import load_events, parse_columns
+
+    return load_events(args.path, columns=parse_columns(args.columns), delimiter=args.delimiter,
+                       event_type=args.event_type, time_unit=args.time_unit)
+
+
+def _event_file_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    """The replay formats: u.data, or any CSV mapped with --columns."""
+    help_path = "u.data (user item rating unix_ts, tab-separated) or a CSV with --columns"
+    if optional:
+        parser.add_argument("path", nargs="?", help=f"{help_path} (default: ml100k_path from the settings)")
+    else:
+        parser.add_argument("path", help=help_path)
+    parser.add_argument("--columns", help="CSV header mapping, e.g. user_id=userId,item_id=movieId,value=rating,event_time=timestamp")
+    parser.add_argument("--delimiter", help="field delimiter (default: tab for u.data, comma for CSV)")
+    parser.add_argument("--event-type", default="rating", help="event type when no column maps it")
+    parser.add_argument("--time-unit", default="s", choices=["s", "ms", "us"], help="unit of the time column")
+
+
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streaming.ingest import send_events
     from streaming.pacing import Pacer
     from streaming.producer import EventProducer
-    from streaming.replay import load_events, parse_columns
 
-    loaded = load_events(
-        args.path,
-        columns=parse_columns(args.columns),
-        delimiter=args.delimiter,
-        event_type=args.event_type,
-        time_unit=args.time_unit,
-    )
+    loaded = _load_event_file(args)
     console.print(f"loaded {len(loaded.events):,} events from {args.path} ({len(loaded.rejected)} bad rows)")
     with EventProducer(settings) as producer:
         result = send_events(
@@ -180,6 +193,36 @@ def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
     report = learn.run(settings, idle_exit_s=args.idle_exit_s, max_events=args.max_events, on_publish=published)
     console.print(f"consumed {report.consumed:,}, trained {report.trained:,}, invalid skipped {report.skipped_invalid:,}, "
                   f"{len(report.published)} versions published, {report.rebases} rebases onto a newer served version")
+    return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from batch.prequential import DAY_MS, Prequential, write_report
+    from features.model_inputs import feature_spec
+    from features.store import apply
+
+    args.path = args.path or settings.ml100k_path
+    loaded = _load_event_file(args)
+    events = loaded.events
+    if not events:
+        raise ValueError(f"{args.path} has no valid events ({len(loaded.rejected)} bad rows): check --columns/--time-unit")
+    start = events[-1].event_time - int(args.eval_days * DAY_MS)
+    with tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as tmp:
+        # the feature definitions as the registry defines them, in a scratch registry (no services needed)
+        scratch = settings.model_copy(update={"data_dir": Path(tmp)})
+        apply(scratch)
+        spec = feature_spec(scratch)
+    console.print(f"[bold]evaluate[/]: {len(events):,} events from {args.path}; the last {args.eval_days:g} days are "
+                  f"replayed prequentially (recommend, then learn), retraining every {args.retrain_every_days:g} days")
+    report = Prequential(settings, spec, k=args.k, retrain_every_days=args.retrain_every_days,
+                         progress=not args.quiet).run(events, start)
+    json_path, png_path = write_report(report, Path(args.out))
+    for name, m in report.overall.items():
+        console.print(f"  {name:<10} HR@{report.k} {m['hr']:.4f}  NDCG@{report.k} {m['ndcg']:.4f}  ({m['events']:,} events)")
+    console.print(f"report: {json_path} and {png_path}")
     return 0
 
 
@@ -330,11 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("topics", help="count records in the events and DLQ topics, DLQ reasons")
 
     replay = sub.add_parser("replay", help="replay an interaction file in event-time order")
-    replay.add_argument("path", help="u.data (user item rating unix_ts, tab-separated) or a CSV with --columns")
-    replay.add_argument("--columns", help="CSV header mapping, e.g. user_id=userId,item_id=movieId,value=rating,event_time=timestamp")
-    replay.add_argument("--delimiter", help="field delimiter (default: tab for u.data, comma for CSV)")
-    replay.add_argument("--event-type", default="rating", help="event type when no column maps it")
-    replay.add_argument("--time-unit", default="s", choices=["s", "ms", "us"], help="unit of the time column")
+    _event_file_arguments(replay)
     replay.add_argument("--speedup", type=float, help="event-time speed-up factor (e.g. 86400: a day per second)")
     replay.add_argument("--max-rate", type=float, help="cap in events/s")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -384,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--idle-exit-s", type=float, help="stop after this many seconds without a new event (default: run until Ctrl-C)")
     learn.add_argument("--max-events", type=int, help="stop after training this many events")
 
+    evaluate = sub.add_parser("evaluate", help="prequential replay: static vs daily vs daily+online vs popularity, HR/NDCG over time")
+    _event_file_arguments(evaluate, optional=True)
+    evaluate.add_argument("--eval-days", type=float, default=14.0, help="the last N days are evaluated (before: history)")
+    evaluate.add_argument("--retrain-every-days", type=float, default=1.0, help="the daily strategy's retrain period")
+    evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument("--out", default="prequential", help="directory for prequential.json and prequential.png")
+    evaluate.add_argument("--quiet", action="store_true")
+
     serve = sub.add_parser("serve", help="the recommendation API: run in the foreground, or start|stop|status in the background")
     serve.add_argument("action", nargs="?", default="run", choices=["run", "start", "stop", "status"])
     serve.add_argument("--host", help="default serving.host")
@@ -416,6 +463,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "serve": cmd_serve,
     "retrain": cmd_retrain,
     "learn": cmd_learn,
+    "evaluate": cmd_evaluate,
     "schedule": cmd_schedule,
     "model": cmd_model,
 }

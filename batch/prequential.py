@@ -1,0 +1,249 @@
+"""Prequential evaluation (`recsys evaluate`): for every event, first recommend, then learn.
+
+A real stream is replayed in event-time order. Everything before ``eval_start`` is history;
+from there on, before each positive event the four strategies rank every catalogue item the
+user has not interacted with yet, and the event's item is looked up in their top K:
+
+* ``popularity``: the most interacted-with items so far (updated with every event);
+* ``static``: a model trained once on the history and never again;
+* ``daily``: retrained from scratch on everything so far at every ``retrain_every_days``
+  boundary of event time (what the nightly job + its delta give the API);
+* ``online``: the daily model, plus the streaming trainer's updates after every event (embedding
+  rows at ``online.sparse_lr``, in micro-batches of ``online.batch_size``; a micro-batch is what
+  a minute-level delta carries at these event rates).
+
+Then the event is fed: features (``features.live``: the stream job's state classes), examples
+(``batch.event_examples``: the nightly job's labels and negatives), the online model. All four
+see the same features and the same candidates, so differences are the models'. The nightly job
+is simulated in-process (same features, labels, trainer; no Delta table or Feast join per day),
+which is what makes a day-by-day replay of months affordable.
+
+HR@K: the item is in the top K; NDCG@K: 1/log2(rank + 1) when it is. Reported overall and per
+day, as JSON and a PNG (metric vs time per strategy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from batch.event_examples import EventExamples, label_of
+from batch.online_learner import WARM_START_FROM
+from features.live import LiveFeatures
+from features.model_inputs import FeatureSpec
+from infra.settings import Settings
+from models.ids import bucket, bucket_tensor
+from models.incremental import IncrementalModel, Row
+from models.ranking import Batch, build_model, dense_optimizer, predict
+from models.train import Examples, fit
+from streaming.events import Event
+
+DAY_MS = 86_400_000
+STRATEGIES = ("popularity", "static", "daily", "online")
+
+
+@dataclass
+class Tally:
+    hits: float = 0.0
+    ndcg: float = 0.0
+    n: int = 0
+
+    def add(self, rank: int | None, k: int) -> None:
+        self.n += 1
+        if rank is not None and rank < k:
+            self.hits += 1
+            self.ndcg += 1 / math.log2(rank + 2)
+
+    def metrics(self) -> dict[str, float]:
+        return {"hr": self.hits / self.n if self.n else math.nan, "ndcg": self.ndcg / self.n if self.n else math.nan,
+                "events": self.n}
+
+
+@dataclass
+class Report:
+    k: int
+    eval_start_ms: int
+    events: int
+    history_events: int
+    retrains: int
+    overall: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_day: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # day -> strategy -> metrics
+
+    def ratio(self, metric: str, a: str, b: str) -> float:
+        top, bottom = self.overall[a][metric], self.overall[b][metric]
+        return top / bottom if bottom else math.nan
+
+    def to_dict(self) -> dict:
+        return {"k": self.k, "eval_start_ms": self.eval_start_ms, "events": self.events,
+                "history_events": self.history_events, "retrains": self.retrains, "overall": self.overall,
+                "per_day": self.per_day,
+                "ratios": {f"{m}_{a}_vs_{b}": self.ratio(m, a, b) for m in ("hr", "ndcg")
+                           for a, b in (("online", "daily"), ("online", "static"), ("online", "popularity"),
+                                        ("daily", "static"), ("daily", "popularity"))}}
+
+
+class _ExampleLog:
+    """Every example made so far (the nightly job's training set at any moment)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def examples(self) -> Examples:
+        users, items, labels, recent, dense = zip(*self.rows)
+        return Examples(np.asarray(users, dtype=object), np.asarray(items, dtype=object), list(recent),
+                        np.stack(dense).astype(np.float32), np.asarray(labels, dtype=np.float32))
+
+
+def _rank_of(scores: np.ndarray, target: int) -> int:
+    """0-based rank of ``target`` (ties count against it: an untrained model earns nothing)."""
+    return int((scores >= scores[target]).sum()) - 1
+
+
+class Prequential:
+    def __init__(self, settings: Settings, spec: FeatureSpec, k: int = 10, retrain_every_days: float = 1.0,
+                 progress: bool = True) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.k = k
+        self.every_ms = int(retrain_every_days * DAY_MS)
+        self.progress = progress
+        self.features = LiveFeatures(settings.features, spec)
+        self.log = _ExampleLog()
+        self.examples = EventExamples(settings.training, self.features, {}, self._new_item)
+        self._online: IncrementalModel | None = None
+        self.seen: dict[str, set[str]] = {}
+        self.popularity: Counter[str] = Counter()
+        self.retrains = 0
+        self._rows: dict[str, int] = {}  # item -> embedding row
+
+    def _nightly(self) -> torch.nn.Module:
+        """A model trained from scratch on every example so far, as the nightly job trains it."""
+        cfg, tcfg = self.settings.model, self.settings.training
+        model = build_model(cfg, self.spec.n_dense)
+        fit(model, dense_optimizer(model, cfg), self.log.examples(), cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed,
+            progress=False)
+        self.retrains += 1
+        return model
+
+    def _online_from(self, model: torch.nn.Module) -> IncrementalModel:
+        o = self.settings.online
+        self._online = IncrementalModel(model.state_dict(), self.settings.model, self.spec.n_dense, o.sparse_lr,
+                                        o.train_dense, o.batch_size)
+        self._taken_rows = set(self._item_rows(self.examples.items).tolist())
+        return self._online
+
+    def _new_item(self, item_id: str) -> None:
+        """As the streaming trainer does: a new item's row starts at the mean of popular items' rows."""
+        if self._online is not None and self._online.warm_start(item_id, self.examples.items[:WARM_START_FROM],
+                                                                self._taken_rows):
+            self._taken_rows.update(self._item_rows([item_id]).tolist())
+
+    def _feed(self, event: Event, index: int, online: IncrementalModel | None) -> None:
+        rows = self.examples.make(event, (index,))
+        self.log.rows.extend(rows)
+        if online is not None:
+            online.add(rows)
+        self.features.add(event.event_id, event.user_id, event.item_id, event.event_type.value, event.value,
+                          event.event_time)
+        self.seen.setdefault(event.user_id, set()).add(event.item_id)
+        if rows:
+            self.popularity[event.item_id] += 1
+
+    def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str]) -> Batch:
+        """One user against many items: ids hashed once, the recent-items bag repeated per row."""
+        cfg, n = self.settings.model, len(items)
+        recent_rows = bucket_tensor(recent, cfg.item_buckets)
+        return Batch.from_rows(torch.full((n,), bucket(user, cfg.user_buckets), dtype=torch.long),
+                               self._item_rows(items), recent_rows.repeat(n),
+                               torch.full((n,), len(recent), dtype=torch.long), torch.from_numpy(dense))
+
+    def _item_rows(self, items: list[str]) -> torch.Tensor:
+        missing = [i for i in items if i not in self._rows]
+        if missing:
+            self._rows.update(zip(missing, bucket_tensor(missing, self.settings.model.item_buckets).tolist()))
+        return torch.tensor([self._rows[i] for i in items], dtype=torch.long)
+
+    def run(self, events: Sequence[Event], eval_start_ms: int) -> Report:
+        events = sorted(events, key=lambda e: (e.event_time, e.event_id))
+        history = [e for e in events if e.event_time < eval_start_ms]
+        stream = [e for e in events if e.event_time >= eval_start_ms]
+        if not history or not stream:
+            raise ValueError(f"nothing to compare: {len(history)} events before the evaluation start and {len(stream)} "
+                             "after it; pick --eval-days smaller than the file's time span")
+        for i, e in enumerate(tqdm(history, desc="history", unit="ev", disable=None if self.progress else True)):
+            self._feed(e, i, None)
+        static = daily = self._nightly()
+        online = self._online_from(daily)
+        next_retrain = eval_start_ms + self.every_ms
+        tallies = {s: Tally() for s in STRATEGIES}
+        days: dict[str, dict[str, Tally]] = {}
+        for j, e in enumerate(tqdm(stream, desc="prequential", unit="ev", disable=None if self.progress else True)):
+            if e.event_time >= next_retrain:
+                online.flush()
+                daily = self._nightly()
+                online = self._online_from(daily)
+                while next_retrain <= e.event_time:
+                    next_retrain += self.every_ms
+            label = label_of(self.settings.training, e.event_type.value, e.value)
+            if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):
+                self._evaluate(e, {"static": static, "daily": daily, "online": online.model}, tallies, days)
+            self._feed(e, len(history) + j, online)
+        overall = {s: t.metrics() for s, t in tallies.items()}
+        per_day = {d: {s: t.metrics() for s, t in by.items()} for d, by in sorted(days.items())}
+        return Report(self.k, eval_start_ms, len(stream), len(history), self.retrains, overall, per_day)
+
+    def _evaluate(self, e: Event, models: dict[str, torch.nn.Module], tallies: dict[str, Tally],
+                  days: dict[str, dict[str, Tally]]) -> None:
+        seen = self.seen.get(e.user_id, set())
+        items = [i for i in self.examples.items if i not in seen]
+        target = items.index(e.item_id)
+        dense, recent = self.features.rows(e.user_id, items)
+        day = _day(e.event_time)
+        by_day = days.setdefault(day, {s: Tally() for s in STRATEGIES})
+        pop = np.array([self.popularity[i] for i in items], dtype=np.float64)
+        ranks = {"popularity": _rank_of(pop, target)}
+        batch = self._batch(e.user_id, items, dense, recent)
+        for name, model in models.items():
+            ranks[name] = _rank_of(predict(model, batch).numpy(), target)
+        for name, rank in ranks.items():
+            tallies[name].add(rank, self.k)
+            by_day[name].add(rank, self.k)
+
+
+def _day(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
+    """report.json and report.png (HR@K and NDCG@K per day, one line per strategy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "prequential.json", out_dir / "prequential.png"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, default=float))
+    days = list(report.per_day)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, metric in zip(axes, ("hr", "ndcg")):
+        for s in STRATEGIES:
+            ax.plot(range(len(days)), [report.per_day[d][s][metric] for d in days], marker="o", ms=3,
+                    label=f"{s} ({report.overall[s][metric]:.3f})")
+        ax.set_xticks(range(len(days)), days, rotation=60, fontsize=7)
+        ax.set(title=f"{metric.upper()}@{report.k} per day (prequential)", ylabel=f"{metric.upper()}@{report.k}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return json_path, png_path
