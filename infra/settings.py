@@ -183,6 +183,9 @@ class ModelSettings(BaseModel):
     dense_arch: list[int] = [64, 32]
     over_arch: list[int] = [64, 32]
     sparse_lr: float = Field(default=0.05, gt=0, description="row-wise Adagrad, applied in backward")
+    ids: str = Field(default="hashed", pattern="^(hashed|managed)$", description="id -> row: crc32 buckets, or a managed table (own row per admitted id, no collisions; models.id_table)")
+    id_min_count: int = Field(default=2, ge=1, description="managed: occurrences before an id gets its own row (until then it shares row 0)")
+    id_ttl_days: float | None = Field(default=90.0, gt=0, description="managed: an id unseen this long (event time) loses its row; None = never")
     dense_lr: float = Field(default=0.01, gt=0)
     seed: int = 0
 
