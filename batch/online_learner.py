@@ -27,15 +27,17 @@ The nightly job is the floor; between two nightly runs the learner keeps the mod
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from batch.event_examples import EventExamples
 from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings, Settings
-from models.ids import bucket_tensor
+from models.id_table import IDS_FILE, model_ids
 from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
@@ -118,11 +120,13 @@ class OnlineLearner:
         self.base_nightly = meta.get(ONLINE, {}).get("nightly_version", served)
         o = self.settings.online
         self.spec = FeatureSpec.from_dict(meta["features"])
-        self.learning = IncrementalModel(state, ModelSettings(**meta["model"]), self.spec.n_dense, o.sparse_lr,
-                                         o.train_dense, o.batch_size)
+        cfg = ModelSettings(**meta["model"])
+        self.learning = IncrementalModel(state, cfg, self.spec.n_dense, o.sparse_lr, o.train_dense, o.batch_size,
+                                         model_ids(cfg, self.registry.path(served)))
         self.published_state = self.learning.state()
         items, counts = self.registry.catalogue(served)
-        self._catalogue_rows = set(bucket_tensor(items, self.learning.cfg.item_buckets).tolist())
+        self._catalogue_rows = set(self.learning.ids.items.rows(items).tolist())
+        self._clock_ms = 0  # newest event time trained: expiry runs on event time
         if ONLINE in meta:  # our own checkpoint: fold the lake up to its offsets
             self.position = Position.from_meta(meta[ONLINE]["offsets"])
             fold, lake_next = fold_lake(self.settings, None, self.position.offsets)
@@ -146,6 +150,8 @@ class OnlineLearner:
         Returns whether it was trained."""
         train = offset >= self.position.offsets.get(partition, 0)
         if train:
+            self.learning.admit(event.user_id, event.item_id, event.event_time, self.examples.items[:WARM_START_FROM])
+            self._clock_ms = max(self._clock_ms, event.event_time)
             rows = self.examples.make(event, (partition, offset))
             self.learning.add(rows)
             self.position.offsets[partition] = offset + 1
@@ -159,9 +165,8 @@ class OnlineLearner:
     def _warm_start(self, item_id: str) -> None:
         """A new item's row starts at the mean of the most trained-on items' rows, not at its random
         init: it is ranked like a typical popular item from its first delta on, and its own events
-        move it from there (unless another catalogue item already hashes to that row)."""
-        if self.learning.warm_start(item_id, self.examples.items[:WARM_START_FROM], self._catalogue_rows):
-            self._catalogue_rows.add(int(bucket_tensor([item_id], self.learning.cfg.item_buckets)[0]))
+        move it from there."""
+        self.learning.start_item(item_id, self.examples.items[:WARM_START_FROM], self._catalogue_rows)
 
     # -- publishing ----------------------------------------------------------------------------
     def due(self) -> bool:
@@ -184,8 +189,15 @@ class OnlineLearner:
             "offsets": self.position.to_meta(), "nightly_version": self.base_nightly, "previous": self.version,
             "events": self._since_publish_events, "examples": self._since_publish_examples,
             "topic": self.settings.topics.events}})
-        version, rows, problem = self.registry.publish_model(state, meta, self.examples.catalogue,
-                                                             base=(self.version, self.published_state))
+        ids = self.learning.ids
+        if ids.managed:  # rows of ids unseen for model.id_ttl_days go back to the free list
+            ids.users.expire(self._clock_ms)
+            ids.items.expire(self._clock_ms)
+        with tempfile.TemporaryDirectory() as tmp:
+            ids_file = ids.save(Path(tmp))
+            version, rows, problem = self.registry.publish_model(
+                state, meta, self.examples.catalogue, base=(self.version, self.published_state),
+                extra_files={IDS_FILE: ids_file} if ids_file else {})
         if problem is not None:
             raise RuntimeError(f"online version {version} has no delta ({problem}): servers will load it in full")
         self.own_versions.add(version)

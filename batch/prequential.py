@@ -142,9 +142,8 @@ class Prequential:
 
     def _new_item(self, item_id: str) -> None:
         """As the streaming trainer does: a new item's row starts at the mean of popular items' rows."""
-        if self._online is not None and self._online.warm_start(item_id, self.examples.items[:WARM_START_FROM],
-                                                                self._taken_rows):
-            self._taken_rows.update(self._item_rows([item_id]).tolist())
+        if self._online is not None:
+            self._online.start_item(item_id, self.examples.items[:WARM_START_FROM], self._taken_rows)
 
     def _feed(self, event: Event, index: int, online: IncrementalModel | None) -> None:
         rows = self.examples.make(event, (index,))

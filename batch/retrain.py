@@ -27,6 +27,7 @@ from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check
 from infra.settings import ModelSettings, Settings, TrainingSettings
 from models.evaluate import auc, logloss, paired_worse, top_k
 from models.ranking import Batch, build_model, dense_optimizer, predict
+from models.id_table import IDS_FILE, ModelIds, model_ids
 from models.registry import ModelIntegrityError, ModelRegistry, code_version
 from models.train import Examples, TrainLog, fit
 
@@ -48,7 +49,7 @@ class Evaluation:
     popularity: np.ndarray  # training-period positives per catalogue item
     cutoff_ms: int
 
-    def metrics(self, model: torch.nn.Module, cfg: ModelSettings, k: int, batch_size: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def metrics(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", k: int, batch_size: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Aggregate metrics, and per-user top-K values (for the paired promotion test)."""
         probs = np.concatenate([predict(model, b).numpy() for b in self.validation.batches(cfg, batch_size)]) \
             if len(self.validation) else np.array([])
@@ -62,7 +63,7 @@ class Evaluation:
         ranked = top_k(lambda u, c: self.popularity[c], self.users, self.catalogue, self.relevant, self.seen, k)
         return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
 
-    def _score(self, model: torch.nn.Module, cfg: ModelSettings, u: int, candidates: np.ndarray) -> np.ndarray:
+    def _score(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", u: int, candidates: np.ndarray) -> np.ndarray:
         n = len(candidates)
         dense = np.hstack([np.repeat(self.user_dense[u:u + 1], n, axis=0), self.item_dense[candidates]])
         batch = Batch.build(cfg, [self.users[u]] * n, self.catalogue[candidates].tolist(), [self.user_recent[u]] * n,
@@ -106,12 +107,16 @@ def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.Train
                       relevant, seen, counts.reindex(catalogue).fillna(0).to_numpy(dtype=float), cutoff)
 
 
-def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: bool, console: Console) -> tuple[torch.nn.Module, TrainLog]:
+def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: bool, console: Console,
+           ids: ModelIds) -> tuple[torch.nn.Module, TrainLog]:
     """In this process, or (``training.nproc > 1``) in torchrun ranks with DistributedModelParallel."""
     cfg, tcfg = settings.model, settings.training
     model = build_model(cfg, spec.n_dense)
     if tcfg.nproc == 1:
-        return model, fit(model, dense_optimizer(model, cfg), train, cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed, progress)
+        return model, fit(model, dense_optimizer(model, cfg), train, cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed, progress,
+                          ids=ids)
+    if ids.managed:
+        raise ValueError("model.ids=managed trains in one process for now: set training.nproc=1 (or model.ids=hashed)")
     from batch.train_worker import save_examples
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,6 +141,22 @@ def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: boo
                    len(train) * tcfg.epochs, time.perf_counter() - started)
     model.eval()
     return model, log
+
+
+def build_ids(settings: Settings, train: "pd.DataFrame") -> ModelIds:
+    """The row mapping to train with: hashed, or managed tables filled from the training events in
+    time order (frequency filter and expiry as the streaming trainer applies them)."""
+    ids = model_ids(settings.model)
+    if not ids.managed or train.empty:
+        return ids
+    events = train[~train["sampled"]].sort_values("event_time", kind="stable")
+    for user, item, t in zip(events["user_id"], events["item_id"], events["event_time"].astype(int)):
+        ids.users.observe(user, t)
+        ids.items.observe(item, t)
+    now = int(events["event_time"].max())
+    ids.users.expire(now)
+    ids.items.expire(now)
+    return ids
 
 
 def load_model(registry: ModelRegistry, version: str) -> tuple[torch.nn.Module, dict]:
@@ -190,8 +211,9 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     train = _examples(settings, spec, data.train)
     evaluation = _evaluation(settings, spec, data)
 
-    model, log = _train(settings, spec, train, progress, console)
-    metrics, per_user = evaluation.metrics(model, cfg, tcfg.eval_k, tcfg.batch_size)
+    ids = build_ids(settings, data.train)
+    model, log = _train(settings, spec, train, progress, console, ids)
+    metrics, per_user = evaluation.metrics(model, ids, tcfg.eval_k, tcfg.batch_size)
     metrics["train_samples_per_s"] = log.samples / log.seconds if log.seconds else float("nan")
     popularity = evaluation.popularity_metrics(tcfg.eval_k)
 
@@ -207,8 +229,8 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
             if compared != served:
                 served_model, served_meta = load_model(registry, compared)
             check_compatible(FeatureSpec.from_dict(served_meta["features"]), spec)
-            served_metrics, served_per_user = evaluation.metrics(served_model, ModelSettings(**served_meta["model"]),
-                                                                 tcfg.eval_k, tcfg.batch_size)
+            served_ids = model_ids(ModelSettings(**served_meta["model"]), registry.path(compared))
+            served_metrics, served_per_user = evaluation.metrics(served_model, served_ids, tcfg.eval_k, tcfg.batch_size)
         except (ModelIntegrityError, FeatureSpecMismatch, RuntimeError) as e:
             reason = f"the served {served} cannot be compared ({e}); promoting the new model"
     if served_metrics is not None:
@@ -225,9 +247,11 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     counts = data.train.loc[~data.train["sampled"], "item_id"].value_counts()
     with tempfile.TemporaryDirectory() as tmp:
         report = _report(Path(tmp) / "report", meta, log, registry.next_version())
+        ids_file = ids.save(Path(tmp))
         new_version, delta_rows, no_delta = registry.publish_model(
             model.state_dict(), meta, counts.to_dict(), base=(served, served_state) if served_state is not None else None,
-            delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report})
+            delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report},
+            extra_files={IDS_FILE: ids_file} if ids_file else {})
     if no_delta:
         console.print(f"[yellow]no delta from {served}:[/] {no_delta}")
     if ok and promote:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from infra.settings import ModelSettings
-from models.ids import bucket_tensor
-from models.ranking import Batch, build_model, dense_optimizer, item_embeddings, train_step
+from models.id_table import SHARED_ROW, ModelIds, id_rows
+from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, dense_optimizer, train_step
 
 Row = tuple[str, str, float, list[str], np.ndarray]  # user, item, label, recent items, dense inputs
 
@@ -32,8 +32,9 @@ class _NoDenseStep:
 
 class IncrementalModel:
     def __init__(self, state: Mapping[str, torch.Tensor], cfg: ModelSettings, n_dense: int, sparse_lr: float,
-                 train_dense: bool, batch_size: int) -> None:
+                 train_dense: bool, batch_size: int, ids: ModelIds | None = None) -> None:
         self.cfg = cfg.model_copy(update={"sparse_lr": sparse_lr})
+        self.ids = ids or id_rows(cfg)
         self.model = build_model(self.cfg, n_dense)
         self.model.load_state_dict(dict(state), strict=True)
         self.model.train()
@@ -59,7 +60,7 @@ class IncrementalModel:
         if not self.pending:
             return
         users, items, labels, recent, dense = zip(*self.pending)
-        batch = Batch.build(self.cfg, list(users), list(items), list(recent), torch.from_numpy(np.stack(dense)),
+        batch = Batch.build(self.ids, list(users), list(items), list(recent), torch.from_numpy(np.stack(dense)),
                             torch.tensor(labels, dtype=torch.float32))
         train_step(self.model, self.optimizer, batch)
         self.pending = []
@@ -69,13 +70,30 @@ class IncrementalModel:
         """A copy of the weights (training goes on in place)."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def warm_start(self, item_id: str, like: Sequence[str], taken_rows: set[int]) -> bool:
-        """Set a new item's row to the mean of the rows of ``like`` (e.g. the most trained-on items),
-        unless its row is in ``taken_rows`` (another known item hashes there). Returns whether it did."""
-        row = int(bucket_tensor([item_id], self.cfg.item_buckets)[0])
-        if row in taken_rows or not like:
-            return False
-        table = item_embeddings(self.model)  # a detached view of the live table
+    def start_item(self, item_id: str, popular: Sequence[str], known_rows: set[int]) -> None:
+        """A hashed item new to the catalogue: its row starts at the mean of ``popular`` items' rows,
+        unless another known item already hashes there (``known_rows``, updated here)."""
+        row = int(self.ids.items.rows([item_id])[0])
+        if self.ids.managed or row in known_rows:
+            return  # managed rows are started at admission (:meth:`admit`)
+        known_rows.add(row)
+        self.init_row(ITEM_TABLE, row, self.ids.items.rows(popular))
+
+    def admit(self, event_user: str, event_item: str, t_ms: int, popular: Sequence[str]) -> None:
+        """Managed ids: count the event's user and item; a newly admitted user starts at the shared
+        row (what an unknown user looked like), a newly admitted item at popular items' mean."""
+        if not self.ids.managed:
+            return
+        if (row := self.ids.users.observe(event_user, t_ms)) is not None:
+            self.init_row(USER_TABLE, row, torch.tensor([SHARED_ROW]))
+        if (row := self.ids.items.observe(event_item, t_ms)) is not None:
+            self.init_row(ITEM_TABLE, row, self.ids.items.rows([p for p in popular if p != event_item]))
+
+    def init_row(self, table: str, row: int, like_rows: torch.Tensor) -> None:
+        """Start a row (a new item's, a newly admitted id's) at the mean of ``like_rows`` of the same
+        table instead of its random init or a previous owner's values."""
+        if not len(like_rows):
+            return
+        weights = self.model.sparse_arch.embedding_bag_collection.embedding_bags[table].weight
         with torch.no_grad():
-            table[row] = table.index_select(0, bucket_tensor(list(like), self.cfg.item_buckets)).mean(dim=0)
-        return True
+            weights[row] = weights.detach().index_select(0, like_rows).mean(dim=0)

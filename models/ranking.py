@@ -32,7 +32,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from infra.settings import ModelSettings
-from models.ids import bucket_tensor
+from models.id_table import ModelIds, id_rows
 
 SPARSE_KEYS = ("user_id", "item_id", "recent_items")
 USER_TABLE = "user"
@@ -180,16 +180,17 @@ class Batch:
     labels: torch.Tensor | None = None  # (B,) float32
 
     @classmethod
-    def build(cls, cfg: ModelSettings, users: Sequence[str], items: Sequence[str], recent: Sequence[Sequence[str]],
-              dense: torch.Tensor, labels: torch.Tensor | None = None) -> "Batch":
-        """Hash ids into rows and lay them out as TorchRec expects (keys, then examples)."""
+    def build(cls, mapping: "ModelSettings | ModelIds", users: Sequence[str], items: Sequence[str],
+              recent: Sequence[Sequence[str]], dense: torch.Tensor, labels: torch.Tensor | None = None) -> "Batch":
+        """Map ids to rows (hashed for plain settings, else the version's ``ModelIds``) and lay them
+        out as TorchRec expects (keys, then examples)."""
         n = len(users)
         if not (len(items) == len(recent) == n == dense.shape[0]):
             raise ValueError(f"batch parts disagree: {n} users, {len(items)} items, {len(recent)} recent lists, "
                              f"{dense.shape[0]} dense rows")
         flat_recent = [i for r in recent for i in r]
-        return cls.from_rows(bucket_tensor(users, cfg.user_buckets), bucket_tensor(items, cfg.item_buckets),
-                             bucket_tensor(flat_recent, cfg.item_buckets),
+        ids = id_rows(mapping)
+        return cls.from_rows(ids.users.rows(users), ids.items.rows(items), ids.items.rows(flat_recent),
                              torch.tensor([len(r) for r in recent], dtype=torch.long), dense, labels)
 
     @classmethod

@@ -113,7 +113,7 @@ class ModelRegistry:
 
     def publish_model(self, state: Mapping[str, torch.Tensor], meta: dict, catalogue: Mapping[str, int],
                       base: tuple[str, Mapping[str, torch.Tensor]] | None = None, delta_threshold: float = 0.0,
-                      extra_dirs: Mapping[str, Path] = ()) -> tuple[str, dict[str, int], str | None]:
+                      extra_dirs: Mapping[str, Path] = (), extra_files: Mapping[str, Path] = ()) -> tuple[str, dict[str, int], str | None]:
         """Publish a model version with its catalogue (item -> training count) and, given the
         ``base`` (version, weights) it replaces, a ``delta-from-<base>``. Returns (version, delta rows
         per table, why no delta could be made or None)."""
@@ -125,7 +125,7 @@ class ModelRegistry:
         no_delta = None
         with tempfile.TemporaryDirectory() as tmp:
             dirs = dict(extra_dirs)
-            files = {CATALOGUE: Path(tmp) / CATALOGUE}
+            files = {CATALOGUE: Path(tmp) / CATALOGUE, **dict(extra_files)}
             ranked = sorted(catalogue.items(), key=lambda kv: (-kv[1], kv[0]))
             files[CATALOGUE].write_text(json.dumps({"items": [k for k, _ in ranked], "counts": [int(v) for _, v in ranked]}))
             if base is not None:

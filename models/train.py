@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from infra.settings import ModelSettings
-from models.ids import bucket_tensor
+from models.id_table import ModelIds, id_rows
 from models.ranking import Batch, train_step
 
 
@@ -34,10 +34,10 @@ class Examples:
         return Examples(self.users[index], self.items[index], [self.recent[i] for i in index], self.dense[index],
                         None if self.labels is None else self.labels[index])
 
-    def batches(self, cfg: ModelSettings, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+    def batches(self, mapping: "ModelSettings | ModelIds", batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         """Mini-batches in a seeded random order (``rng``) or in row order (``rng=None``); ids are
-        hashed into rows once, not once per epoch."""
-        rows = self._rows(cfg)
+        mapped to rows once (hashed for plain settings, else the ``ModelIds``), not once per epoch."""
+        rows = self._rows(id_rows(mapping))
         order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
@@ -49,14 +49,14 @@ class Examples:
                                   torch.from_numpy(rows["recent"][gather]), torch.from_numpy(lengths),
                                   torch.from_numpy(self.dense[index]), labels)
 
-    def _rows(self, cfg: ModelSettings) -> dict[str, np.ndarray]:
-        key = (cfg.user_buckets, cfg.item_buckets)
+    def _rows(self, ids: ModelIds) -> dict[str, np.ndarray]:
+        key = ids.key
         if getattr(self, "_rows_key", None) != key:
             lengths = np.array([len(r) for r in self.recent], dtype=np.int64)
             self._rows_cache = {
-                "users": bucket_tensor(self.users, cfg.user_buckets).numpy(),
-                "items": bucket_tensor(self.items, cfg.item_buckets).numpy(),
-                "recent": bucket_tensor([i for r in self.recent for i in r], cfg.item_buckets).numpy(),
+                "users": ids.users.rows(self.users).numpy(),
+                "items": ids.items.rows(self.items).numpy(),
+                "recent": ids.items.rows([i for r in self.recent for i in r]).numpy(),
                 "recent_lengths": lengths,
                 "recent_offsets": np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
             }
@@ -73,8 +73,8 @@ class TrainLog:
 
 
 def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: Examples, cfg: ModelSettings,
-        epochs: int, batch_size: int, seed: int, progress: bool = True) -> TrainLog:
-    """Train in place for ``epochs`` passes; returns the losses."""
+        epochs: int, batch_size: int, seed: int, progress: bool = True, ids: ModelIds | None = None) -> TrainLog:
+    """Train in place for ``epochs`` passes (rows from ``ids``, hashed by default); returns the losses."""
     import time
 
     rng = np.random.default_rng(seed)
@@ -84,7 +84,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: Exam
     for epoch in range(epochs):
         losses = []
         n_batches = (len(examples) + batch_size - 1) // batch_size
-        bar = tqdm(examples.batches(cfg, batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}/{epochs}",
+        bar = tqdm(examples.batches(ids or cfg, batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}/{epochs}",
                    unit="batch", disable=None if progress else True)
         for batch in bar:
             losses.append(train_step(model, optimizer, batch))

@@ -26,6 +26,8 @@ from typing import Callable
 
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, check_compatible
 from models import delta as model_delta
+from infra.settings import ModelSettings
+from models.id_table import IDS_FILE, model_ids
 from models.registry import META, ModelIntegrityError, ModelRegistry
 from serving.served_model import Lineage, ServedModel, SmokeTestFailed
 
@@ -77,14 +79,14 @@ class ModelLoader:
         self._check_features(meta)
         items, counts = self.registry.catalogue(version)
         return ServedModel.build(version, state, meta, items, counts,
-                                 Lineage("full", load_ms=(time.perf_counter() - started) * 1000))
+                                 Lineage("full", load_ms=(time.perf_counter() - started) * 1000), ids=self._ids(version, meta))
 
     def via_deltas(self, served: ServedModel, chain: list[tuple[str, str]]) -> ServedModel:
         started = time.perf_counter()
         state, digest = served.state, served.digest
         for version, base in chain:
             # the delta and the small files, not the full weights: that is the point of a delta
-            self.registry.verify(version, only=(f"delta-from-{base}/", META, "catalogue.json"))
+            self.registry.verify(version, only=(f"delta-from-{base}/", META, "catalogue.json", IDS_FILE))
             state, digest = model_delta.merge_with_digest(self.registry.path(version) / f"delta-from-{base}", state,
                                                           base, base_digest=digest)
         target = chain[-1][0]
@@ -93,7 +95,10 @@ class ModelLoader:
         items, counts = self.registry.catalogue(target)
         return ServedModel.build(target, state, meta, items, counts, Lineage(
             "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
-            load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest)
+            load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest, ids=self._ids(target, meta))
+
+    def _ids(self, version: str, meta: dict):  # noqa: ANN202 - models.id_table.ModelIds
+        return model_ids(ModelSettings(**meta["model"]), self.registry.path(version))
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

@@ -18,7 +18,7 @@ import torch
 from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings
 from models.delta import state_digest
-from models.ids import bucket, bucket_tensor
+from models.id_table import ModelIds, id_rows
 from models.ranking import Batch, build_model, item_embeddings, predict
 
 
@@ -54,6 +54,7 @@ class ServedModel:
     item_rows: torch.Tensor  # embedding rows of the catalogue items
     item_unit: torch.Tensor  # their embeddings, L2-normalised (nearest neighbours)
     lineage: Lineage
+    ids: ModelIds  # which row each user/item id uses (hashed, or the version's managed tables)
     known_digest: str | None = None  # the weights' digest when the loader verified it already (a merged delta)
 
     @cached_property
@@ -64,7 +65,7 @@ class ServedModel:
     @classmethod
     def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
               counts: Sequence[int], lineage: Lineage, warm_up: bool = True,
-              digest: str | None = None) -> "ServedModel":
+              digest: str | None = None, ids: ModelIds | None = None) -> "ServedModel":
         """``warm_up=False`` when a model of the same architecture already ran in this process
         (a merged delta): its batch shapes are planned already."""
         cfg = ModelSettings(**meta["model"])
@@ -73,11 +74,12 @@ class ServedModel:
         model.load_state_dict(dict(state), strict=True, assign=True)
         model.eval()
         catalogue = np.asarray(list(items), dtype=object)
-        rows = bucket_tensor(catalogue.tolist(), cfg.item_buckets)
+        ids = ids or id_rows(cfg)
+        rows = ids.items.rows(catalogue.tolist())
         vectors = item_embeddings(model).index_select(0, rows)
         unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
-                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, digest)
+                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, ids, digest)
         served.smoke_test()
         if warm_up:
             served.warm_up()
@@ -87,7 +89,7 @@ class ServedModel:
         idx = [self.index.get(i, -1) for i in items]
         if all(i >= 0 for i in idx):
             return self.item_rows[torch.tensor(idx, dtype=torch.long)]
-        return bucket_tensor(items, self.cfg.item_buckets)
+        return self.ids.items.rows(items)
 
     def score(self, user_id: str, recent: Sequence[str], user_dense: np.ndarray, items: Sequence[str],
               item_dense: np.ndarray) -> np.ndarray:
@@ -97,13 +99,13 @@ class ServedModel:
             return np.zeros(0, dtype=np.float32)
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD
-        recent_rows = bucket_tensor(recent, self.cfg.item_buckets)
+        recent_rows = self.ids.items.rows(recent)
         dense = np.zeros((size, user_dense.size + item_dense.shape[1]), dtype=np.float32)
         dense[:, :user_dense.size] = user_dense.reshape(1, -1)
         dense[:n, user_dense.size:] = item_dense
         rows = self.item_rows_for(items)
         rows = torch.cat([rows, rows[:1].expand(size - n)]) if size > n else rows
-        batch = Batch.from_rows(torch.full((size,), bucket(user_id, self.cfg.user_buckets), dtype=torch.long),
+        batch = Batch.from_rows(self.ids.users.rows([user_id]).expand(size),
                                 rows, recent_rows.repeat(size), torch.full((size,), len(recent), dtype=torch.long),
                                 torch.from_numpy(dense))
         return predict(self.model, batch).numpy()[:n]
@@ -113,7 +115,7 @@ class ServedModel:
         if not recent or n <= 0 or not len(self.catalogue):
             return []
         table = item_embeddings(self.model)
-        query = table.index_select(0, bucket_tensor(recent, self.cfg.item_buckets)).mean(dim=0)
+        query = table.index_select(0, self.ids.items.rows(recent)).mean(dim=0)
         query = query / query.norm().clamp_min(1e-12)
         sims = self.item_unit @ query
         top = torch.topk(sims, min(n, len(self.catalogue)))

@@ -156,3 +156,48 @@ def test_a_nightly_version_supersedes_the_online_ones(nightly):
     latest = registry.meta(registry.served())
     assert latest["kind"] == ONLINE and latest["base_version"] == result.version
     assert latest[ONLINE]["nightly_version"] == result.version
+
+
+def test_managed_ids_admit_after_k_occurrences_and_expire(stack_settings, tmp_path):
+    """model.ids=managed end to end: nightly tables from the training events, the served model
+    looks rows up in them, the learner admits a new user on its second event and expires ids
+    unseen for model.id_ttl_days at publish time."""
+    from models.id_table import SHARED_ROW, model_ids
+    from serving.hot_swap import ModelLoader
+    from features.model_inputs import feature_spec
+
+    s = isolated(stack_settings, tmp_path)
+    s = s.model_copy(update={
+        "model": s.model.model_copy(update={"ids": "managed", "id_min_count": 2, "id_ttl_days": 30.0,
+                                            "user_buckets": 3000, "item_buckets": 3000}),
+        "training": s.training.model_copy(update={"epochs": 1, "validation_days": 1.0}),
+        "online": s.online.model_copy(update={"publish_every_events": 100_000})})
+    apply(s)
+    events = sorted(load_events(s.ml100k_path).events, key=lambda e: (e.event_time, e.event_id))[:3000]
+    _produce(s, events)
+    _land_topic_in_lake(s)
+    nightly = retrain.run(s, progress=False).version
+    registry = ModelRegistry(s.paths.models_dir)
+    ids = model_ids(s.model, registry.path(nightly))
+    users = Counter(e.user_id for e in events)
+    assert ids.managed and len(ids.users) > 0
+    assert set(ids.users.row_of) <= {u for u, n in users.items() if n >= 2}  # the frequency filter
+    assert len(set(ids.users.row_of.values())) == len(ids.users)  # no two users share a row
+    served = ModelLoader(registry, lambda: feature_spec(s)).full(nightly)
+    known = next(iter(ids.users.row_of))
+    assert served.ids.users.rows([known, "never-seen"]).tolist() == [ids.users.row_of[known], SHARED_ROW]
+
+    later = events[-1].event_time + 60 * 86_400_000  # two months on: everyone else is past the 30-day TTL
+    newbie = [Event(event_id=f"newbie-{i}", user_id="newbie", item_id=events[i].item_id, event_type=EventType.RATING,
+                    value=5.0, event_time=later + i * 1000) for i in range(3)]
+    _produce(s, newbie[:1])
+    first = learn.run(s, idle_exit_s=2.0)
+    assert first.trained == 1
+    after_one = model_ids(s.model, registry.path(registry.served()))
+    assert "newbie" not in after_one.users.row_of and after_one.users.waiting["newbie"][0] == 1
+    _produce(s, newbie[1:])
+    second = learn.run(s, idle_exit_s=2.0)
+    assert second.trained == 2
+    after_three = model_ids(s.model, registry.path(registry.served()))
+    assert "newbie" in after_three.users.row_of  # admitted on its second event
+    assert set(after_three.users.row_of) == {"newbie"}  # everyone else expired (unseen for > 30 days)
