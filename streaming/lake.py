@@ -53,6 +53,27 @@ def append_events(settings: Settings, events: Sequence["Event"], first_offset: i
         for i, e in enumerate(events)])
 
 
+def land_topic(settings: Settings) -> int:
+    """Every valid record of the events topic into the lake with its Kafka partition and offset, as
+    the stream job's lake sink writes them (idempotent: rows already landed are skipped). For
+    tests, benchmarks and one-off imports without a running job; returns rows written."""
+    from streaming.events import InvalidEvent, decode_event
+    from streaming.topics import scan_topic
+
+    rows: dict[int, list] = {}
+
+    def visit(r) -> None:  # noqa: ANN001 - a kafka ConsumerRecord
+        try:
+            e = decode_event(r.value or b"", settings.producer.max_event_bytes)
+        except InvalidEvent:
+            return
+        rows.setdefault(r.partition, []).append((e.event_id, e.user_id, e.item_id, e.event_type.value, e.value,
+                                                 e.event_time, None, r.partition, r.offset, False, r.timestamp))
+
+    scan_topic(settings, settings.topics.events, visit=visit)
+    return LakeWriter.for_settings(settings).append_many(rows)
+
+
 def topic_epoch(settings: Settings) -> str:
     """The topic incarnation used in transaction ids (see StreamSettings.topic_epoch)."""
     if settings.stream.topic_epoch:

@@ -15,7 +15,7 @@ from batch.online_learner import ONLINE, OnlineLearner
 from features.store import apply
 from models.registry import ModelRegistry
 from streaming.events import Event, EventType
-from streaming.lake import LakeWriter
+from streaming.lake import land_topic
 from streaming.producer import EventProducer
 from streaming.replay import load_events
 from streaming.topics import scan_topic
@@ -29,19 +29,6 @@ def _produce(settings, events) -> None:
         for e in events:
             producer.send(e)
         producer.flush()
-
-
-def _land_topic_in_lake(settings) -> int:
-    """What the stream job's lake sink does: every valid record with its partition and offset."""
-    rows: dict[int, list] = {}
-
-    def visit(r) -> None:  # noqa: ANN001 - a kafka ConsumerRecord
-        e = Event.model_validate_json(r.value)
-        rows.setdefault(r.partition, []).append((e.event_id, e.user_id, e.item_id, e.event_type.value, e.value,
-                                                 e.event_time, None, r.partition, r.offset, False, r.timestamp))
-
-    scan_topic(settings, settings.topics.events, visit=visit)
-    return LakeWriter.for_settings(settings).append_many(rows)
 
 
 def _end_offsets(settings) -> dict[int, int]:
@@ -70,7 +57,7 @@ def nightly(stack_settings, tmp_path_factory):
     apply(s)
     events = sorted(load_events(s.ml100k_path).events, key=lambda e: (e.event_time, e.event_id))
     _produce(s, events[:NIGHTLY_EVENTS])
-    assert _land_topic_in_lake(s) == NIGHTLY_EVENTS
+    assert land_topic(s) == NIGHTLY_EVENTS
     result = retrain.run(s, progress=False)
     assert result.promoted
     return s, events, result.version
@@ -136,7 +123,7 @@ def test_a_nightly_version_supersedes_the_online_ones(nightly):
     registry = ModelRegistry(s.paths.models_dir)
     online_served = registry.served()
     assert registry.meta(online_served)["kind"] == ONLINE
-    _land_topic_in_lake(s)  # the stream job's lake sink caught up: the next nightly sees everything so far
+    land_topic(s)  # the stream job's lake sink caught up: the next nightly sees everything so far
     result = retrain.run(s, progress=False, promote=False)
     meta = registry.meta(result.version)
     assert meta["compared_version"] == v_first  # not the online version, which trained on this validation period
@@ -175,7 +162,7 @@ def test_managed_ids_admit_after_k_occurrences_and_expire(stack_settings, tmp_pa
     apply(s)
     events = sorted(load_events(s.ml100k_path).events, key=lambda e: (e.event_time, e.event_id))[:3000]
     _produce(s, events)
-    _land_topic_in_lake(s)
+    land_topic(s)
     nightly = retrain.run(s, progress=False).version
     registry = ModelRegistry(s.paths.models_dir)
     ids = model_ids(s.model, registry.path(nightly))
