@@ -72,17 +72,42 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
 
 
 def _replay(settings: Settings, console: Console, events: list[Event], speedup: float | None, label: str) -> int:
-    from streaming import stream_runner
-
     already = scan_topic(settings, settings.topics.events, idle_ms=500).records
     with EventProducer(settings) as producer:
         result = send_events(producer, events, pacer=Pacer(speedup=speedup), description=label)
     console.print(f"acknowledged {result.report.acked:,} events at {result.rate:,.0f} ev/s")
+    _caught_up(settings, console, already + result.report.acked)
+    return result.report.acked
+
+
+def _caught_up(settings: Settings, console: Console, expected: int) -> None:
+    from streaming import stream_runner
+
     with console.status("waiting for the stream job to catch up..."):
-        metrics = stream_runner.wait_idle(settings, already + result.report.acked, timeout_s=600)
+        metrics = stream_runner.wait_idle(settings, expected, timeout_s=600)
     console.print(f"stream job: {metrics.get('events_in', 0):,} records read, {metrics.get('late', 0):,} late, "
                   f"{metrics.get('dlq', 0):,} to the DLQ")
-    return result.report.acked
+
+
+def _prequential_replay(settings: Settings, console: Console, url: str, history: list[Event], held_out: list[Event]):  # noqa: ANN202 - serving.holdout.PrequentialResult
+    """The held-out events through the live system a minute at a time (serving.holdout.prequential)."""
+    from serving import holdout
+
+    already = scan_topic(settings, settings.topics.events, idle_ms=500).records
+    with EventProducer(settings) as producer, console.status("recommend, send, wait for the features ...") as status:
+        sent = [0]
+
+        def send(group: list[Event]) -> None:
+            for e in group:
+                producer.send(e)
+            producer.flush()
+            sent[0] += len(group)
+            status.update(f"recommend, send, wait for the features ... {sent[0]:,}/{len(held_out):,} events")
+
+        result = holdout.prequential(url, settings, history, held_out, send)
+    console.print(f"sent {sent[0]:,} events in one-minute groups")
+    _caught_up(settings, console, already + len(held_out))  # the lake holds them before the retrain
+    return result
 
 
 def _retrain(settings: Settings, console: Console, title: str):  # noqa: ANN202 - batch.retrain.RetrainResult
@@ -151,8 +176,10 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     check = holdout.evaluate(url, settings.training, history, last_days, k=10)
     console.print(f"[bold]{check.describe()}[/]")
 
-    console.rule(f"[bold]6. the held-out day arrives: replay {len(last_days):,} events")
-    sent += _replay(settings, console, last_days, speedup, "replay last day")
+    console.rule(f"[bold]6. the held-out day arrives: {len(last_days):,} events, recommend before each minute, then send it")
+    per_event = _prequential_replay(settings, console, url, history, last_days)
+    console.print(f"[bold]{per_event.describe()}[/]")
+    sent += len(last_days)
     second = _retrain(settings, console, "7. next nightly retrain: new version + delta")
     model = _wait_for_version(url, second.version)
     served = model["served"]
@@ -171,6 +198,8 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     summary.add_row("Delta `events` rows", f"{lake.num_rows:,}")
     summary.add_row("model versions", ", ".join(f"{e['version']} ({e['outcome']})" for e in model["swaps"]))
     summary.add_row(f"HR@{check.k} held-out ({check.users} users)", f"API {check.hr_api:.3f} vs popularity {check.hr_popularity:.3f}")
+    summary.add_row(f"HR@{per_event.k} per held-out event ({per_event.events})",
+                    f"API {per_event.hr_api:.3f} vs popularity {per_event.hr_popularity:.3f}")
     summary.add_row("model metrics (last retrain)", f"AUC {second.metrics['auc']:.3f}, HR@10 {second.metrics['hr_at_k']:.3f} "
                     f"(popularity {second.popularity['hr_at_k']:.3f})")
     summary.add_row("/recommendations latency", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (sequential, {url})")
