@@ -52,12 +52,14 @@ def _consumer(settings: Settings, start: dict[int, int]) -> KafkaConsumer:
 
 def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int | None = None,
         stop: Callable[[], bool] = lambda: False, on_publish: Callable[[PublishResult], None] = lambda r: None,
-        learner: OnlineLearner | None = None) -> LearnReport:
+        learner: OnlineLearner | None = None, on_progress: Callable[[], None] = lambda: None) -> LearnReport:
     """Consume, train and publish until ``stop()``, ``max_events`` trained, or (``idle_exit_s``) no
-    new event for that long; whatever was trained is published before returning (Ctrl-C too)."""
+    new event for that long; whatever was trained is published before returning (Ctrl-C too).
+    ``on_progress`` runs after the start and after every batch of records."""
     learner = learner or OnlineLearner(settings)
     report = LearnReport()
     consumer = _consumer(settings, learner.start())
+    on_progress()
     idle_since = time.monotonic()
     limit = max_events if max_events is not None else float("inf")
     try:
@@ -80,6 +82,7 @@ def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int
                 report.trained += learner.offer(partition, r.offset, event)
             if records:
                 idle_since = time.monotonic()
+                on_progress()
             elif idle_exit_s is not None and time.monotonic() - idle_since >= idle_exit_s:
                 break
             if learner.due():

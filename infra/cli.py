@@ -25,11 +25,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.learn_runner import stop as stop_learner
     from infra.services import down
     from serving.runner import stop as stop_api
     from streaming.stream_runner import stop as stop_stream
 
-    stopped = (["API"] if stop_api(settings) else []) + (["stream job"] if stop_stream(settings) else []) + down(settings)
+    stopped = (["learner"] if stop_learner(settings) else []) + (["API"] if stop_api(settings) else []) \
+        + (["stream job"] if stop_stream(settings) else []) + down(settings)
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     return 0
 
@@ -182,6 +184,8 @@ def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
     if update:
         settings = settings.model_copy(update={"online": o.model_copy(update=update)})
     o = settings.online
+    if args.action != "run":
+        return _learn_service(settings, args.action)
     console.print(f"[bold]learn[/]: training the served model on {settings.topics.events}; a delta every "
                   f"{o.publish_every_s:g} s or {o.publish_every_events:,} events (Ctrl-C stops after publishing)")
 
@@ -193,6 +197,27 @@ def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
     report = learn.run(settings, idle_exit_s=args.idle_exit_s, max_events=args.max_events, on_publish=published)
     console.print(f"consumed {report.consumed:,}, trained {report.trained:,}, invalid skipped {report.skipped_invalid:,}, "
                   f"{len(report.published)} versions published, {report.rebases} rebases onto a newer served version")
+    return 0
+
+
+def _learn_service(settings: Settings, action: str) -> int:
+    from batch import learn_runner
+
+    log = settings.paths.log_dir / "learn.log"
+    if action == "start":
+        pid = learn_runner.start(settings)
+        console.print(f"[green]✓[/] learner running (pid {pid}); log {log}; `recsys learn stop` publishes and stops it")
+        return 0
+    if action == "stop":
+        console.print("learner stopped (what it trained is published)" if learn_runner.stop(settings)
+                      else "learner was not running")
+        return 0
+    pid, status = learn_runner.running_pid(settings), learn_runner.read_status(settings)
+    if pid is None:
+        console.print("[red]●[/] learner: stopped" + (f" (last version {status['version']})" if status else ""))
+        return 3
+    console.print(f"[green]●[/] learner: running (pid {pid}), from {status['version'] if status else '?'}; "
+                  f"{status['published'] if status else 0} versions published; offsets {status['offsets'] if status else {}}")
     return 0
 
 
@@ -418,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--quiet", action="store_true")
 
     learn = sub.add_parser("learn", help="the streaming trainer: train the served model on new events, publish minute-level deltas")
+    learn.add_argument("action", nargs="?", default="run", choices=["run", "start", "stop", "status"],
+                       help="run in the foreground (default), or start|stop|status in the background")
     learn.add_argument("--every-s", type=float, help="publish at most this often (default online.publish_every_s)")
     learn.add_argument("--every-events", type=int, help="... or after this many events (default online.publish_every_events)")
     learn.add_argument("--idle-exit-s", type=float, help="stop after this many seconds without a new event (default: run until Ctrl-C)")

@@ -188,3 +188,39 @@ def test_managed_ids_admit_after_k_occurrences_and_expire(stack_settings, tmp_pa
     after_three = model_ids(s.model, registry.path(registry.served()))
     assert "newbie" in after_three.users.row_of  # admitted on its second event
     assert set(after_three.users.row_of) == {"newbie"}  # everyone else expired (unseen for > 30 days)
+
+
+def test_learner_service_starts_publishes_and_stops_without_losing_events(nightly):
+    import time
+
+    from batch import learn_runner
+
+    s, events, _ = nightly
+    s = s.model_copy(update={"online": s.online.model_copy(update={"publish_every_events": 100, "publish_every_s": 3600})})
+    registry = ModelRegistry(s.paths.models_dir)
+    pid = learn_runner.start(s)
+
+    def wait_for(check, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    try:
+        assert learn_runner.running_pid(s) == pid
+        before = registry.served()
+        _produce(s, events[NIGHTLY_EVENTS + 2800:NIGHTLY_EVENTS + 2900])  # 100 events: one publish is due
+        wait_for(lambda: registry.served() != before, "the learner published and promoted a version")
+        published = registry.served()
+        _produce(s, events[NIGHTLY_EVENTS + 2900:NIGHTLY_EVENTS + 2950])  # 50: trained, not yet due
+        ends = _end_offsets(s)
+        wait_for(lambda: {int(p): o for p, o in learn_runner.read_status(s)["offsets"].items()} == ends,
+                 "the learner trained the last 50 events")
+        assert registry.served() == published and learn_runner.read_status(s)["pid"] == pid
+    finally:
+        assert learn_runner.stop(s)
+    assert learn_runner.running_pid(s) is None
+    assert learn_runner.read_status(s)["state"] == "stopped"
+    final = registry.served()
+    assert final != published  # stopping published the 50 trained events ...
+    assert {int(p): o for p, o in registry.meta(final)[ONLINE]["offsets"].items()} == ends  # ... and nothing was lost
