@@ -8,9 +8,10 @@ user has not interacted with yet, and the event's item is looked up in their top
 * ``static``: a model trained once on the history and never again;
 * ``daily``: retrained from scratch on everything so far at every ``retrain_every_days``
   boundary of event time (what the nightly job + its delta give the API);
-* ``online``: the daily model, plus the streaming trainer's updates after every event (embedding
-  rows at ``online.sparse_lr``, in micro-batches of ``online.batch_size``; a micro-batch is what
-  a minute-level delta carries at these event rates).
+* ``online``: the daily model, plus the streaming trainer's updates (embedding rows at
+  ``online.sparse_lr``): a step whenever ``online.batch_size`` examples are waiting, and whatever
+  is waiting once ``online.publish_every_s`` of event time has passed (the learner trains what
+  it has before each minute-level publish).
 
 Then the event is fed: features (``features.live``: the stream job's state classes), examples
 (``batch.event_examples``: the nightly job's labels and negatives), the online model. All four
@@ -182,6 +183,7 @@ class Prequential:
         static = daily = self._nightly()
         online = self._online_from(daily)
         next_retrain = eval_start_ms + self.every_ms
+        publish_ms, last_publish = int(self.settings.online.publish_every_s * 1000), eval_start_ms
         tallies = {s: Tally() for s in STRATEGIES}
         days: dict[str, dict[str, Tally]] = {}
         for j, e in enumerate(tqdm(stream, desc="prequential", unit="ev", disable=None if self.progress else True)):
@@ -191,6 +193,9 @@ class Prequential:
                 online = self._online_from(daily)
                 while next_retrain <= e.event_time:
                     next_retrain += self.every_ms
+            if online.pending and e.event_time - last_publish >= publish_ms:
+                online.flush()  # the learner publishes what it has every online.publish_every_s of event time
+                last_publish = e.event_time
             label = label_of(self.settings.training, e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):
                 self._evaluate(e, {"static": static, "daily": daily, "online": online.model}, tallies, days)
