@@ -36,6 +36,7 @@ class Backfill:
     user_time: dict[str, int] = field(repr=False)
     item_time: dict[str, int] = field(repr=False)
     snapshots: dict[str, list[dict]] = field(default_factory=dict, repr=False)  # view -> rows over time
+    next_offsets: dict[int, int] = field(default_factory=dict)  # per Kafka partition: the offset after the last row folded
 
     def snapshot_frames(self) -> dict[str, pd.DataFrame]:
         return {view: pd.DataFrame(rows) for view, rows in self.snapshots.items() if rows}
@@ -64,8 +65,9 @@ def _ts(ms: int) -> datetime:
 
 
 def compute(settings: Settings, version: int | None = None, progress: bool = True,
-            snapshot_every_ms: int | None = None) -> Backfill:
-    """Fold the events table (at ``version``, default latest) through the feature definitions.
+            snapshot_every_ms: int | None = None, below: dict[int, int] | None = None) -> Backfill:
+    """Fold the events table (at ``version``, default latest) through the feature definitions;
+    with ``below``, only the rows whose Kafka offset is below ``below[partition]``.
 
     Without ``snapshot_every_ms`` the fold follows the job's order (per partition, by offset):
     the final values equal the streamed ones. With it, the fold follows event time and records,
@@ -76,6 +78,8 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     cols = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "kafka_partition", "kafka_offset", "late"]
     order = ["kafka_partition", "kafka_offset"] if snapshot_every_ms is None else ["event_time", "kafka_partition", "kafka_offset"]
     df = table.to_pandas(columns=cols).sort_values(order, kind="stable")
+    if below is not None:
+        df = df[df["kafka_offset"] < df["kafka_partition"].map(lambda p: below.get(int(p), 0))]
     late = int(df["late"].sum())
     df = df[~df["late"]]
     cfg = settings.features
@@ -93,7 +97,8 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
             item_time[touched_id] = max(item_time.get(touched_id, 0), event_time)
         if snapshot_every_ms is not None:
             _snapshot(cfg, snapshots, last_snap, snapshot_every_ms, event_time, user_id, user, touched, fold.items)
-    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time, snapshots)
+    next_offsets = {int(p): int(o) + 1 for p, o in df.groupby("kafka_partition")["kafka_offset"].max().items()}
+    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time, snapshots, next_offsets)
 
 
 _VIEWS = (names.USER_STATS, names.USER_RECENT, names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT)

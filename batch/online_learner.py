@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batch import backfill
 from batch.event_examples import EventExamples
 from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
@@ -41,7 +42,6 @@ from models.id_table import IDS_FILE, model_ids
 from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
-from streaming.lake import open_table
 
 ONLINE = "online"
 WARM_START_FROM = 100  # a new item's row starts at the mean of this many most trained-on items' rows
@@ -71,26 +71,16 @@ class PublishResult:
 
 
 def fold_lake(settings: Settings, table_version: int | None, below: dict[int, int] | None) -> tuple[InMemoryFeatures, dict[int, int]]:
-    """Feature state from the Delta events table (at ``table_version``, default latest), folded in
-    the stream job's order; only rows below ``below[partition]`` when given. Returns the state and,
-    per partition, the offset after the last row folded."""
+    """Feature state from the Delta events table (the backfill's fold, in the stream job's order; at
+    ``table_version``, default latest; only rows below ``below[partition]`` when given). Returns the
+    state and, per partition, the offset after the last row folded."""
     fold = InMemoryFeatures(settings.features)
     try:
-        table = open_table(settings.paths.events_table, table_version)
-    except FileNotFoundError:
+        done = backfill.compute(settings, version=table_version, progress=False, below=below)
+    except FileNotFoundError:  # no events table yet: nothing to fold
         return fold, {}
-    cols = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "kafka_partition", "kafka_offset", "late"]
-    df = table.to_pandas(columns=cols)
-    df = df[~df["late"]]
-    if below is not None:
-        limit = df["kafka_partition"].map(lambda p: below.get(int(p), 0))
-        df = df[df["kafka_offset"] < limit]
-    df = df.sort_values(["kafka_partition", "kafka_offset"], kind="stable")
-    values = df["value"].astype(object).where(df["value"].notna(), None)
-    for row in zip(df["event_id"], df["user_id"], df["item_id"], df["event_type"], values, df["event_time"].astype(int)):
-        fold.add(*row)
-    folded = df.groupby("kafka_partition")["kafka_offset"].max()
-    return fold, {int(p): int(o) + 1 for p, o in folded.items()}
+    fold.users, fold.items = done.users, done.items
+    return fold, done.next_offsets
 
 
 class OnlineLearner:
@@ -100,7 +90,6 @@ class OnlineLearner:
         self.settings = settings
         self.registry = registry or ModelRegistry(settings.paths.models_dir)
         self.own_versions: set[str] = set()
-        self.trained_events = 0  # since start or rebase
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -135,7 +124,6 @@ class OnlineLearner:
             self.position = Position(dict(lake_next))
         self.features = LiveFeatures(self.settings.features, self.spec, fold)
         self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start)
-        self.trained_events = 0
         self._reset_counters()
         return {p: min(lake_next.get(p, 0), o) for p, o in self.position.offsets.items()}
 
@@ -157,7 +145,6 @@ class OnlineLearner:
             self.position.offsets[partition] = offset + 1
             self._since_publish_events += 1
             self._since_publish_examples += len(rows)
-            self.trained_events += 1
         self.features.add(event.event_id, event.user_id, event.item_id, event.event_type.value, event.value,
                           event.event_time)
         return train

@@ -162,8 +162,10 @@ class ModelIds:
         """Write ``ids.parquet`` (managed tables only); returns its path."""
         if not self.managed:
             return None
-        tables = [t.to_arrow().append_column("table", pa.array([name] * t.to_arrow().num_rows, pa.string()))
-                  for name, t in (("user", self.users), ("item", self.items))]
+        tables = []
+        for name, ids in (("user", self.users), ("item", self.items)):
+            table = ids.to_arrow()
+            tables.append(table.append_column("table", pa.array([name] * table.num_rows, pa.string())))
         path = Path(directory) / IDS_FILE
         pq.write_table(pa.concat_tables(tables), path)
         return path
@@ -190,4 +192,4 @@ def model_ids(cfg, directory: Path | None = None) -> ModelIds:  # noqa: ANN001 -
 
 def id_rows(mapping) -> ModelIds:  # noqa: ANN001 - ModelSettings or ModelIds
     """Callers that only have the model settings get the hashed mapping."""
-    return mapping if isinstance(mapping, ModelIds) else ModelIds(HashedIds(mapping.user_buckets), HashedIds(mapping.item_buckets))
+    return mapping if isinstance(mapping, ModelIds) else model_ids(mapping.model_copy(update={"ids": "hashed"}))
