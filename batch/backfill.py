@@ -36,7 +36,8 @@ class Backfill:
     user_time: dict[str, int] = field(repr=False)
     item_time: dict[str, int] = field(repr=False)
     snapshots: dict[str, list[dict]] = field(default_factory=dict, repr=False)  # view -> rows over time
-    next_offsets: dict[int, int] = field(default_factory=dict)  # per Kafka partition: the offset after the last row folded
+    next_offsets: dict[int, int] = field(default_factory=dict)  # per Kafka partition: the offset after the last row read
+    max_event_time: dict[int, int] = field(default_factory=dict)  # per Kafka partition: what the stream job's lateness rule starts from
 
     def snapshot_frames(self) -> dict[str, pd.DataFrame]:
         return {view: pd.DataFrame(rows) for view, rows in self.snapshots.items() if rows}
@@ -65,9 +66,14 @@ def _ts(ms: int) -> datetime:
 
 
 def compute(settings: Settings, version: int | None = None, progress: bool = True,
-            snapshot_every_ms: int | None = None, below: dict[int, int] | None = None) -> Backfill:
+            snapshot_every_ms: int | None = None, below: dict[int, int] | None = None,
+            epoch: str | None = None) -> Backfill:
     """Fold the events table (at ``version``, default latest) through the feature definitions;
     with ``below``, only the rows whose Kafka offset is below ``below[partition]``.
+
+    With ``epoch`` (the current topic incarnation, ``streaming.lake.topic_epoch``), ``below`` and
+    ``next_offsets`` concern that incarnation's rows only: rows landed from an earlier incarnation
+    of the topic are all folded, and their offsets say nothing about the current topic.
 
     Without ``snapshot_every_ms`` the fold follows the job's order (per partition, by offset):
     the final values equal the streamed ones. With it, the fold follows event time and records,
@@ -77,9 +83,22 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     table = open_table(settings.paths.events_table, version)
     cols = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "kafka_partition", "kafka_offset", "late"]
     order = ["kafka_partition", "kafka_offset"] if snapshot_every_ms is None else ["event_time", "kafka_partition", "kafka_offset"]
-    df = table.to_pandas(columns=cols).sort_values(order, kind="stable")
+    has_epoch = "topic_epoch" in {f.name for f in table.schema().fields}
+    df = table.to_pandas(columns=cols + ["ingest_time", "topic_epoch"] * has_epoch)
+    if has_epoch and df["topic_epoch"].nunique(dropna=False) > 1:  # offsets restart per incarnation: oldest first
+        first_seen = df.groupby("topic_epoch", dropna=False)["ingest_time"].transform("min")
+        df = df.assign(_incarnation=first_seen)
+        order = ["_incarnation"] + order if snapshot_every_ms is None else order
+    df = df.sort_values(order, kind="stable")
+    if epoch is not None and has_epoch:
+        current = df["topic_epoch"] == epoch  # rows of an earlier incarnation: offsets of another topic
+    else:
+        current = pd.Series(True, index=df.index)
     if below is not None:
-        df = df[df["kafka_offset"] < df["kafka_partition"].map(lambda p: below.get(int(p), 0))]
+        df = df[~current | (df["kafka_offset"] < df["kafka_partition"].map(lambda p: below.get(int(p), 0)))]
+    by_partition = df[current[df.index]].groupby("kafka_partition")  # late rows too: they were read
+    next_offsets = {int(p): int(o) + 1 for p, o in by_partition["kafka_offset"].max().items()}
+    max_event_time = {int(p): int(t) for p, t in by_partition["event_time"].max().items()}
     late = int(df["late"].sum())
     df = df[~df["late"]]
     cfg = settings.features
@@ -97,8 +116,8 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
             item_time[touched_id] = max(item_time.get(touched_id, 0), event_time)
         if snapshot_every_ms is not None:
             _snapshot(cfg, snapshots, last_snap, snapshot_every_ms, event_time, user_id, user, touched, fold.items)
-    next_offsets = {int(p): int(o) + 1 for p, o in df.groupby("kafka_partition")["kafka_offset"].max().items()}
-    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time, snapshots, next_offsets)
+    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time, snapshots,
+                    next_offsets, max_event_time)
 
 
 _VIEWS = (names.USER_STATS, names.USER_RECENT, names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT)

@@ -26,6 +26,7 @@ class LearnReport:
     consumed: int = 0
     trained: int = 0
     skipped_invalid: int = 0
+    skipped_late: int = 0  # beyond the stream job's allowed lateness: in no feature, no training
     rebases: int = 0
     published: list[PublishResult] = field(default_factory=list)
 
@@ -91,6 +92,7 @@ def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int
         pass  # Ctrl-C: publish what was trained, below
     finally:
         consumer.close()
+        report.skipped_late = learner.late_skipped
     _publish(learner, report, on_publish)
     return report
 

@@ -78,7 +78,8 @@ def main() -> int:
         tmp = f.with_suffix(".tmp")
         tmp.write_text(json.dumps({"pid": os.getpid(), "state": state, "version": learner.version,
                                    "offsets": learner.position.to_meta(), "published": totals["published"],
-                                   "events_published": totals["events"], "updated_at": time.time()}))
+                                   "events_published": totals["events"], "late_skipped": learner.late_skipped,
+                                   "updated_at": time.time()}))
         os.replace(tmp, f)
 
     def published(result) -> None:  # noqa: ANN001 - batch.online_learner.PublishResult

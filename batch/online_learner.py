@@ -9,7 +9,10 @@ The nightly job is the floor; between two nightly runs the learner keeps the mod
   version carries its own offsets (``meta["online"]["offsets"]``): the learner folds the lake up to
   them (and re-reads from the topic, features only, whatever the lake does not hold yet), then
   trains from exactly those offsets. So offsets are checkpointed *with the model*, and a restart
-  trains no event twice and skips none.
+  trains no event twice and skips none. Offsets belong to one incarnation of the topic
+  (``streaming.lake.topic_epoch``; a restarted in-memory broker starts a new one at offset 0):
+  the lake tags each row with it, and a checkpoint from an earlier incarnation means every
+  record of the current topic is new to the model.
 * **Examples.** The same labels as the nightly job (``batch.training_data.labels``), features read
   from the state just before the event is folded in (what the point-in-time join gives a training
   row), and ``training.negatives_per_positive`` uniform negatives per positive from the catalogue
@@ -27,6 +30,7 @@ The nightly job is the floor; between two nightly runs the learner keeps the mod
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -42,6 +46,9 @@ from models.id_table import IDS_FILE, model_ids
 from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
+from streaming.lake import topic_epoch
+
+log = logging.getLogger(__name__)
 
 ONLINE = "online"
 WARM_START_FROM = 100  # a new item's row starts at the mean of this many most trained-on items' rows
@@ -70,17 +77,27 @@ class PublishResult:
     ms: float
 
 
-def fold_lake(settings: Settings, table_version: int | None, below: dict[int, int] | None) -> tuple[InMemoryFeatures, dict[int, int]]:
+@dataclass
+class LakeFold:
+    """Feature state folded from the lake, and where the current topic incarnation stands in it."""
+
+    features: InMemoryFeatures
+    next_offsets: dict[int, int]  # per partition: the offset after the last row read
+    max_event_time: dict[int, int]  # per partition: where the stream job's lateness rule stood
+
+
+def fold_lake(settings: Settings, table_version: int | None, below: dict[int, int] | None) -> LakeFold:
     """Feature state from the Delta events table (the backfill's fold, in the stream job's order; at
-    ``table_version``, default latest; only rows below ``below[partition]`` when given). Returns the
-    state and, per partition, the offset after the last row folded."""
+    ``table_version``, default latest; of the current topic incarnation only rows below
+    ``below[partition]`` when given)."""
     fold = InMemoryFeatures(settings.features)
     try:
-        done = backfill.compute(settings, version=table_version, progress=False, below=below)
+        done = backfill.compute(settings, version=table_version, progress=False, below=below,
+                                epoch=topic_epoch(settings))
     except FileNotFoundError:  # no events table yet: nothing to fold
-        return fold, {}
+        return LakeFold(fold, {}, {})
     fold.users, fold.items = done.users, done.items
-    return fold, done.next_offsets
+    return LakeFold(fold, done.next_offsets, done.max_event_time)
 
 
 class OnlineLearner:
@@ -89,6 +106,8 @@ class OnlineLearner:
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or ModelRegistry(settings.paths.models_dir)
+        self._lateness_ms = settings.stream.out_of_orderness_ms + settings.stream.allowed_lateness_ms
+        self.late_skipped = 0
         self.own_versions: set[str] = set()
         self._reset_counters()
 
@@ -106,6 +125,7 @@ class OnlineLearner:
             raise RuntimeError("nothing is served yet: run `recsys retrain` first, then `recsys learn`")
         state, meta = self.registry.load(served)
         self.version, self.meta, self.started_from = served, meta, served
+        self.epoch = topic_epoch(self.settings)  # the topic incarnation the offsets below belong to
         self.base_nightly = meta.get(ONLINE, {}).get("nightly_version", served)
         o = self.settings.online
         self.spec = FeatureSpec.from_dict(meta["features"])
@@ -118,14 +138,20 @@ class OnlineLearner:
         self._clock_ms = 0  # newest event time trained: expiry runs on event time
         if ONLINE in meta:  # our own checkpoint: fold the lake up to its offsets
             self.position = Position.from_meta(meta[ONLINE]["offsets"])
-            fold, lake_next = fold_lake(self.settings, None, self.position.offsets)
+            if meta[ONLINE].get("topic_epoch", self.epoch) != self.epoch:
+                log.warning("the events topic was recreated since %s was published (incarnation %s, now %s): "
+                            "training every record of the current topic", served, meta[ONLINE]["topic_epoch"],
+                            self.epoch)
+                self.position = Position()
+            lake = fold_lake(self.settings, None, self.position.offsets)
         else:  # a nightly version: its table version says what it was trained on
-            fold, lake_next = fold_lake(self.settings, int(meta["table_version"]), None)
-            self.position = Position(dict(lake_next))
-        self.features = LiveFeatures(self.settings.features, self.spec, fold)
+            lake = fold_lake(self.settings, int(meta["table_version"]), None)
+            self.position = Position(dict(lake.next_offsets))
+        self.features = LiveFeatures(self.settings.features, self.spec, lake.features)
+        self._max_event_time = dict(lake.max_event_time)
         self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start)
         self._reset_counters()
-        return {p: min(lake_next.get(p, 0), o) for p, o in self.position.offsets.items()}
+        return {p: min(lake.next_offsets.get(p, 0), o) for p, o in self.position.offsets.items()}
 
     def superseded(self) -> bool:
         """True when the serving pointer moved to a version this learner did not publish."""
@@ -134,9 +160,23 @@ class OnlineLearner:
 
     # -- learning ------------------------------------------------------------------------------
     def offer(self, partition: int, offset: int, event: Event) -> bool:
-        """One consumed event: trained when at or past the position, folded into features always.
-        Returns whether it was trained."""
+        """One consumed event: trained when at or past the position, folded into features always,
+        unless late. Returns whether it was trained.
+
+        Late is the stream job's rule, decided the same way (per partition, in offset order): older
+        than the partition's newest event time by more than ``stream.out_of_orderness_ms +
+        stream.allowed_lateness_ms``. The job keeps late events out of every feature and the
+        nightly job out of training; so does the learner.
+        """
         train = offset >= self.position.offsets.get(partition, 0)
+        newest = self._max_event_time.get(partition, -1)
+        if event.event_time > newest:
+            self._max_event_time[partition] = event.event_time
+        elif event.event_time < newest - self._lateness_ms:
+            if train:
+                self.position.offsets[partition] = offset + 1
+                self.late_skipped += 1
+            return False
         if train:
             self.learning.admit(event.user_id, event.item_id, event.event_time, self.examples.items[:WARM_START_FROM])
             self._clock_ms = max(self._clock_ms, event.event_time)
@@ -175,7 +215,7 @@ class OnlineLearner:
         meta.update({"kind": ONLINE, "code_version": code_version(), ONLINE: {
             "offsets": self.position.to_meta(), "nightly_version": self.base_nightly, "previous": self.version,
             "events": self._since_publish_events, "examples": self._since_publish_examples,
-            "topic": self.settings.topics.events}})
+            "topic": self.settings.topics.events, "topic_epoch": self.epoch}})
         ids = self.learning.ids
         if ids.managed:  # rows of ids unseen for model.id_ttl_days go back to the free list
             ids.users.expire(self._clock_ms)

@@ -196,6 +196,7 @@ def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
 
     report = learn.run(settings, idle_exit_s=args.idle_exit_s, max_events=args.max_events, on_publish=published)
     console.print(f"consumed {report.consumed:,}, trained {report.trained:,}, invalid skipped {report.skipped_invalid:,}, "
+                  f"late skipped {report.skipped_late:,}, "
                   f"{len(report.published)} versions published, {report.rebases} rebases onto a newer served version")
     return 0
 
@@ -217,7 +218,8 @@ def _learn_service(settings: Settings, action: str) -> int:
         console.print("[red]●[/] learner: stopped" + (f" (last version {status['version']})" if status else ""))
         return 3
     console.print(f"[green]●[/] learner: running (pid {pid}), from {status['version'] if status else '?'}; "
-                  f"{status['published'] if status else 0} versions published; offsets {status['offsets'] if status else {}}")
+                  f"{status['published'] if status else 0} versions published; offsets {status['offsets'] if status else {}}; "
+                  f"late skipped {status.get('late_skipped', 0) if status else 0:,}")
     return 0
 
 

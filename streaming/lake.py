@@ -37,12 +37,13 @@ EVENTS_SCHEMA = pa.schema(
         ("kafka_offset", pa.int64()),
         ("late", pa.bool_()),  # beyond the allowed lateness: in the lake, in no streaming feature
         ("ingest_time", pa.int64()),  # ms, when the job read it
+        ("topic_epoch", pa.string()),  # the topic incarnation the offsets belong to (written by LakeWriter)
         ("event_date", pa.string()),  # partition column, UTC date of event_time
     ]
 )
 PARTITION_BY = ["event_date"]
 
-LakeRow = tuple  # values in EVENTS_SCHEMA order, event_date excluded (derived)
+LakeRow = tuple  # values in EVENTS_SCHEMA order up to ingest_time; topic_epoch and event_date are the writer's
 
 
 def append_events(settings: Settings, events: Sequence["Event"], first_offset: int = 0) -> int:
@@ -101,18 +102,23 @@ def open_table(path: Path, version: int | None = None) -> DeltaTable:
 
 @dataclass
 class LakeWriter:
-    """Appends one partition's records with an idempotent transaction id per partition."""
+    """Appends one partition's records with an idempotent transaction id per partition.
+
+    Each row is tagged with the topic incarnation (``epoch``): Kafka offsets restart at 0 when a
+    topic is recreated, so (partition, offset) identifies a record only together with it.
+    """
 
     path: Path
     app_prefix: str
+    epoch: str = "kafka"
     commits: int = 0
     rows: int = 0
     skipped: int = 0
 
     @classmethod
     def for_settings(cls, settings: Settings) -> "LakeWriter":
-        prefix = f"{settings.stream.job_name}:{settings.topics.events}:{topic_epoch(settings)}"
-        return cls(settings.paths.events_table, prefix)
+        epoch = topic_epoch(settings)
+        return cls(settings.paths.events_table, f"{settings.stream.job_name}:{settings.topics.events}:{epoch}", epoch)
 
     def app_id(self, partition: int) -> str:
         return f"{self.app_prefix}:p{partition}"
@@ -145,10 +151,10 @@ class LakeWriter:
         fresh: list[LakeRow] = []
         transactions = []
         total = 0
-        table = self._table()  # one log read per flush, not one per partition
+        existing = self._table()  # one log read per flush, not one per partition
         for partition, rows in sorted(rows_by_partition.items()):
             total += len(rows)
-            done = self.committed_offset(partition, table)
+            done = self.committed_offset(partition, existing)
             new = [r for r in rows if r[8] > done]
             if new:
                 fresh.extend(new)
@@ -158,13 +164,16 @@ class LakeWriter:
             return 0
         columns = list(zip(*fresh))
         arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EVENTS_SCHEMA)]
+        arrays.append(pa.array([self.epoch] * len(fresh), type=pa.string()))
         arrays.append(pa.array([event_date(t) for t in columns[5]], type=pa.string()))
         table = pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)
+        older = existing is not None and "topic_epoch" not in {f.name for f in existing.schema().fields}
         write_deltalake(
             str(self.path),
             table,
             mode="append",
             partition_by=PARTITION_BY,
+            schema_mode="merge" if older else None,  # a table written before rows carried their epoch
             commit_properties=CommitProperties(
                 app_transactions=transactions,
                 custom_metadata={"writer": "recsys.stream", "kafka_partitions": ",".join(str(p) for p in sorted(rows_by_partition))},

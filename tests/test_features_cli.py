@@ -90,6 +90,23 @@ def test_lake_writer_is_idempotent_and_compact_keeps_rows(tmp_path: Path):
     assert table.column("event_date").to_pylist()[0] == "2023-11-14"
 
 
+def test_offsets_in_the_lake_count_per_topic_incarnation(tmp_path: Path):
+    """A recreated topic numbers records from 0 again: the backfill's ``below`` filter and its
+    ``next_offsets`` (where the streaming trainer starts) concern the current incarnation only."""
+    from batch.backfill import compute
+    from infra.settings import Settings
+
+    s = Settings(data_dir=tmp_path)
+    row = lambda tag, i: (f"{tag}{i}", "u", f"i{i}", "click", None, 1_700_000_000_000 + i, None, 0, i, False, 0)  # noqa: E731
+    LakeWriter(s.paths.events_table, "job:topic:A", "A").append(0, [row("a", i) for i in range(50)])
+    LakeWriter(s.paths.events_table, "job:topic:B", "B").append(0, [row("b", i) for i in range(5)])
+    assert set(read_events(s.paths.events_table, columns=["topic_epoch"]).column(0).to_pylist()) == {"A", "B"}
+    assert compute(s, progress=False, epoch="B").next_offsets == {0: 5}  # not 50: offsets 5..49 were another topic's
+    partial = compute(s, progress=False, epoch="B", below={0: 2})
+    assert partial.events == 50 + 2 and partial.next_offsets == {0: 2}  # all of A, B's offsets 0 and 1
+    assert compute(s, progress=False).next_offsets == {0: 50}  # without an epoch: every row counts (old tables)
+
+
 def test_missing_lake_table_says_what_to_do(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="recsys stream start"):
         read_events(tmp_path / "nothing")

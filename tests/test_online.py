@@ -224,3 +224,46 @@ def test_learner_service_starts_publishes_and_stops_without_losing_events(nightl
     final = registry.served()
     assert final != published  # stopping published the 50 trained events ...
     assert {int(p): o for p, o in registry.meta(final)[ONLINE]["offsets"].items()} == ends  # ... and nothing was lost
+
+
+def test_events_the_stream_job_calls_late_are_not_trained(nightly):
+    """The stream job's lateness rule, decided the same way: late events reach no feature and no
+    nightly training set, so the learner skips them too (and moves past them)."""
+    s, events, _ = nightly
+    fresh = events[NIGHTLY_EVENTS + 2950:NIGHTLY_EVENTS + 2955]
+    late = [Event(event_id=f"late-{i}", user_id=e.user_id, item_id=e.item_id, event_type=EventType.RATING, value=5.0,
+                  event_time=events[0].event_time) for i, e in enumerate(fresh)]  # months older than anything recent
+    _produce(s, [x for pair in zip(late, fresh) for x in pair])
+    report = learn.run(s, idle_exit_s=2.0, learner=RecordingLearner(s))
+    assert report.trained == 5 and report.skipped_late == 5
+    registry = ModelRegistry(s.paths.models_dir)
+    assert {int(p): o for p, o in registry.meta(registry.served())[ONLINE]["offsets"].items()} == _end_offsets(s)
+
+
+def test_a_recreated_topic_is_trained_from_its_first_offset(nightly):
+    """A restarted in-memory broker (or a deleted and recreated topic) numbers records from 0
+    again: neither the online checkpoint's offsets nor the lake rows of the earlier incarnation
+    may hide the new records from the learner. (Last in this file: it moves the served model to
+    the new incarnation.)"""
+    from streaming.topics import ensure_topics
+
+    s, events, _ = nightly
+    again = s.model_copy(update={"topics": s.topics.model_copy(update={"events": f"{s.topics.events}-again"}),
+                                 "stream": s.stream.model_copy(update={"topic_epoch": "again"})})
+    ensure_topics(again)
+    registry = ModelRegistry(s.paths.models_dir)
+    assert registry.meta(registry.served())["kind"] == ONLINE  # its offsets count the first incarnation
+    start = NIGHTLY_EVENTS + 3000
+    _produce(again, events[start:start + 300])
+    assert land_topic(again) == 300  # the lake holds them too: offsets 0..299 a second time
+    report = learn.run(again, idle_exit_s=2.0)
+    assert report.trained == 300
+    meta = registry.meta(registry.served())
+    assert meta[ONLINE]["topic_epoch"] == "again"
+    assert {int(p): o for p, o in meta[ONLINE]["offsets"].items()} == _end_offsets(again)
+
+    nightly_version = retrain.run(again, progress=False, promote=False).version  # trained on both incarnations
+    registry.promote(nightly_version)
+    _produce(again, events[start + 300:start + 400])
+    after_nightly = learn.run(again, idle_exit_s=2.0)
+    assert after_nightly.trained == 100  # exactly what the nightly table lacked, in the new incarnation
