@@ -69,6 +69,7 @@ def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int
                 consumer.close()
                 consumer = _consumer(settings, learner.start())
                 report.rebases += 1
+                on_progress()
             batch = consumer.poll(timeout_ms=settings.online.poll_timeout_ms, max_records=2000)
             records = [(tp.partition, r) for tp, rs in sorted(batch.items(), key=lambda kv: kv[0].partition) for r in rs]
             for partition, r in records:

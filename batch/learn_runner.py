@@ -79,6 +79,7 @@ def main() -> int:
         tmp.write_text(json.dumps({"pid": os.getpid(), "state": state, "version": learner.version,
                                    "offsets": learner.position.to_meta(), "published": totals["published"],
                                    "events_published": totals["events"], "late_skipped": learner.late_skipped,
+                                   "started_from": getattr(learner, "started_from", None),
                                    "updated_at": time.time()}))
         os.replace(tmp, f)
 

@@ -23,9 +23,11 @@ The nightly job is the floor; between two nightly runs the learner keeps the mod
   version (``kind: online``) with a delta from the previous one, promoted when ``online.promote``;
   the API merges the delta and hot-swaps. Older online versions are pruned
   (``online.keep_versions``); nightly versions never are.
-* **Nightly supersedes.** When the serving pointer moves to a version the learner did not publish
+* **Nightly supersedes.** When the serving pointer moves away from the learner's latest version
   (the nightly job, or an operator's rollback), it rebases onto that version: reload, refold,
-  and train the events after that version's offsets on top of it.
+  and train the events after that version's offsets on top of it. Its own promotions are
+  compare-and-set (``ModelRegistry.promote(only_if_serving=...)``), so a publish racing a nightly
+  promotion never undoes it.
 """
 
 from __future__ import annotations
@@ -108,7 +110,6 @@ class OnlineLearner:
         self.registry = registry or ModelRegistry(settings.paths.models_dir)
         self._lateness_ms = settings.stream.out_of_orderness_ms + settings.stream.allowed_lateness_ms
         self.late_skipped = 0
-        self.own_versions: set[str] = set()
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -154,9 +155,12 @@ class OnlineLearner:
         return {p: min(lake.next_offsets.get(p, 0), o) for p, o in self.position.offsets.items()}
 
     def superseded(self) -> bool:
-        """True when the serving pointer moved to a version this learner did not publish."""
+        """True when the serving pointer moved away from this learner's latest version (to a nightly,
+        or an operator's rollback, even to an older online version): training goes on from there.
+        (A learner that does not promote follows the version it started from.)"""
         served = self.registry.served()
-        return served is not None and served != self.started_from and served not in self.own_versions
+        expected = self.version if self.settings.online.promote else self.started_from
+        return served is not None and served != expected
 
     # -- learning ------------------------------------------------------------------------------
     def offer(self, partition: int, offset: int, event: Event) -> bool:
@@ -205,9 +209,12 @@ class OnlineLearner:
 
     def publish(self) -> PublishResult | None:
         """Train what is pending, then write a version with its delta (and promote it); None when
-        nothing was trained since the last one."""
+        nothing was trained since the last one, or when another version (a nightly, a rollback) was
+        promoted since this learner last did: then :meth:`superseded` is true and the caller rebases."""
         if not self._since_publish_events:
             return None
+        if self.settings.online.promote and self.superseded():
+            return None  # a nightly (or rollback) won: rebase onto it, which retrains these events on top of it
         started = time.perf_counter()
         self.learning.flush()
         state = self.learning.state()
@@ -227,9 +234,9 @@ class OnlineLearner:
                 extra_files={IDS_FILE: ids_file} if ids_file else {})
         if problem is not None:
             raise RuntimeError(f"online version {version} has no delta ({problem}): servers will load it in full")
-        self.own_versions.add(version)
-        if self.settings.online.promote:
-            self.registry.promote(version)
+        if self.settings.online.promote and not self.registry.promote(version, only_if_serving=self.version):
+            self.registry.remove(version)  # the pointer moved meanwhile: never undo a nightly promotion
+            return None
         result = PublishResult(version, self._since_publish_events, self._since_publish_examples, rows,
                                (time.perf_counter() - started) * 1000)
         self.version, self.published_state = version, state

@@ -20,7 +20,9 @@ is simulated in-process (same features, labels, trainer; no Delta table or Feast
 which is what makes a day-by-day replay of months affordable.
 
 HR@K: the item is in the top K; NDCG@K: 1/log2(rank + 1) when it is. Reported overall and per
-day, as JSON and a PNG (metric vs time per strategy).
+day, as JSON and a PNG (metric vs time per strategy), with paired differences between strategies
+(same events: mean NDCG@K difference and a bootstrap 95% interval), which say whether a gap is
+bigger than what the particular events drawn would produce by chance.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ from streaming.events import Event
 
 DAY_MS = 86_400_000
 STRATEGIES = ("popularity", "static", "daily", "online")
+COMPARED = (("online", "daily"), ("online", "static"), ("daily", "static"), ("online", "popularity"))
+
+
+def ndcg_gain(rank: int | None, k: int) -> float:
+    """1/log2(rank + 2) for a 0-based rank inside the top k, else 0."""
+    return 1 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
 
 
 @dataclass
@@ -57,11 +65,13 @@ class Tally:
     ndcg: float = 0.0
     n: int = 0
 
-    def add(self, rank: int | None, k: int) -> None:
+    def add(self, rank: int | None, k: int) -> float:
+        """Count one scored event; returns its NDCG@k gain."""
         self.n += 1
-        if rank is not None and rank < k:
-            self.hits += 1
-            self.ndcg += 1 / math.log2(rank + 2)
+        gain = ndcg_gain(rank, k)
+        self.hits += gain > 0
+        self.ndcg += gain
+        return gain
 
     def metrics(self) -> dict[str, float]:
         return {"hr": self.hits / self.n if self.n else math.nan, "ndcg": self.ndcg / self.n if self.n else math.nan,
@@ -77,6 +87,8 @@ class Report:
     retrains: int
     overall: dict[str, dict[str, float]] = field(default_factory=dict)
     per_day: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # day -> strategy -> metrics
+    differences: dict[str, dict[str, float]] = field(default_factory=dict)  # "a_vs_b" -> paired NDCG@K difference
+    scenario: dict[str, float] = field(default_factory=dict)  # how the replay was altered, if at all (catalogue churn)
 
     def ratio(self, metric: str, a: str, b: str) -> float:
         top, bottom = self.overall[a][metric], self.overall[b][metric]
@@ -85,10 +97,30 @@ class Report:
     def to_dict(self) -> dict:
         return {"k": self.k, "eval_start_ms": self.eval_start_ms, "events": self.events,
                 "history_events": self.history_events, "retrains": self.retrains, "overall": self.overall,
-                "per_day": self.per_day,
+                "per_day": self.per_day, "ndcg_differences": self.differences, "scenario": self.scenario,
                 "ratios": {f"{m}_{a}_vs_{b}": self.ratio(m, a, b) for m in ("hr", "ndcg")
                            for a, b in (("online", "daily"), ("online", "static"), ("online", "popularity"),
                                         ("daily", "static"), ("daily", "popularity"))}}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` over the same events, with a percentile-bootstrap 95% interval, and the
+    share of events where either is ahead.
+
+    >>> d = paired_difference([1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 0.0])
+    >>> d["mean"], d["a_ahead"], d["b_ahead"]
+    (0.5, 0.5, 0.0)
+    >>> 0.0 <= d["low"] <= d["mean"] <= d["high"] <= 1.0
+    True
+    """
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if not len(diff):
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "a_ahead": math.nan, "b_ahead": math.nan}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high),
+            "a_ahead": float((diff > 0).mean()), "b_ahead": float((diff < 0).mean())}
 
 
 class _ExampleLog:
@@ -124,6 +156,7 @@ class Prequential:
         self.popularity: Counter[str] = Counter()
         self.retrains = 0
         self._rows: dict[str, int] = {}  # item -> embedding row
+        self.gains: dict[str, list[float]] = {s: [] for s in STRATEGIES}  # NDCG@K per scored event
 
     def _nightly(self) -> torch.nn.Module:
         """A model trained from scratch on every example so far, as the nightly job trains it."""
@@ -202,7 +235,8 @@ class Prequential:
             self._feed(e, len(history) + j, online)
         overall = {s: t.metrics() for s, t in tallies.items()}
         per_day = {d: {s: t.metrics() for s, t in by.items()} for d, by in sorted(days.items())}
-        return Report(self.k, eval_start_ms, len(stream), len(history), self.retrains, overall, per_day)
+        differences = {f"{a}_vs_{b}": paired_difference(self.gains[a], self.gains[b]) for a, b in COMPARED}
+        return Report(self.k, eval_start_ms, len(stream), len(history), self.retrains, overall, per_day, differences)
 
     def _evaluate(self, e: Event, models: dict[str, torch.nn.Module], tallies: dict[str, Tally],
                   days: dict[str, dict[str, Tally]]) -> None:
@@ -218,7 +252,7 @@ class Prequential:
         for name, model in models.items():
             ranks[name] = _rank_of(predict(model, batch).numpy(), target)
         for name, rank in ranks.items():
-            tallies[name].add(rank, self.k)
+            self.gains[name].append(tallies[name].add(rank, self.k))
             by_day[name].add(rank, self.k)
 
 

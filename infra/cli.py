@@ -118,7 +118,8 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(settings, console, speedup=args.speedup, holdout_days=args.holdout_days, screenshot=args.screenshot)
+    return run_demo(settings, console, speedup=args.speedup, holdout_days=args.holdout_days, screenshot=args.screenshot,
+                    online_every_s=args.online_every_s)
 
 
 def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
@@ -237,6 +238,12 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if not events:
         raise ValueError(f"{args.path} has no valid events ({len(loaded.rejected)} bad rows): check --columns/--time-unit")
     start = events[-1].event_time - int(args.eval_days * DAY_MS)
+    scenario = {}
+    if args.renew_items:
+        from batch.catalogue_churn import renew_items
+
+        events = renew_items(events, start, int(args.renew_every_days * DAY_MS), args.renew_items)
+        scenario = {"renew_items": args.renew_items, "renew_every_days": args.renew_every_days}
     with tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as tmp:
         # the feature definitions as the registry defines them, in a scratch registry (no services needed)
         scratch = settings.model_copy(update={"data_dir": Path(tmp)})
@@ -244,11 +251,18 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         spec = feature_spec(scratch)
     console.print(f"[bold]evaluate[/]: {len(events):,} events from {args.path}; the last {args.eval_days:g} days are "
                   f"replayed prequentially (recommend, then learn), retraining every {args.retrain_every_days:g} days")
+    if scenario:
+        console.print(f"  catalogue churn: {args.renew_items:.0%} of items relaunched under a new id every "
+                      f"{args.renew_every_days:g} days of the evaluated period")
     report = Prequential(settings, spec, k=args.k, retrain_every_days=args.retrain_every_days,
                          progress=not args.quiet).run(events, start)
+    report.scenario = scenario
     json_path, png_path = write_report(report, Path(args.out))
     for name, m in report.overall.items():
         console.print(f"  {name:<10} HR@{report.k} {m['hr']:.4f}  NDCG@{report.k} {m['ndcg']:.4f}  ({m['events']:,} events)")
+    for pair, d in report.differences.items():
+        console.print(f"  {pair.replace('_vs_', ' - '):<21} NDCG@{report.k} {d['mean']:+.4f} "
+                      f"(95% interval {d['low']:+.4f} .. {d['high']:+.4f}; ahead on {d['a_ahead']:.0%} vs {d['b_ahead']:.0%} of events)")
     console.print(f"report: {json_path} and {png_path}")
     return 0
 
@@ -418,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job end to end on the local stack")
     demo.add_argument("--speedup", type=float, default=None, help="event-time speed-up for the replay (default: as fast as possible)")
     demo.add_argument("--holdout-days", type=int, default=1, help="the last N days are replayed after the first retrain and checked against it")
+    demo.add_argument("--online-every-s", type=float, default=10.0,
+                      help="the online learner publishes a delta this often while the held-out day plays")
     demo.add_argument("--screenshot", type=Path, help="save a headless-Chromium screenshot of the dashboard here at the end")
 
     features = sub.add_parser("features", help="the Feast feature registry")
@@ -457,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--eval-days", type=float, default=14.0, help="the last N days are evaluated (before: history)")
     evaluate.add_argument("--retrain-every-days", type=float, default=1.0, help="the daily strategy's retrain period")
     evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument("--renew-items", type=float, default=0.0, metavar="FRACTION",
+                          help="catalogue churn: relaunch this fraction of items under a new id every --renew-every-days "
+                               "of the evaluated period (batch.catalogue_churn; default 0: the file as it is)")
+    evaluate.add_argument("--renew-every-days", type=float, default=1.0)
     evaluate.add_argument("--out", default="prequential", help="directory for prequential.json and prequential.png")
     evaluate.add_argument("--quiet", action="store_true")
 

@@ -1,8 +1,10 @@
 """The main job on the embedded local stack, end to end.
 
 services -> feature registry -> stream job -> replay ml-100k up to the last day boundary ->
-nightly retrain (v1) -> recommendation API -> held-out check vs popularity -> replay the last
-day (fresh features) -> nightly retrain (v2 + delta) -> hot swap -> recommendations + summary.
+nightly retrain (v1) -> recommendation API -> held-out check vs popularity -> the online learner
+starts -> the last day through the live system (fresh features, minute-level deltas hot-swapped)
+-> nightly retrain (new version + delta; the learner rebases onto it) -> hot swap ->
+recommendations + summary.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def split_at_day_boundary(events: list[Event], holdout_days: int = 1) -> tuple[l
 
 
 def run_demo(settings: Settings, console: Console, speedup: float | None = None, holdout_days: int = 1,
-             screenshot: Path | None = None) -> int:
+             screenshot: Path | None = None, online_every_s: float = 10.0) -> int:
+    from batch import learn_runner
     from features.store import apply
     from serving import runner
     from streaming import stream_runner
@@ -56,7 +59,7 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
             pid, restored = stream_runner.start(settings)
         console.print(f"[green]✓[/] stream job pid {pid}, {'resumed from ' + str(restored) if restored else 'fresh start'}")
     try:
-        code = _pipeline(settings, console, speedup, holdout_days, started)
+        code = _pipeline(settings, console, speedup, holdout_days, started, online_every_s)
         if screenshot is not None:
             from infra import chromium
 
@@ -64,7 +67,8 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
             console.print(f"dashboard screenshot: {shot}")
         return code
     finally:
-        stream_runner.stop(settings)  # also on errors: never leave a job behind
+        learn_runner.stop(settings)  # also on errors: never leave a job behind
+        stream_runner.stop(settings)
         if runner.running_pid(settings) is not None:
             url = runner.base_url(settings)
             console.print(f"The API keeps serving on {url} (dashboard [bold]{url}/ui[/]); "
@@ -153,7 +157,45 @@ def _latency(url: str, users: list[str], n: int = 300) -> tuple[float, float]:
     return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
 
 
-def _pipeline(settings: Settings, console: Console, speedup: float | None, holdout_days: int, started: float) -> int:
+def _start_learner(settings: Settings, console: Console, every_s: float) -> None:
+    from batch import learn_runner
+
+    learning = settings.model_copy(update={"online": settings.online.model_copy(update={"publish_every_s": every_s})})
+    with console.status("starting the online learner (folds the lake the served model was trained on)..."):
+        pid = learn_runner.start(learning)
+    status = learn_runner.read_status(settings) or {}
+    console.print(f"[green]✓[/] online learner pid {pid} on top of {status.get('started_from')}: trains every new event, "
+                  f"publishes a delta every {every_s:g} s that the API hot-swaps")
+
+
+def _wait_for_rebase(settings: Settings, version: str, timeout_s: float = 120) -> dict:
+    """The learner notices a newly served nightly version and restarts its training on top of it."""
+    from batch import learn_runner
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = learn_runner.read_status(settings) or {}
+        if status.get("started_from") == version:
+            return status
+        time.sleep(0.2)
+    raise TimeoutError(f"the online learner did not rebase onto {version} within {timeout_s}s: see "
+                       f"{settings.paths.log_dir / 'learn.log'}")
+
+
+def _versions_line(swaps: list[dict]) -> str:
+    """The swaps the API made, the online run in the middle folded: 'v0001 (full), v0002..v0011
+    (10 x delta), v0012 (delta)'."""
+    shown = [f"{e['version']} ({e['outcome']})" for e in swaps]
+    if len(swaps) <= 4:
+        return ", ".join(shown)
+    middle = swaps[1:-1]
+    outcomes = sorted({e["outcome"] for e in middle})
+    return f"{shown[0]}, {middle[0]['version']}..{middle[-1]['version']} ({len(middle)} x {'/'.join(outcomes)}), {shown[-1]}"
+
+
+def _pipeline(settings: Settings, console: Console, speedup: float | None, holdout_days: int, started: float,
+              online_every_s: float) -> int:
+    from batch import learn_runner
     from serving import holdout, runner
     from streaming.lake import read_events
 
@@ -177,11 +219,18 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     console.print(f"[bold]{check.describe()}[/]")
 
     console.rule(f"[bold]6. the held-out day arrives: {len(last_days):,} events, recommend before each minute, then send it")
+    _start_learner(settings, console, online_every_s)
     per_event = _prequential_replay(settings, console, url, history, last_days)
     console.print(f"[bold]{per_event.describe()}[/]")
+    online = learn_runner.read_status(settings) or {}
+    console.print(f"online learner: {online.get('published', 0)} versions published while the day played "
+                  f"({online.get('events_published', 0):,} events trained into them)")
     sent += len(last_days)
     second = _retrain(settings, console, "7. next nightly retrain: new version + delta")
     model = _wait_for_version(url, second.version)
+    if second.promoted:
+        _wait_for_rebase(settings, second.version)
+        console.print(f"[green]✓[/] online learner rebased onto {second.version}: it trains on top of the nightly model now")
     served = model["served"]
     if served and served["version"] == second.version:
         how = f"merged {', '.join(served['applied_deltas'])}" if served["loaded_from"] == "delta" else "loaded the full version"
@@ -196,7 +245,9 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     summary = Table("", "")
     summary.add_row("events replayed", f"{sent:,}")
     summary.add_row("Delta `events` rows", f"{lake.num_rows:,}")
-    summary.add_row("model versions", ", ".join(f"{e['version']} ({e['outcome']})" for e in model["swaps"]))
+    summary.add_row("model versions", _versions_line(model["swaps"]))
+    summary.add_row("online learner", f"{online.get('published', 0)} minute-level versions during the held-out day, "
+                    f"then rebased onto {second.version}" if second.promoted else "kept training on its own versions")
     summary.add_row(f"HR@{check.k} held-out ({check.users} users)", f"API {check.hr_api:.3f} vs popularity {check.hr_popularity:.3f}")
     summary.add_row(f"HR@{per_event.k} per held-out event ({per_event.events})",
                     f"API {per_event.hr_api:.3f} vs popularity {per_event.hr_popularity:.3f}")
@@ -206,5 +257,6 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     summary.add_row("wall time", f"{time.monotonic() - started:.0f} s")
     console.print(summary)
     console.print(topics_table(settings))
-    console.print("Stream job stopped (its checkpoint is kept: `recsys stream start` resumes).")
+    console.print("Stream job and online learner stopped (their positions are kept: `recsys stream start` and "
+                  "`recsys learn start` resume).")
     return 0

@@ -17,6 +17,8 @@ on every load, so a half-written, truncated or altered version is refused with a
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +27,7 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -202,33 +204,52 @@ class ModelRegistry:
     def history(self) -> list[str]:
         return list(self._serving()["history"])
 
-    def promote(self, version: str) -> None:
-        """Point serving at ``version`` (kept in the history, so rollback can return)."""
-        self.verify(version)
-        s = self._serving()
+    @contextlib.contextmanager
+    def _pointer_lock(self) -> Iterator[None]:
+        """Serialises changes of the serving pointer across processes (nightly job, learner, CLI)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _write_json(self.root / SERVING, {"current": version, "history": [*s["history"], version],
-                                          "updated_at": datetime.now(timezone.utc).isoformat()})
+        with open(self.root / ".serving.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def promote(self, version: str, only_if_serving: str | None = None) -> bool:
+        """Point serving at ``version`` (kept in the history, so rollback can return). With
+        ``only_if_serving``, only while that version is still the served one (compare and set: the
+        streaming trainer must not undo a nightly promotion that happened while it trained);
+        returns whether the pointer moved."""
+        self.verify(version)
+        with self._pointer_lock():
+            s = self._serving()
+            if only_if_serving is not None and s["current"] != only_if_serving:
+                return False
+            _write_json(self.root / SERVING, {"current": version, "history": [*s["history"], version],
+                                              "updated_at": datetime.now(timezone.utc).isoformat()})
+        return True
 
     def remove(self, version: str) -> None:
         """Delete a version that is not served (and drop it from the serving history)."""
-        s = self._serving()
-        if s["current"] == version:
-            raise ValueError(f"{version} is being served: promote or roll back to another version before removing it")
-        if version in s["history"]:
-            _write_json(self.root / SERVING, {**s, "history": [v for v in s["history"] if v != version]})
+        with self._pointer_lock():
+            s = self._serving()
+            if s["current"] == version:
+                raise ValueError(f"{version} is being served: promote or roll back to another version before removing it")
+            if version in s["history"]:
+                _write_json(self.root / SERVING, {**s, "history": [v for v in s["history"] if v != version]})
         shutil.rmtree(self.path(version), ignore_errors=True)
 
     def rollback(self) -> str:
         """Serve the previously promoted version again; returns it."""
-        s = self._serving()
-        history = list(s["history"])
-        if len(history) < 2:
-            raise ValueError(f"nothing to roll back to: serving history is {history or 'empty'}; "
-                             "promote another version first (recsys retrain)")
-        history.pop()
-        previous = history[-1]
-        self.verify(previous)
-        _write_json(self.root / SERVING, {"current": previous, "history": history,
-                                          "updated_at": datetime.now(timezone.utc).isoformat()})
+        with self._pointer_lock():
+            s = self._serving()
+            history = list(s["history"])
+            if len(history) < 2:
+                raise ValueError(f"nothing to roll back to: serving history is {history or 'empty'}; "
+                                 "promote another version first (recsys retrain)")
+            history.pop()
+            previous = history[-1]
+            self.verify(previous)
+            _write_json(self.root / SERVING, {"current": previous, "history": history,
+                                              "updated_at": datetime.now(timezone.utc).isoformat()})
         return previous

@@ -145,6 +145,26 @@ def test_a_nightly_version_supersedes_the_online_ones(nightly):
     assert latest[ONLINE]["nightly_version"] == result.version
 
 
+def test_a_publish_racing_a_nightly_promotion_does_not_undo_it(nightly):
+    """The nightly job promotes between the learner's last check and its publish: the learner's
+    version must not replace the nightly one (it rebases instead)."""
+    s, events, v_nightly = nightly
+    registry = ModelRegistry(s.paths.models_dir)
+    online_served = registry.served()
+    learner = OnlineLearner(s)
+    learner.start()
+    e = events[NIGHTLY_EVENTS + 2800]
+    assert learner.offer(0, 10**9, e)  # one trained event: a publish is pending
+    registry.promote(v_nightly)  # the nightly job wins the race
+    try:
+        versions_before = registry.versions()
+        assert learner.publish() is None and learner.superseded()
+        assert registry.served() == v_nightly and registry.versions() == versions_before
+        assert not registry.promote(online_served, only_if_serving=online_served)  # compare and set
+    finally:
+        registry.promote(online_served)  # the next tests continue from the online version
+
+
 def test_managed_ids_admit_after_k_occurrences_and_expire(stack_settings, tmp_path):
     """model.ids=managed end to end: nightly tables from the training events, the served model
     looks rows up in them, the learner admits a new user on its second event and expires ids

@@ -70,3 +70,38 @@ def test_popularity_numbers_match_an_independent_count(report):
         seen.setdefault(e.user_id, set()).add(e.item_id)
     assert data["overall"]["popularity"]["events"] == n
     assert data["overall"]["popularity"]["hr"] == pytest.approx(hits / n)
+
+
+def test_paired_differences_agree_with_the_overall_numbers(report):
+    data, _, _ = report
+    for pair, d in data["ndcg_differences"].items():
+        a, b = pair.split("_vs_")
+        assert d["mean"] == pytest.approx(data["overall"][a]["ndcg"] - data["overall"][b]["ndcg"])
+        assert d["low"] <= d["mean"] <= d["high"]
+        assert 0 <= d["a_ahead"] + d["b_ahead"] <= 1
+
+
+def test_catalogue_churn_relaunches_items_under_new_ids(ml100k_path, tmp_path, monkeypatch):
+    """--renew-items: the evaluated period's renewed items are new ids to every model trained
+    before it; the report says how the replay was altered."""
+    from batch.catalogue_churn import renew_items
+
+    for k, v in {"RECSYS_DATA_DIR": str(tmp_path / "data"), "RECSYS_MODEL__USER_BUCKETS": "4000",
+                 "RECSYS_MODEL__ITEM_BUCKETS": "4000", "RECSYS_MODEL__EMBEDDING_DIM": "16",
+                 "RECSYS_TRAINING__EPOCHS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    raw = pd.read_csv(ml100k_path, sep="\t", names=["user", "item", "rating", "ts"]).sort_values("ts", kind="stable")
+    path = tmp_path / "u.data"
+    raw.head(HISTORY_EVENTS).to_csv(path, sep="\t", header=False, index=False)
+    assert cli.main(["evaluate", str(path), "--eval-days", "1", "--renew-items", "0.5", "--out", str(tmp_path / "out"),
+                     "--quiet"]) == 0
+    data = json.loads((tmp_path / "out" / "prequential.json").read_text())
+    assert data["scenario"] == {"renew_items": 0.5, "renew_every_days": 1.0}
+    events = load_events(path).events
+    start = max(e.event_time for e in events) - DAY_MS
+    renewed = renew_items(events, start, DAY_MS, 0.5)
+    after = [e for e in renewed if e.event_time >= start]
+    new_ids = {e.item_id for e in after if "~" in e.item_id}
+    assert new_ids and not new_ids & {e.item_id for e in renewed if e.event_time < start}
+    assert 0.3 < len(new_ids) / len({e.item_id for e in after}) < 0.7
+    assert data["overall"]["online"]["events"] > 0

@@ -101,7 +101,11 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
     assert "acknowledged 99,464 events" in flat
     assert "stream job: 100,000 records read, 0 late, 0 to the DLQ" in flat
     assert "v0001 published; promoted" in flat
-    assert "hot swap to v0002: merged v0002/delta-from-v0001" in flat  # the delta, not the full weights
+    online = re.search(r"online learner: (\d+) versions published while the day played \(([\d,]+) events trained", flat)
+    assert online and int(online[1]) >= 1 and int(online[2].replace(",", "")) > 0, flat[-3000:]
+    nightly = re.search(r"hot swap to (v\d+): merged \1/delta-from-(v\d+)", flat)  # the delta, not the full weights
+    assert nightly and nightly[2] != "v0001", flat[-3000:]  # ... from the learner's last version, which the API served
+    assert f"online learner rebased onto {nightly[1]}" in flat
     held_out = re.search(r"HR@10 on the held-out period: API ([0-9.]+) vs popularity ([0-9.]+) \((\d+) users", flat)
     assert held_out, flat[-3000:]
     api, popularity, users = float(held_out[1]), float(held_out[2]), int(held_out[3])
@@ -116,7 +120,7 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
     table = [line for line in result.stdout.splitlines() if "│" in line]
     assert any("Delta `events` rows" in row and "100,000" in row for row in table)
     assert any("events.dlq" in row and "│ 0 " in row for row in table)
-    assert "v0001 (full), v0002 (delta)" in flat
+    assert re.search(rf"v0001 \(full\), .*{nightly[1]} \(delta\)", flat)
 
 
 def test_production_manifests_are_valid_yaml() -> None:
