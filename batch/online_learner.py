@@ -223,12 +223,9 @@ class OnlineLearner:
             "offsets": self.position.to_meta(), "nightly_version": self.base_nightly, "previous": self.version,
             "events": self._since_publish_events, "examples": self._since_publish_examples,
             "topic": self.settings.topics.events, "topic_epoch": self.epoch}})
-        ids = self.learning.ids
-        if ids.managed:  # rows of ids unseen for model.id_ttl_days go back to the free list
-            ids.users.expire(self._clock_ms)
-            ids.items.expire(self._clock_ms)
+        self.learning.expire(self._clock_ms)
         with tempfile.TemporaryDirectory() as tmp:
-            ids_file = ids.save(Path(tmp))
+            ids_file = self.learning.ids.save(Path(tmp))
             version, rows, problem = self.registry.publish_model(
                 state, meta, self.examples.catalogue, base=(self.version, self.published_state),
                 extra_files={IDS_FILE: ids_file} if ids_file else {})

@@ -8,6 +8,9 @@ user has not interacted with yet, and the event's item is looked up in their top
 * ``static``: a model trained once on the history and never again;
 * ``daily``: retrained from scratch on everything so far at every ``retrain_every_days``
   boundary of event time (what the nightly job + its delta give the API);
+* ``daily_stale``: the same daily model, but with the feature values frozen at its retrain (what
+  a batch-only system without the stream job serves): the gap to ``daily`` is what fresh
+  streaming features are worth;
 * ``online``: the daily model, plus the streaming trainer's updates (embedding rows at
   ``online.sparse_lr``): a step whenever ``online.batch_size`` examples are waiting, and whatever
   is waiting once ``online.publish_every_s`` of event time has passed (the learner trains what
@@ -27,6 +30,7 @@ bigger than what the particular events drawn would produce by chance.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import Counter
@@ -43,6 +47,7 @@ from batch.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import Settings
+from models.id_table import ModelIds, training_ids
 from models.ids import bucket, bucket_tensor
 from models.incremental import IncrementalModel, Row
 from models.ranking import Batch, build_model, dense_optimizer, predict
@@ -50,8 +55,9 @@ from models.train import Examples, fit
 from streaming.events import Event
 
 DAY_MS = 86_400_000
-STRATEGIES = ("popularity", "static", "daily", "online")
-COMPARED = (("online", "daily"), ("online", "static"), ("daily", "static"), ("online", "popularity"))
+STRATEGIES = ("popularity", "static", "daily_stale", "daily", "online")
+COMPARED = (("online", "daily"), ("daily", "daily_stale"), ("online", "static"), ("daily", "static"),
+            ("online", "popularity"))
 
 
 def ndcg_gain(rank: int | None, k: int) -> float:
@@ -99,8 +105,7 @@ class Report:
                 "history_events": self.history_events, "retrains": self.retrains, "overall": self.overall,
                 "per_day": self.per_day, "ndcg_differences": self.differences, "scenario": self.scenario,
                 "ratios": {f"{m}_{a}_vs_{b}": self.ratio(m, a, b) for m in ("hr", "ndcg")
-                           for a, b in (("online", "daily"), ("online", "static"), ("online", "popularity"),
-                                        ("daily", "static"), ("daily", "popularity"))}}
+                           for a, b in (*COMPARED, ("daily", "popularity"))}}
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -128,6 +133,7 @@ class _ExampleLog:
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
+        self.events: list[tuple[str, str, int]] = []  # (user, item, event time) of each labelled event
 
     def examples(self) -> Examples:
         users, items, labels, recent, dense = zip(*self.rows)
@@ -158,20 +164,23 @@ class Prequential:
         self._rows: dict[str, int] = {}  # item -> embedding row
         self.gains: dict[str, list[float]] = {s: [] for s in STRATEGIES}  # NDCG@K per scored event
 
-    def _nightly(self) -> torch.nn.Module:
-        """A model trained from scratch on every example so far, as the nightly job trains it."""
+    def _nightly(self) -> tuple[torch.nn.Module, ModelIds]:
+        """A model trained from scratch on every example so far, as the nightly job trains it (with
+        its id mapping: ``model.ids`` managed tables are filled from the events so far)."""
         cfg, tcfg = self.settings.model, self.settings.training
+        ids = training_ids(cfg, self.log.events)
         model = build_model(cfg, self.spec.n_dense)
         fit(model, dense_optimizer(model, cfg), self.log.examples(), cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed,
-            progress=False)
+            progress=False, ids=ids)
         self.retrains += 1
-        return model
+        return model, ids
 
-    def _online_from(self, model: torch.nn.Module) -> IncrementalModel:
+    def _online_from(self, nightly: tuple[torch.nn.Module, ModelIds]) -> IncrementalModel:
         o = self.settings.online
+        model, ids = nightly
         self._online = IncrementalModel(model.state_dict(), self.settings.model, self.spec.n_dense, o.sparse_lr,
-                                        o.train_dense, o.batch_size)
-        self._taken_rows = set(self._item_rows(self.examples.items).tolist())
+                                        o.train_dense, o.batch_size, copy.deepcopy(ids))
+        self._taken_rows = set() if ids.managed else set(self._item_rows(self.examples.items).tolist())
         return self._online
 
     def _new_item(self, item_id: str) -> None:
@@ -180,8 +189,12 @@ class Prequential:
             self._online.start_item(item_id, self.examples.items[:WARM_START_FROM], self._taken_rows)
 
     def _feed(self, event: Event, index: int, online: IncrementalModel | None) -> None:
+        if online is not None:  # as the learner does: managed ids count the event first
+            online.admit(event.user_id, event.item_id, event.event_time, self.examples.items[:WARM_START_FROM])
         rows = self.examples.make(event, (index,))
         self.log.rows.extend(rows)
+        if rows:
+            self.log.events.append((event.user_id, event.item_id, event.event_time))
         if online is not None:
             online.add(rows)
         self.features.add(event.event_id, event.user_id, event.item_id, event.event_type.value, event.value,
@@ -190,12 +203,15 @@ class Prequential:
         if rows:
             self.popularity[event.item_id] += 1
 
-    def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str]) -> Batch:
-        """One user against many items: ids hashed once, the recent-items bag repeated per row."""
+    def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str], ids: ModelIds) -> Batch:
+        """One user against many items: ids mapped once, the recent-items bag repeated per row."""
         cfg, n = self.settings.model, len(items)
-        recent_rows = bucket_tensor(recent, cfg.item_buckets)
-        return Batch.from_rows(torch.full((n,), bucket(user, cfg.user_buckets), dtype=torch.long),
-                               self._item_rows(items), recent_rows.repeat(n),
+        if ids.managed:
+            user_row, item_rows, recent_rows = int(ids.users.rows([user])[0]), ids.items.rows(items), ids.items.rows(recent)
+        else:
+            user_row, item_rows = bucket(user, cfg.user_buckets), self._item_rows(items)
+            recent_rows = bucket_tensor(recent, cfg.item_buckets)
+        return Batch.from_rows(torch.full((n,), user_row, dtype=torch.long), item_rows, recent_rows.repeat(n),
                                torch.full((n,), len(recent), dtype=torch.long), torch.from_numpy(dense))
 
     def _item_rows(self, items: list[str]) -> torch.Tensor:
@@ -215,6 +231,7 @@ class Prequential:
             self._feed(e, i, None)
         static = daily = self._nightly()
         online = self._online_from(daily)
+        self.stale = copy.deepcopy(self.features)
         next_retrain = eval_start_ms + self.every_ms
         publish_ms, last_publish = int(self.settings.online.publish_every_s * 1000), eval_start_ms
         tallies = {s: Tally() for s in STRATEGIES}
@@ -224,21 +241,24 @@ class Prequential:
                 online.flush()
                 daily = self._nightly()
                 online = self._online_from(daily)
+                self.stale = copy.deepcopy(self.features)
                 while next_retrain <= e.event_time:
                     next_retrain += self.every_ms
             if online.pending and e.event_time - last_publish >= publish_ms:
                 online.flush()  # the learner publishes what it has every online.publish_every_s of event time
+                online.expire(e.event_time)  # ... and expires managed ids at each publish
                 last_publish = e.event_time
             label = label_of(self.settings.training, e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):
-                self._evaluate(e, {"static": static, "daily": daily, "online": online.model}, tallies, days)
+                self._evaluate(e, {"static": static, "daily": daily, "online": (online.model, online.ids)},
+                               tallies, days)
             self._feed(e, len(history) + j, online)
         overall = {s: t.metrics() for s, t in tallies.items()}
         per_day = {d: {s: t.metrics() for s, t in by.items()} for d, by in sorted(days.items())}
         differences = {f"{a}_vs_{b}": paired_difference(self.gains[a], self.gains[b]) for a, b in COMPARED}
         return Report(self.k, eval_start_ms, len(stream), len(history), self.retrains, overall, per_day, differences)
 
-    def _evaluate(self, e: Event, models: dict[str, torch.nn.Module], tallies: dict[str, Tally],
+    def _evaluate(self, e: Event, models: dict[str, tuple[torch.nn.Module, ModelIds]], tallies: dict[str, Tally],
                   days: dict[str, dict[str, Tally]]) -> None:
         seen = self.seen.get(e.user_id, set())
         items = [i for i in self.examples.items if i not in seen]
@@ -248,9 +268,16 @@ class Prequential:
         by_day = days.setdefault(day, {s: Tally() for s in STRATEGIES})
         pop = np.array([self.popularity[i] for i in items], dtype=np.float64)
         ranks = {"popularity": _rank_of(pop, target)}
-        batch = self._batch(e.user_id, items, dense, recent)
-        for name, model in models.items():
-            ranks[name] = _rank_of(predict(model, batch).numpy(), target)
+        batches: dict[tuple, Batch] = {}  # models sharing a mapping share the batch (hashed: all of them)
+        for name, (model, ids) in models.items():
+            key = ids.key if ids.managed else ("hashed",)
+            if key not in batches:
+                batches[key] = self._batch(e.user_id, items, dense, recent, ids)
+            ranks[name] = _rank_of(predict(model, batches[key]).numpy(), target)
+        model, ids = models["daily"]
+        stale_dense, stale_recent = self.stale.rows(e.user_id, items)
+        ranks["daily_stale"] = _rank_of(predict(model, self._batch(e.user_id, items, stale_dense, stale_recent, ids)).numpy(),
+                                        target)
         for name, rank in ranks.items():
             self.gains[name].append(tallies[name].add(rank, self.k))
             by_day[name].add(rank, self.k)

@@ -27,7 +27,7 @@ from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check
 from infra.settings import ModelSettings, Settings, TrainingSettings
 from models.evaluate import auc, logloss, paired_worse, top_k
 from models.ranking import Batch, build_model, dense_optimizer, predict
-from models.id_table import IDS_FILE, ModelIds, model_ids
+from models.id_table import IDS_FILE, ModelIds, model_ids, training_ids
 from models.registry import ModelIntegrityError, ModelRegistry, code_version
 from models.train import Examples, TrainLog, fit
 
@@ -144,19 +144,12 @@ def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: boo
 
 
 def build_ids(settings: Settings, train: "pd.DataFrame") -> ModelIds:
-    """The row mapping to train with: hashed, or managed tables filled from the training events in
-    time order (frequency filter and expiry as the streaming trainer applies them)."""
-    ids = model_ids(settings.model)
-    if not ids.managed or train.empty:
-        return ids
+    """The row mapping to train with (``models.id_table.training_ids``) from the real events of the
+    training set (not the sampled negatives)."""
+    if settings.model.ids == "hashed" or train.empty:
+        return model_ids(settings.model)
     events = train[~train["sampled"]].sort_values("event_time", kind="stable")
-    for user, item, t in zip(events["user_id"], events["item_id"], events["event_time"].astype(int)):
-        ids.users.observe(user, t)
-        ids.items.observe(item, t)
-    now = int(events["event_time"].max())
-    ids.users.expire(now)
-    ids.items.expire(now)
-    return ids
+    return training_ids(settings.model, zip(events["user_id"], events["item_id"], events["event_time"].astype(int)))
 
 
 def load_model(registry: ModelRegistry, version: str) -> tuple[torch.nn.Module, dict]:

@@ -193,3 +193,22 @@ def model_ids(cfg, directory: Path | None = None) -> ModelIds:  # noqa: ANN001 -
 def id_rows(mapping) -> ModelIds:  # noqa: ANN001 - ModelSettings or ModelIds
     """Callers that only have the model settings get the hashed mapping."""
     return mapping if isinstance(mapping, ModelIds) else model_ids(mapping.model_copy(update={"ids": "hashed"}))
+
+
+def training_ids(cfg, events: Iterable[tuple[str, str, int]]) -> ModelIds:  # noqa: ANN001 - ModelSettings
+    """The row mapping a model is trained with: hashed, or managed tables filled from its training
+    events ``(user, item, event_time)`` in time order, with the frequency filter and the expiry the
+    streaming trainer applies (so nightly and online admit ids by the same rule)."""
+    ids = model_ids(cfg)
+    if not ids.managed:
+        return ids
+    now = None
+    for user, item, t in events:
+        ids.users.observe(user, t)
+        ids.items.observe(item, t)
+        now = t if now is None else max(now, t)
+    if now is not None:
+        ids.users.expire(now)
+        ids.items.expire(now)
+    return ids
+

@@ -89,6 +89,12 @@ class IncrementalModel:
         if (row := self.ids.items.observe(event_item, t_ms)) is not None:
             self.init_row(ITEM_TABLE, row, self.ids.items.rows([p for p in popular if p != event_item]))
 
+    def expire(self, now_ms: int) -> None:
+        """Managed ids: rows of ids unseen for ``model.id_ttl_days`` of event time go back to the free list."""
+        if self.ids.managed:
+            self.ids.users.expire(now_ms)
+            self.ids.items.expire(now_ms)
+
     def init_row(self, table: str, row: int, like_rows: torch.Tensor) -> None:
         """Start a row (a new item's, a newly admitted id's) at the mean of ``like_rows`` of the same
         table instead of its random init or a previous owner's values."""

@@ -83,12 +83,13 @@ def test_paired_differences_agree_with_the_overall_numbers(report):
 
 def test_catalogue_churn_relaunches_items_under_new_ids(ml100k_path, tmp_path, monkeypatch):
     """--renew-items: the evaluated period's renewed items are new ids to every model trained
-    before it; the report says how the replay was altered."""
+    before it; the report says how the replay was altered. (Run with model.ids=managed: the
+    replay admits and looks ids up as the nightly job and the learner do.)"""
     from batch.catalogue_churn import renew_items
 
     for k, v in {"RECSYS_DATA_DIR": str(tmp_path / "data"), "RECSYS_MODEL__USER_BUCKETS": "4000",
                  "RECSYS_MODEL__ITEM_BUCKETS": "4000", "RECSYS_MODEL__EMBEDDING_DIM": "16",
-                 "RECSYS_TRAINING__EPOCHS": "1"}.items():
+                 "RECSYS_TRAINING__EPOCHS": "1", "RECSYS_MODEL__IDS": "managed"}.items():
         monkeypatch.setenv(k, v)
     raw = pd.read_csv(ml100k_path, sep="\t", names=["user", "item", "rating", "ts"]).sort_values("ts", kind="stable")
     path = tmp_path / "u.data"
@@ -105,3 +106,37 @@ def test_catalogue_churn_relaunches_items_under_new_ids(ml100k_path, tmp_path, m
     assert new_ids and not new_ids & {e.item_id for e in renewed if e.event_time < start}
     assert 0.3 < len(new_ids) / len({e.item_id for e in after}) < 0.7
     assert data["overall"]["online"]["events"] > 0
+
+
+def test_managed_ids_in_the_replay_follow_the_admission_rule(ml100k_path, tmp_path):
+    """With model.ids=managed every strategy trains and scores through its own id tables: an id
+    has a row of its own only after model.id_min_count events, and the online model admits the
+    evaluated period's ids as they arrive."""
+    from collections import Counter
+
+    from batch.prequential import Prequential
+    from features.model_inputs import feature_spec
+    from features.store import apply
+    from infra.settings import Settings
+
+    s = Settings(data_dir=tmp_path, features={"project": "preqids"},
+                 model={"ids": "managed", "id_min_count": 3, "user_buckets": 3000, "item_buckets": 3000,
+                        "embedding_dim": 16}, training={"epochs": 1})
+    apply(s)
+    from batch.catalogue_churn import renew_items
+
+    events = sorted(load_events(ml100k_path).events, key=lambda e: (e.event_time, e.event_id))[:HISTORY_EVENTS]
+    start = events[-1].event_time - DAY_MS
+    events = renew_items(events, start, DAY_MS, 0.5)  # new item ids arrive during the evaluated day
+    replay = Prequential(s, feature_spec(s), progress=False)
+    report = replay.run(events, start)
+    assert report.overall["online"]["events"] > 0
+    ids = replay._online.ids
+    counts = Counter(e.item_id for e in events)
+    assert ids.managed and len(ids.items) > 0
+    assert all(counts[i] >= 3 for i in ids.items.row_of)  # the frequency filter
+    before = {e.item_id for e in events if e.event_time < start}
+    arrived = Counter(e.item_id for e in events if e.event_time >= start and e.item_id not in before)
+    assert any(n >= 3 for n in arrived.values())
+    assert {i for i, n in arrived.items() if n >= 3} <= set(ids.items.row_of)  # admitted online, no nightly run
+    assert not {i for i, n in arrived.items() if n < 3} & set(ids.items.row_of)
