@@ -236,8 +236,6 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
     def post_events(events: Annotated[list[dict[str, Any]] | dict[str, Any], Body(
             description="one event or a list of events (the JSON of streaming.events.Event)")]) -> Any:
         """Validate events and produce them to the events topic; invalid ones go to the DLQ with the reason."""
-        from streaming.events import InvalidEvent, validate_and_encode
-
         batch = events if isinstance(events, list) else [events]
         if not batch:
             raise HTTPException(422, "no events in the request: send an event object or a non-empty list")
@@ -250,12 +248,8 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         rejected = []
         with ctx._producer_lock:
             for i, e in enumerate(batch):
-                try:
-                    validate_and_encode(e)
-                    problem = InvalidEvent("oversize", f"larger than producer.max_event_bytes={settings.producer.max_event_bytes}")
-                except InvalidEvent as exc:
-                    problem = exc
-                if producer.send(e) is None:  # dead-lettered with its reason
+                problem = producer.send_or_reason(e)
+                if problem is not None:  # dead-lettered with its reason
                     rejected.append(RejectedEvent(index=i, reason=problem.reason, detail=problem.detail))
             producer.flush(timeout=10)
         accepted = len(batch) - len(rejected)

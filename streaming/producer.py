@@ -161,6 +161,14 @@ class EventProducer:
     # -- sending -------------------------------------------------------------------------
     def send(self, obj: Event | dict[str, Any] | bytes | str) -> Any:
         """Validate and send one event; returns the Kafka future, or None if it went to the DLQ."""
+        return self._send(obj)[0]
+
+    def send_or_reason(self, obj: Event | dict[str, Any] | bytes | str) -> InvalidEvent | None:
+        """Validate and send one event; returns why it went to the DLQ instead (None: sent), for
+        callers that report the reason back (the API's POST /events)."""
+        return self._send(obj)[1]
+
+    def _send(self, obj: Event | dict[str, Any] | bytes | str) -> tuple[Any, InvalidEvent | None]:
         try:
             event, payload = validate_and_encode(obj)
             if len(payload) > self.max_event_bytes:
@@ -171,7 +179,7 @@ class EventProducer:
             self._dead_letter(obj, exc)
             if self.strict:
                 raise
-            return None
+            return None, exc
         if self._in_flight >= self._max_buffered:
             self._reap(block_for_one=True, event=event)
         try:
@@ -191,7 +199,7 @@ class EventProducer:
         self._in_flight += 1
         if self.report.sent & 0x3FF == 0:
             self._reap()
-        return future
+        return future, None
 
     def send_many(self, events: Iterable[Event | dict[str, Any] | bytes | str]) -> int:
         """Send each event; returns how many were accepted (not routed to the DLQ)."""

@@ -170,9 +170,13 @@ def test_post_events_produces_valid_and_dead_letters_invalid(stack):
     assert mixed.json()["accepted"] == 1 and [x["index"] for x in mixed.json()["rejected"]] == [1]
     only_bad = httpx.post(server.url + "/events", json=[bad], timeout=10)
     assert only_bad.status_code == 422 and only_bad.json()["rejected"][0]["reason"]
+    huge = {**good, "event_id": "api-4", "context": {"blob": "x" * (s.producer.max_event_bytes + 1)}}
+    too_big = httpx.post(server.url + "/events", json=huge, timeout=10)
+    assert too_big.status_code == 422 and too_big.json()["rejected"][0]["reason"] == "oversize"
     assert scan_topic(s, s.topics.events, idle_ms=300).records == before + 2
     dlq = scan_topic(s, s.topics.dlq, idle_ms=300)
-    assert dlq.records >= 2 and sum(dlq.reasons.values()) == dlq.records
+    assert dlq.records >= 3 and sum(dlq.reasons.values()) == dlq.records
+    assert {only_bad.json()["rejected"][0]["reason"], "oversize"} <= set(dlq.reasons)  # the API reports the DLQ's reason
 
 
 def test_health_model_and_metrics(stack):
