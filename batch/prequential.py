@@ -48,7 +48,7 @@ from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import Settings
 from models.id_table import ModelIds, training_ids
-from models.ids import bucket, bucket_tensor
+from models.ids import bucket_tensor
 from models.incremental import IncrementalModel, Row
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.train import Examples, fit
@@ -204,15 +204,9 @@ class Prequential:
             self.popularity[event.item_id] += 1
 
     def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str], ids: ModelIds) -> Batch:
-        """One user against many items: ids mapped once, the recent-items bag repeated per row."""
-        cfg, n = self.settings.model, len(items)
-        if ids.managed:
-            user_row, item_rows, recent_rows = int(ids.users.rows([user])[0]), ids.items.rows(items), ids.items.rows(recent)
-        else:
-            user_row, item_rows = bucket(user, cfg.user_buckets), self._item_rows(items)
-            recent_rows = bucket_tensor(recent, cfg.item_buckets)
-        return Batch.from_rows(torch.full((n,), user_row, dtype=torch.long), item_rows, recent_rows.repeat(n),
-                               torch.full((n,), len(recent), dtype=torch.long), torch.from_numpy(dense))
+        """One user against many items (hashed item rows are cached: the catalogue is re-ranked per event)."""
+        item_rows = ids.items.rows(items) if ids.managed else self._item_rows(items)
+        return Batch.one_user(ids.users.rows([user]), item_rows, ids.items.rows(recent), torch.from_numpy(dense))
 
     def _item_rows(self, items: list[str]) -> torch.Tensor:
         missing = [i for i in items if i not in self._rows]

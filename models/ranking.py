@@ -194,6 +194,15 @@ class Batch:
                              torch.tensor([len(r) for r in recent], dtype=torch.long), dense, labels)
 
     @classmethod
+    def one_user(cls, user_row: torch.Tensor, item_rows: torch.Tensor, recent_rows: torch.Tensor,
+                 dense: torch.Tensor) -> "Batch":
+        """One user against ``len(item_rows)`` items (ranking a candidate list): the user's row and
+        recent-items bag repeated per item."""
+        n = len(item_rows)
+        return cls.from_rows(user_row.reshape(1).expand(n), item_rows, recent_rows.repeat(n),
+                             torch.full((n,), len(recent_rows), dtype=torch.long), dense)
+
+    @classmethod
     def from_rows(cls, user_rows: torch.Tensor, item_rows: torch.Tensor, recent_rows: torch.Tensor,
                   recent_lengths: torch.Tensor, dense: torch.Tensor, labels: torch.Tensor | None = None) -> "Batch":
         """Ids already hashed into rows (hash once per dataset, not once per epoch)."""

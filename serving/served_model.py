@@ -105,9 +105,7 @@ class ServedModel:
         dense[:n, user_dense.size:] = item_dense
         rows = self.item_rows_for(items)
         rows = torch.cat([rows, rows[:1].expand(size - n)]) if size > n else rows
-        batch = Batch.from_rows(self.ids.users.rows([user_id]).expand(size),
-                                rows, recent_rows.repeat(size), torch.full((size,), len(recent), dtype=torch.long),
-                                torch.from_numpy(dense))
+        batch = Batch.one_user(self.ids.users.rows([user_id]), rows, recent_rows, torch.from_numpy(dense))
         return predict(self.model, batch).numpy()[:n]
 
     def nearest(self, recent: Sequence[str], n: int) -> list[tuple[str, float]]:
