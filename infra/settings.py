@@ -154,7 +154,10 @@ class StreamSettings(BaseModel):
     allowed_lateness_ms: int = Field(
         default=3_600_000, ge=0, description="events older than watermark - this are late: kept in the lake, not in features"
     )
-    online_flush_ms: int = Field(default=50, ge=1, description="max time a feature update waits before it is written")
+    online_flush_ms: int = Field(
+        default=0, ge=0, description="max time a feature update waits before it is written; 0 = after every micro-batch "
+        "(lowest latency; >0 coalesces writes of hot entities across micro-batches)"
+    )
     online_flush_rows: int = Field(default=5000, ge=1)
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)

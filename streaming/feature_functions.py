@@ -22,7 +22,7 @@ from collections import defaultdict
 from functools import partial
 from typing import Any, Iterable
 
-from pyflink.common import Types
+from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
@@ -91,6 +91,11 @@ class _FeatureFunction(KeyedProcessFunction):
         self._seen_marker = runtime_context.get_state(ValueStateDescriptor("has_state", Types.BOOLEAN()))
         self._checked_keys: set[int] = set()
         self._caches: list[LocalStateCache] = []
+        self._oldest_pending_ms: int | None = None  # Kafka timestamp of the oldest record not yet written
+
+    def _pending_since(self, kafka_ms: int | None) -> None:
+        if kafka_ms is not None and (self._oldest_pending_ms is None or kafka_ms < self._oldest_pending_ms):
+            self._oldest_pending_ms = kafka_ms
 
     def _check_key(self, key: int) -> None:
         """First time this process sees ``key``: if Flink holds no state for it, caches are complete."""
@@ -103,6 +108,7 @@ class _FeatureFunction(KeyedProcessFunction):
             self._seen_marker.update(True)
 
     def _after(self, ctx: "KeyedProcessFunction.Context") -> None:
+        """After a micro-batch: write the staged features now, or within ``online_flush_ms``."""
         writer = self.writer
         if writer.due(self.stream.online_flush_ms, self.stream.online_flush_rows):
             self._flush_online()
@@ -118,6 +124,10 @@ class _FeatureFunction(KeyedProcessFunction):
     def _flush_online(self) -> None:
         started = time.perf_counter()
         written = self.writer.flush()
+        if self._oldest_pending_ms is not None:
+            # produce -> readable in the online store, for the oldest record in this write
+            self.metrics.set("write_delay_ms", int(time.time() * 1000) - self._oldest_pending_ms)
+            self._oldest_pending_ms = None
         self.metrics.inc("online_flush_s", time.perf_counter() - started)
         self.metrics.inc("online_rows", written)
         self.metrics.set("online_batches", self.writer.batches)
@@ -264,6 +274,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         key = ctx.get_current_key()
         self._check_key(key)
         offsets, payloads = batch[1], batch[2]
+        self._pending_since(None if batch[3] is None else batch[3].to_epoch_milli())
         if len(offsets) != len(payloads):
             raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
         records = sorted(zip(offsets, payloads), key=lambda r: r[0])
@@ -335,7 +346,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         for shard, shard_updates in updates.items():
-            yield shard, shard_updates
+            yield Row(shard, shard_updates)  # keyed by shard in Java (streaming.feature_job.keyed)
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
         key = ctx.get_current_key()
@@ -397,10 +408,11 @@ class ItemShardFunction(_ItemUpdates, _FeatureFunction):
         self.names = names
         self._open_items(runtime_context)
 
-    def process_element(self, shard_updates: tuple, ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
+    def process_element(self, updates: list[tuple], ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
         started = time.perf_counter()
-        self._check_key(shard_updates[0])
-        self._apply_items(shard_updates[0], shard_updates[1])
+        shard = ctx.get_current_key()
+        self._check_key(shard)
+        self._apply_items(shard, updates)
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         return []

@@ -66,6 +66,7 @@ CREATE TABLE {SOURCE_TABLE} (
   payload BYTES,
   `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
+  `timestamp` TIMESTAMP_LTZ(3) METADATA VIRTUAL,
   proc_time AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',
@@ -80,18 +81,37 @@ CREATE TABLE {SOURCE_TABLE} (
 )"""
 
 
-def micro_batches_sql(settings: Settings) -> str:
-    """One row per Kafka partition per ``batch_ms``: offsets and bytes of the records that arrived.
+def micro_batches_sql(settings: Settings, key: str) -> str:
+    """One row per Kafka partition per ``batch_ms``: ``(key, (partition, offsets, payloads, first_ts))``
+    (``first_ts``: the oldest Kafka record timestamp in the batch, for the write-delay metric).
 
-    Two arrays of plain values rather than one array of ROW(offset, payload): the thread-mode
-    (pemja) bridge hands Python the same Row object for every element of an array of rows.
-    Both aggregates accumulate the group's rows in the same order, so the arrays line up.
+    The key comes first so the stream is keyed on the Java side (see :func:`keyed`). Two arrays
+    of plain values rather than one array of ROW(offset, payload): the thread-mode (pemja) bridge
+    hands Python the same Row object for every element of an array of rows. Both aggregates
+    accumulate the group's rows in the same order, so the arrays line up.
     """
     seconds = f"{settings.stream.batch_ms / 1000:.3f}"
     return f"""
-SELECT `partition`, ARRAY_AGG(`offset`) AS offsets, ARRAY_AGG(payload) AS payloads
-FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(proc_time), INTERVAL '{seconds}' SECOND))
-GROUP BY `partition`, window_start, window_end"""
+SELECT {key} AS k, ROW(`partition`, offsets, payloads, first_ts) AS batch FROM (
+  SELECT `partition`, ARRAY_AGG(`offset`) AS offsets, ARRAY_AGG(payload) AS payloads, MIN(`timestamp`) AS first_ts
+  FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(proc_time), INTERVAL '{seconds}' SECOND))
+  GROUP BY `partition`, window_start, window_end)"""
+
+
+def keyed(stream, key_type):  # noqa: ANN001, ANN201 - pyflink DataStream -> KeyedStream
+    """Key a stream of ``(key, value)`` rows by field 0 in Java.
+
+    ``DataStream.key_by`` runs a Python function to compute the key: one more trip of every
+    micro-batch through a Python worker (and, at parallelism 1, through the same interpreter
+    that computes the features). The micro-batch query already carries its key, so the Java
+    key selector PyFlink itself uses after that Python step is applied directly.
+    """
+    from pyflink.common import Types
+    from pyflink.datastream.data_stream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), Types.ROW([key_type]).get_java_type_info())
+    return KeyedStream(j_keyed, None, stream)
 
 
 def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a StreamExecutionEnvironment
@@ -111,23 +131,27 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(source_ddl(settings))
-    batches = t_env.to_data_stream(t_env.sql_query(micro_batches_sql(settings)))
-    if settings.stream.parallelism == 1:
-        # one subtask: users and items in one Python function, no shuffle of item updates
+    fused = settings.stream.parallelism == 1
+    # one subtask: users and items in one Python function, no shuffle of item updates
+    batch_type = Types.ROW([Types.INT(), Types.ROW([Types.INT(), Types.BASIC_ARRAY(Types.LONG()),
+                                                    Types.OBJECT_ARRAY(Types.PRIMITIVE_ARRAY(Types.BYTE())),
+                                                    Types.INSTANT()])])
+    query = t_env.sql_query(micro_batches_sql(settings, "0" if fused else "`partition`"))
+    batches = t_env.to_append_stream(query, batch_type)  # a RowTypeInfo, as the keyed Python operator needs
+    by_partition = keyed(batches, Types.INT())
+    if fused:
         (
-            batches.key_by(lambda b: 0, key_type=Types.INT())
-            .process(PartitionFunction(settings, fused=True), output_type=Types.BOOLEAN())
+            by_partition.process(PartitionFunction(settings, fused=True), output_type=Types.BOOLEAN())
             .name("validate, lake, user + item features").uid("fused")
             .print()
         )
         return env
     item_updates = (
-        batches.key_by(lambda b: b[0], key_type=Types.INT())
-        .process(PartitionFunction(settings), output_type=PICKLED)
+        by_partition.process(PartitionFunction(settings), output_type=Types.ROW([Types.INT(), PICKLED]))
         .name("validate, lake, user features").uid("partition")
     )
     (
-        item_updates.key_by(lambda u: u[0], key_type=Types.INT())
+        keyed(item_updates, Types.INT())
         .process(ItemShardFunction(settings), output_type=Types.BOOLEAN())
         .name("item features").uid("items")
         .print()

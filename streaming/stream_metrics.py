@@ -56,7 +56,8 @@ def read_all(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def totals(directory: Path) -> dict[str, Any]:
-    """Sum of the numeric counters over all instances (plus the newest update time)."""
+    """Sum of the numeric counters over all instances (plus the newest update time, the first
+    ``*_at`` time and the largest ``*_delay_ms``)."""
     total: dict[str, Any] = {}
     for counters in read_all(directory).values():
         for k, v in counters.items():
@@ -64,6 +65,8 @@ def totals(directory: Path) -> dict[str, Any]:
                 total[k] = max(total.get(k, 0), v)
             elif k.endswith("_at"):
                 total[k] = min(total.get(k, v), v)
+            elif k.endswith("_delay_ms"):
+                total[k] = max(total.get(k, v), v)
             elif isinstance(v, (int, float)):
                 total[k] = total.get(k, 0) + v
     return total
