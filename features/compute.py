@@ -30,8 +30,11 @@ Definitions (all in event time; a *late* event counts in no feature, see the job
 from __future__ import annotations
 
 import bisect
+import pickle
 from collections import deque
 from typing import Any, Callable
+
+import orjson
 
 from features import names
 from features.names import EVENT_TYPES
@@ -71,6 +74,15 @@ class Stats:
 
     def __getstate__(self) -> tuple:
         return (self.counts, self.rating_sum, self.rating_count, self.last_seen_ms)
+
+    def to_list(self) -> list:
+        return [self.counts, self.rating_sum, self.rating_count, self.last_seen_ms]
+
+    @classmethod
+    def from_list(cls, raw: list) -> "Stats":
+        stats = cls.__new__(cls)
+        stats.counts, stats.rating_sum, stats.rating_count, stats.last_seen_ms = raw
+        return stats
 
     def __setstate__(self, state: tuple) -> None:
         self.counts, self.rating_sum, self.rating_count, self.last_seen_ms = state
@@ -118,6 +130,21 @@ class UserState:
     def __setstate__(self, state: tuple) -> None:
         self.stats, self.recent, memory = state
         self.covisit_memory = deque(memory)
+
+    def to_bytes(self) -> bytes:
+        """Compact encoding for Flink state (about 2x cheaper than pickle, and written every batch)."""
+        return orjson.dumps([STATE_FORMAT, self.stats.to_list(), self.recent, list(self.covisit_memory)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "UserState":
+        raw = _state_fields(data, cls)
+        if isinstance(raw, cls):
+            return raw
+        user = cls.__new__(cls)
+        user.stats = Stats.from_list(raw[1])
+        user.recent = [tuple(e) for e in raw[2]]
+        user.covisit_memory = deque(tuple(m) for m in raw[3])
+        return user
 
 
 class ItemState:
@@ -183,9 +210,18 @@ class ItemState:
 
     def covisit_features(self, cfg: FeatureSettings) -> dict[str, Any]:
         if self.covisit_dirty:
-            covisit = self.covisit
-            candidates = self.covisit_dirty.union(self.covisit_top)
-            self.covisit_top = sorted(candidates, key=lambda k: (-covisit[k], k))[: cfg.covisit_top_k]
+            covisit, top, dirty = self.covisit, self.covisit_top, self.covisit_dirty
+
+            def rank(k: str) -> tuple[int, str]:
+                return -covisit[k], k
+
+            if len(dirty) * 4 > len(top):  # many changed: one sort
+                top = sorted(dirty.union(top), key=rank)
+            else:  # a few changed: the others keep their order (their counts did not move)
+                top = [k for k in top if k not in dirty]
+                for k in dirty:
+                    bisect.insort(top, k, key=rank)
+            self.covisit_top = top[: cfg.covisit_top_k]
             self.covisit_dirty = set()
         return {"covisit_items": list(self.covisit_top), "covisit_counts": [self.covisit[k] for k in self.covisit_top]}
 
@@ -194,6 +230,47 @@ class ItemState:
 
     def __setstate__(self, state: tuple) -> None:
         self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty = state
+
+    def to_bytes(self) -> bytes:
+        """Compact encoding for Flink state (see :meth:`UserState.to_bytes`)."""
+        buckets = [[[slot, counts] for slot, counts in b.items()] for b in self.buckets]
+        return orjson.dumps([STATE_FORMAT, self.stats.to_list(), buckets, self.latest_ms, self.covisit,
+                             self.covisit_top, list(self.covisit_dirty)])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ItemState":
+        raw = _state_fields(data, cls)
+        if isinstance(raw, cls):
+            return raw
+        item = cls.__new__(cls)
+        item.stats = Stats.from_list(raw[1])
+        item.buckets = [{slot: counts for slot, counts in b} for b in raw[2]]
+        item.latest_ms, item.covisit, item.covisit_top = raw[3], raw[4], raw[5]
+        item.covisit_dirty = set(raw[6])
+        return item
+
+
+STATE_FORMAT = 1  # first element of an encoded state; bump it when the layout changes
+
+
+def _state_fields(data: bytes, cls: type) -> Any:
+    """An encoded state's fields, or the object itself from a pickle (Flink state written before
+    states were encoded by ``to_bytes``: restoring such a checkpoint keeps working).
+
+    >>> u = UserState()
+    >>> _ = u.add(FeatureSettings(), "e1", "a", "rating", 4.0, 1000)
+    >>> UserState.from_bytes(u.to_bytes()).recent == UserState.from_bytes(pickle.dumps(u)).recent == u.recent
+    True
+    """
+    if data[:1] == b"\x80":  # pickle protocol >= 2
+        state = pickle.loads(data)
+        if not isinstance(state, cls):
+            raise TypeError(f"Flink state holds a {type(state).__name__}, expected {cls.__name__}")
+        return state
+    raw = orjson.loads(data)
+    if raw[0] != STATE_FORMAT:
+        raise ValueError(f"{cls.__name__} state format {raw[0]} is not {STATE_FORMAT}: restore with the version that wrote it")
+    return raw
 
 
 # -- the per-event steps, shared by the Flink job and the backfill ------------------------------

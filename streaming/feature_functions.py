@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from functools import partial
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
@@ -30,6 +30,9 @@ from infra.settings import Settings
 from models.ids import bucket  # stable across processes (unlike hash()): restored state keeps its shard
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
+# user/item states, encoded by their to_bytes (the Java serializer is the same as PICKLED's, so
+# checkpoints written when states were pickled restore; from_bytes reads both)
+STATE_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
 
 
 class LocalStateCache:
@@ -42,8 +45,9 @@ class LocalStateCache:
     (``authoritative``), a missing entity is simply new, with no read.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, decode: Callable[[bytes], Any]) -> None:
         self.max_entries = max_entries
+        self.decode = decode
         self._states: dict[tuple[int, str], Any] = {}
         self._authoritative: set[int] = set()
 
@@ -53,7 +57,8 @@ class LocalStateCache:
     def get(self, key: int, entity: str, state: Any, new: Any) -> Any:
         found = self._states.get((key, entity))
         if found is None:
-            found = new() if key in self._authoritative else (state.get(entity) or new())
+            stored = None if key in self._authoritative else state.get(entity)
+            found = new() if stored is None else self.decode(stored)
             if len(self._states) >= self.max_entries:
                 self._states.clear()
                 self._authoritative.clear()  # evicted states live only in Flink state now
@@ -128,6 +133,7 @@ class _FeatureFunction(KeyedProcessFunction):
             # produce -> readable in the online store, for the oldest record in this write
             self.metrics.set("write_delay_ms", int(time.time() * 1000) - self._oldest_pending_ms)
             self._oldest_pending_ms = None
+        self.metrics.set("last_write_at", time.time())
         self.metrics.inc("online_flush_s", time.perf_counter() - started)
         self.metrics.inc("online_rows", written)
         self.metrics.set("online_batches", self.writer.batches)
@@ -153,8 +159,8 @@ class _ItemUpdates:
         from features.compute import ItemState
 
         self.new_item = ItemState
-        self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), PICKLED))
-        self.item_cache = LocalStateCache(self.stream.local_state_entries)
+        self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), STATE_BYTES))
+        self.item_cache = LocalStateCache(self.stream.local_state_entries, ItemState.from_bytes)
         self._caches.append(self.item_cache)
         probe = ItemState(len(self.cfg.windows))
         self.writer.require(self.names.ITEM_STATS, probe.stats.features())
@@ -226,7 +232,7 @@ class _ItemUpdates:
                 writer.stage(names.ITEM_POPULARITY, item_id, partial(state.popularity_features, cfg), event_time)
             if had_covisit:
                 writer.stage(names.ITEM_COVISIT, item_id, partial(state.covisit_features, cfg), event_time)
-            self.items.put(item_id, state)
+            self.items.put(item_id, state.to_bytes())
 
 
 class PartitionFunction(_ItemUpdates, _FeatureFunction):
@@ -252,8 +258,8 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self.buffer = runtime_context.get_list_state(ListStateDescriptor("lake_buffer", PICKLED))  # (partition, rows)
         self.buffered_rows = runtime_context.get_state(ValueStateDescriptor("lake_buffered_rows", Types.LONG()))
         self.max_event_time = runtime_context.get_state(ValueStateDescriptor("max_event_time", PICKLED))  # {partition: ms}
-        self.users = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), PICKLED))
-        self.user_cache = LocalStateCache(self.stream.local_state_entries)
+        self.users = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), STATE_BYTES))
+        self.user_cache = LocalStateCache(self.stream.local_state_entries, UserState.from_bytes)
         self._caches.append(self.user_cache)
         self.new_user = UserState
         probe = UserState()
@@ -321,7 +327,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         for user_id, (state, last_t) in touched.items():
             writer.stage(names.USER_STATS, user_id, state.stats.features, last_t)
             writer.stage(names.USER_RECENT, user_id, state.recent_features, last_t)
-            self.users.put(user_id, state)
+            self.users.put(user_id, state.to_bytes())
         watermarks[partition] = max_t
         self.max_event_time.update(watermarks)
         metrics.inc("events_in", len(records))

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 
 class MetricsFile:
@@ -56,12 +56,22 @@ def read_all(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 def totals(directory: Path) -> dict[str, Any]:
-    """Sum of the numeric counters over all instances (plus the newest update time, the first
-    ``*_at`` time and the largest ``*_delay_ms``)."""
+    """The job's counters: :func:`merge` over all instances' files."""
+    return merge(read_all(directory).values())
+
+
+def merge(instances: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Sum of the numeric counters over instances, except times: the newest ``updated_at`` and
+    ``last_*_at``, the first other ``*_at``, the largest ``*_delay_ms``.
+
+    >>> merge([{"events": 2, "first_batch_at": 5.0, "last_write_at": 9.0, "write_delay_ms": 40},
+    ...        {"events": 3, "first_batch_at": 4.0, "last_write_at": 7.0, "write_delay_ms": 90}])
+    {'events': 5, 'first_batch_at': 4.0, 'last_write_at': 9.0, 'write_delay_ms': 90}
+    """
     total: dict[str, Any] = {}
-    for counters in read_all(directory).values():
+    for counters in instances:
         for k, v in counters.items():
-            if k == "updated_at":
+            if k == "updated_at" or (k.startswith("last_") and k.endswith("_at")):
                 total[k] = max(total.get(k, 0), v)
             elif k.endswith("_at"):
                 total[k] = min(total.get(k, v), v)
