@@ -143,7 +143,10 @@ class StreamSettings(BaseModel):
     job_name: str = "recsys-features"
     group_id: str = "recsys-stream"
     parallelism: int = Field(default=1, ge=1)
-    checkpoint_interval_ms: int = Field(default=2000, ge=100)
+    checkpoint_interval_ms: int = Field(
+        default=10_000, ge=100, description="how often state + offsets are checkpointed: a crash replays up to this much "
+        "(exactly once either way); each checkpoint snapshots all feature state, which showed in freshness p99 at 2 s"
+    )
     checkpoints_retained: int = Field(default=3, ge=1)
     batch_ms: int = Field(default=50, ge=10, description="records reach Python in micro-batches of this much processing time")
     local_state_entries: int = Field(
@@ -163,7 +166,11 @@ class StreamSettings(BaseModel):
     lake_flush_rows: int = Field(default=50_000, ge=1)
     fetch_max_wait_ms: int = Field(default=50, ge=0, description="Kafka fetch wait when there is no data (latency at low rates)")
     buffer_timeout_ms: int = Field(default=5, ge=0, description="Flink network buffer flush interval (latency vs throughput)")
-    bundle_time_ms: int = Field(default=20, ge=1, description="python.fn-execution.bundle.time")
+    gc_freeze_every_ms: int = Field(
+        default=1000, ge=0, description="move long-lived objects (the feature states) out of Python's cyclic GC this often, "
+        "so full collections do not stall the job (0 = leave the GC alone)"
+    )
+    bundle_time_ms: int = Field(default=10, ge=1, description="python.fn-execution.bundle.time: Python state commits and timers at least this often (5: p50 -20 ms, throughput -7%)")
     bundle_size: int = Field(default=5000, ge=1, description="python.fn-execution.bundle.size")
     topic_epoch: str | None = Field(
         default=None,

@@ -97,6 +97,7 @@ class _FeatureFunction(KeyedProcessFunction):
         self._checked_keys: set[int] = set()
         self._caches: list[LocalStateCache] = []
         self._oldest_pending_ms: int | None = None  # Kafka timestamp of the oldest record not yet written
+        self._frozen_at = 0.0
 
     def _pending_since(self, kafka_ms: int | None) -> None:
         if kafka_ms is not None and (self._oldest_pending_ms is None or kafka_ms < self._oldest_pending_ms):
@@ -114,12 +115,30 @@ class _FeatureFunction(KeyedProcessFunction):
 
     def _after(self, ctx: "KeyedProcessFunction.Context") -> None:
         """After a micro-batch: write the staged features now, or within ``online_flush_ms``."""
+        self._freeze_old_objects()
         writer = self.writer
         if writer.due(self.stream.online_flush_ms, self.stream.online_flush_rows):
             self._flush_online()
         elif writer.pending_rows and not self._timer_set:
             self._timer(ctx, self.stream.online_flush_ms)
         self.metrics.maybe_write()
+
+    def _freeze_old_objects(self) -> None:
+        """Keep Python's cyclic GC off the feature state.
+
+        The states of every user and item stay alive in this process; a full (generation 2)
+        collection walks all of them, which took 225 ms with 5k users and stalled every record
+        behind it (the freshness p99). Every ``gc_freeze_every_ms``, young objects are collected
+        (cycles among them freed) and the survivors are moved out of the collector's reach with
+        ``gc.freeze()``; refcounting still frees them when a state is dropped.
+        """
+        every_ms = self.stream.gc_freeze_every_ms
+        if every_ms and (time.monotonic() - self._frozen_at) * 1000 >= every_ms:
+            import gc
+
+            gc.collect(1)
+            gc.freeze()
+            self._frozen_at = time.monotonic()  # (gc.get_freeze_count() would walk every frozen object)
 
     def _timer(self, ctx: "KeyedProcessFunction.Context", in_ms: int) -> None:
         now = ctx.timer_service().current_processing_time()
