@@ -161,7 +161,11 @@ class StreamSettings(BaseModel):
         default=0, ge=0, description="max time a feature update waits before it is written; 0 = after every micro-batch "
         "(lowest latency; >0 coalesces writes of hot entities across micro-batches)"
     )
-    online_flush_rows: int = Field(default=5000, ge=1)
+    catch_up_flush_ms: int = Field(
+        default=500, ge=0, description="while the job is behind (records older than twice this when written), features "
+        "are written at most this often, so a hot entity is written once per interval: catching up is faster; 0 = off"
+    )
+    online_flush_rows: int = Field(default=50_000, ge=1, description="staged rows that force a write before the wait is over")
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)
     fetch_max_wait_ms: int = Field(default=50, ge=0, description="Kafka fetch wait when there is no data (latency at low rates)")

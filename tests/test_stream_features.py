@@ -248,3 +248,19 @@ def test_feature_function_moves_old_objects_out_of_the_cyclic_gc(stack_settings)
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+def test_writes_wait_longer_only_while_the_job_is_behind(stack_settings):
+    from streaming.feature_functions import PartitionFunction
+
+    fn = PartitionFunction(stack_settings)
+    fn.stream = stack_settings.stream.model_copy(update={"online_flush_ms": 0, "catch_up_flush_ms": 500})
+    now_ms = int(time.time() * 1000)
+    fn._oldest_pending_ms = None
+    assert fn._write_wait_ms() == 0
+    fn._oldest_pending_ms = now_ms - 200  # fresh records: written after this micro-batch
+    assert fn._write_wait_ms() == 0
+    fn._oldest_pending_ms = now_ms - 5_000  # catching up: coalesce for up to 500 ms
+    assert fn._write_wait_ms() == 500
+    fn.stream = fn.stream.model_copy(update={"catch_up_flush_ms": 0})
+    assert fn._write_wait_ms() == 0
