@@ -82,7 +82,13 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
     env_file = settings.paths.run_dir / "stream.env"
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text(settings.model_dump_json())  # the job runs with exactly these settings
-    spec = _spec(settings, argv, frozenset(_job_dirs(settings)), env={"RECSYS_STREAM_SETTINGS": str(env_file)})
+    env = {"RECSYS_STREAM_SETTINGS": str(env_file)}
+    if settings.stream.parallelism > 1 and not settings.stream.jobmanager:
+        # PyFlink runs a local job's Python functions as threads of this one process ("loopback"),
+        # so several subtasks would share one GIL; "process" gives each its own interpreter, as on
+        # a cluster (at parallelism 1, loopback saves a process and is as fast)
+        env["_python_worker_execution_mode"] = "process"
+    spec = _spec(settings, argv, frozenset(_job_dirs(settings)), env=env)
     status = start_service(spec, timeout_s)
     return status.pid or 0, restore
 
