@@ -88,7 +88,19 @@ class Stats:
         self.counts, self.rating_sum, self.rating_count, self.last_seen_ms = state
 
 
-class UserState:
+class _StoredState:
+    """A state kept in Flink as bytes: ``to_bytes`` writes it, ``from_bytes`` reads it back (or a
+    pickle of it, as Flink state held it before ``to_bytes``)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Any:
+        raw = _state_fields(data, cls)
+        return raw if isinstance(raw, cls) else cls._from_fields(raw)
+
+
+class UserState(_StoredState):
     """Everything kept per user: stats, the recent events, the co-visitation memory."""
 
     __slots__ = ("stats", "recent", "covisit_memory")
@@ -136,10 +148,7 @@ class UserState:
         return orjson.dumps([STATE_FORMAT, self.stats.to_list(), self.recent, list(self.covisit_memory)])
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "UserState":
-        raw = _state_fields(data, cls)
-        if isinstance(raw, cls):
-            return raw
+    def _from_fields(cls, raw: list) -> "UserState":
         user = cls.__new__(cls)
         user.stats = Stats.from_list(raw[1])
         user.recent = [tuple(e) for e in raw[2]]
@@ -147,7 +156,7 @@ class UserState:
         return user
 
 
-class ItemState:
+class ItemState(_StoredState):
     """Everything kept per item: stats, windowed popularity buckets, co-visitation counts."""
 
     __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty")
@@ -238,10 +247,7 @@ class ItemState:
                              self.covisit_top, list(self.covisit_dirty)])
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "ItemState":
-        raw = _state_fields(data, cls)
-        if isinstance(raw, cls):
-            return raw
+    def _from_fields(cls, raw: list) -> "ItemState":
         item = cls.__new__(cls)
         item.stats = Stats.from_list(raw[1])
         item.buckets = [{slot: counts for slot, counts in b} for b in raw[2]]
