@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,9 +138,7 @@ def point_in_time(settings: Settings, spec: FeatureSpec, users: pd.Series, items
     item_part = _historical(settings, names.ITEM_KEY, items, before, list(spec.item_refs))
     rows = pd.DataFrame({names.USER_KEY: users.to_numpy(), names.ITEM_KEY: items.to_numpy(), "t": before.to_numpy()})
     rows = rows.merge(user_part, on=[names.USER_KEY, "t"], how="left").merge(item_part, on=[names.ITEM_KEY, "t"], how="left")
-    dense = dense_transform(rows[[column(r) for r in (*spec.user_refs, *spec.item_refs)]].to_numpy(dtype=np.float64))
-    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in rows[column(spec.recent_ref)]]
-    return dense.astype(np.float32), recent
+    return _dense(rows, (*spec.user_refs, *spec.item_refs)), _bags(rows[column(spec.recent_ref)])
 
 
 def as_of(settings: Settings, spec: FeatureSpec, users: list[str], items: list[str], at_ms: int) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
@@ -148,7 +147,14 @@ def as_of(settings: Settings, spec: FeatureSpec, users: list[str], items: list[s
     user_part = user_part.set_index(names.USER_KEY).reindex(users)
     item_part = _historical(settings, names.ITEM_KEY, pd.Series(items), pd.Series([at_ms - 1] * len(items)), list(spec.item_refs))
     item_part = item_part.set_index(names.ITEM_KEY).reindex(items)
-    user_dense = dense_transform(user_part[[column(r) for r in spec.user_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
-    item_dense = dense_transform(item_part[[column(r) for r in spec.item_refs]].to_numpy(dtype=np.float64)).astype(np.float32)
-    recent = [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in user_part[column(spec.recent_ref)]]
-    return user_dense, recent, item_dense
+    return _dense(user_part, spec.user_refs), _bags(user_part[column(spec.recent_ref)]), _dense(item_part, spec.item_refs)
+
+
+def _dense(frame: pd.DataFrame, refs: Sequence[str]) -> np.ndarray:
+    """The model's dense inputs from joined feature columns (float32, transformed)."""
+    return dense_transform(frame[[column(r) for r in refs]].to_numpy(dtype=np.float64)).astype(np.float32)
+
+
+def _bags(values: pd.Series) -> list[list[str]]:
+    """Recent-item lists; a user with no history at that time has none."""
+    return [list(r) if isinstance(r, (list, np.ndarray)) else [] for r in values]
