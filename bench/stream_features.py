@@ -50,17 +50,14 @@ def flink_rate(settings: Settings, n: int, warmup: int) -> float:
     """Events/s after the first ``warmup`` events (JVM start and JIT are not the sustained rate):
     from the first metrics snapshot past ``warmup`` to the job's last feature write."""
     stream_runner.start(settings, fresh=True)
-    mark: tuple[int, float] | None = None
     try:
-        while True:
-            m = totals(metrics_dir(settings))
-            events = m.get("events_in", 0)
-            if mark is None and events >= warmup:
-                mark = (events, m["updated_at"])
-            if events >= n:
-                break
+        deadline = time.monotonic() + 900
+        while (m := totals(metrics_dir(settings))).get("events_in", 0) < warmup:
+            if time.monotonic() > deadline or not stream_runner.status(settings, with_lag=False).running:
+                raise RuntimeError(f"the stream job did not read {warmup} events: {m}; see {settings.paths.log_dir / 'stream.log'}")
             time.sleep(0.2)
-        m = stream_runner.wait_idle(settings, n, timeout_s=900)
+        mark = (m["events_in"], m["updated_at"])
+        m = stream_runner.wait_idle(settings, n, timeout_s=900)  # raises if the job stops or stalls
     finally:
         stream_runner.stop(settings)
     if mark[0] >= n:

@@ -99,8 +99,8 @@ class _FeatureFunction(KeyedProcessFunction):
         self._oldest_pending_ms: int | None = None  # Kafka timestamp of the oldest record not yet written
         self._frozen_at = 0.0
 
-    def _pending_since(self, kafka_ms: int | None) -> None:
-        if kafka_ms is not None and (self._oldest_pending_ms is None or kafka_ms < self._oldest_pending_ms):
+    def _pending_since(self, kafka_ms: int) -> None:
+        if self._oldest_pending_ms is None or kafka_ms < self._oldest_pending_ms:
             self._oldest_pending_ms = kafka_ms
 
     def _check_key(self, key: int) -> None:
@@ -311,7 +311,8 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         key = ctx.get_current_key()
         self._check_key(key)
         offsets, payloads = batch[1], batch[2]
-        self._pending_since(None if batch[3] is None else batch[3].to_epoch_milli())
+        if batch[3] is not None:
+            self._pending_since(batch[3].to_epoch_milli())
         if len(offsets) != len(payloads):
             raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
         records = sorted(zip(offsets, payloads), key=lambda r: r[0])

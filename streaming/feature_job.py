@@ -131,8 +131,7 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(source_ddl(settings))
-    fused = settings.stream.parallelism == 1
-    # one subtask: users and items in one Python function, no shuffle of item updates
+    fused = settings.stream.parallelism == 1  # one subtask: users and items in one Python function, no shuffle
     batch_type = Types.ROW([Types.INT(), Types.ROW([Types.INT(), Types.BASIC_ARRAY(Types.LONG()),
                                                     Types.OBJECT_ARRAY(Types.PRIMITIVE_ARRAY(Types.BYTE())),
                                                     Types.INSTANT()])])
