@@ -159,7 +159,7 @@ class UserState(_StoredState):
 class ItemState(_StoredState):
     """Everything kept per item: stats, windowed popularity buckets, co-visitation counts."""
 
-    __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty")
+    __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty", "covisit_floor")
 
     def __init__(self, n_windows: int) -> None:
         self.stats = Stats()
@@ -167,9 +167,12 @@ class ItemState(_StoredState):
         self.buckets: list[dict[int, list[int]]] = [{} for _ in range(n_windows)]
         self.latest_ms = -1
         self.covisit: dict[str, int] = {}
-        # counts only grow, so the new top K is within (previous top K + items counted since)
+        # counts only grow, so the new top K is within (previous top K + items counted since);
+        # and an item whose count is still below the K-th count of the last top K (the floor)
+        # cannot be in it: only counts reaching the floor are remembered as candidates
         self.covisit_top: list[str] = []
         self.covisit_dirty: set[str] = set()
+        self.covisit_floor = 0
 
     def add_event(self, cfg: FeatureSettings, event_type: str, value: float | None, event_time: int) -> None:
         type_idx = TYPE_INDEX[event_type]
@@ -190,10 +193,11 @@ class ItemState(_StoredState):
             counts[type_idx] += 1
 
     def add_covisits(self, items: list[str]) -> None:
-        covisit = self.covisit
+        covisit, floor, dirty = self.covisit, self.covisit_floor, self.covisit_dirty
         for other in items:
-            covisit[other] = covisit.get(other, 0) + 1
-        self.covisit_dirty.update(items)
+            n = covisit[other] = covisit.get(other, 0) + 1
+            if n >= floor:
+                dirty.add(other)
 
     def popularity_features(self, cfg: FeatureSettings) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -217,34 +221,58 @@ class ItemState(_StoredState):
         out["pop_as_of_ms"] = self.latest_ms
         return out
 
+    def refresh_covisit_top(self, cfg: FeatureSettings) -> None:
+        """Bring the top K up to date with the candidates counted since the last refresh."""
+        if not self.covisit_dirty:
+            return
+        covisit, top, dirty = self.covisit, self.covisit_top, self.covisit_dirty
+
+        def rank(k: str) -> tuple[int, str]:
+            return -covisit[k], k
+
+        if len(dirty) * 4 > len(top):  # many changed: one sort
+            top = sorted(dirty.union(top), key=rank)
+        else:  # a few changed: the others keep their order (their counts did not move)
+            top = [k for k in top if k not in dirty]
+            for k in dirty:
+                bisect.insort(top, k, key=rank)
+        k = cfg.covisit_top_k
+        self.covisit_top = top[:k]
+        self.covisit_floor = covisit[top[k - 1]] if len(top) >= k else 0
+        self.covisit_dirty = set()
+
     def covisit_features(self, cfg: FeatureSettings) -> dict[str, Any]:
-        if self.covisit_dirty:
-            covisit, top, dirty = self.covisit, self.covisit_top, self.covisit_dirty
-
-            def rank(k: str) -> tuple[int, str]:
-                return -covisit[k], k
-
-            if len(dirty) * 4 > len(top):  # many changed: one sort
-                top = sorted(dirty.union(top), key=rank)
-            else:  # a few changed: the others keep their order (their counts did not move)
-                top = [k for k in top if k not in dirty]
-                for k in dirty:
-                    bisect.insort(top, k, key=rank)
-            self.covisit_top = top[: cfg.covisit_top_k]
-            self.covisit_dirty = set()
+        self.refresh_covisit_top(cfg)
         return {"covisit_items": list(self.covisit_top), "covisit_counts": [self.covisit[k] for k in self.covisit_top]}
 
     def __getstate__(self) -> tuple:
-        return (self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty)
+        return (self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty,
+                self.covisit_floor)
 
     def __setstate__(self, state: tuple) -> None:
-        self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty = state
+        self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty = state[:6]
+        self.covisit_floor = state[6] if len(state) > 6 else 0  # pickled before the floor: 0 is always safe
 
     def to_bytes(self) -> bytes:
         """Compact encoding for Flink state (see :meth:`UserState.to_bytes`)."""
+        return self._encode(self.covisit, list(self.covisit_dirty))
+
+    def online_bytes(self, cfg: FeatureSettings) -> bytes:
+        """The state with only the co-visits of the top K: all the online views read, and what the
+        job hands its feature writer process (the full counts can be thousands of items).
+
+        >>> item = ItemState(1)
+        >>> item.add_covisits(["a", "b", "b"])
+        >>> ItemState.from_bytes(item.online_bytes(FeatureSettings(covisit_top_k=1))).covisit
+        {'b': 2}
+        """
+        self.refresh_covisit_top(cfg)
+        return self._encode({k: self.covisit[k] for k in self.covisit_top}, [])
+
+    def _encode(self, covisit: dict[str, int], dirty: list[str]) -> bytes:
         buckets = [[[slot, counts] for slot, counts in b.items()] for b in self.buckets]
-        return orjson.dumps([STATE_FORMAT, self.stats.to_list(), buckets, self.latest_ms, self.covisit,
-                             self.covisit_top, list(self.covisit_dirty)])
+        return orjson.dumps([STATE_FORMAT, self.stats.to_list(), buckets, self.latest_ms, covisit, self.covisit_top,
+                             dirty, self.covisit_floor])
 
     @classmethod
     def _from_fields(cls, raw: list) -> "ItemState":
@@ -253,6 +281,7 @@ class ItemState(_StoredState):
         item.buckets = [{slot: counts for slot, counts in b} for b in raw[2]]
         item.latest_ms, item.covisit, item.covisit_top = raw[3], raw[4], raw[5]
         item.covisit_dirty = set(raw[6])
+        item.covisit_floor = raw[7] if len(raw) > 7 else 0  # written before the floor: 0 is always safe
         return item
 
 

@@ -100,6 +100,15 @@ class OnlineWriter:
             self.pending_rows += 1
         pending[entity_id] = (values, event_time_ms)
 
+    def ping(self) -> None:
+        """Fail now, with the address, if Redis cannot be reached."""
+        try:
+            self._redis.ping()
+        except redis.ConnectionError as exc:
+            kw = self._redis.connection_pool.connection_kwargs
+            raise ConnectionError(f"Redis at {kw.get('host')}:{kw.get('port')} is unreachable ({exc}): start it "
+                                  "(`recsys up`) or fix settings.redis") from exc
+
     def _redis_key(self, join_key: str, entity_id: str) -> bytes:
         cached = self._keys.get((join_key, entity_id))
         if cached is None:

@@ -166,6 +166,10 @@ class StreamSettings(BaseModel):
         "are written at most this often, so a hot entity is written once per interval: catching up is faster; 0 = off"
     )
     online_flush_rows: int = Field(default=50_000, ge=1, description="staged rows that force a write before the wait is over")
+    writer_process: bool = Field(
+        default=True, description="compute and write feature values in a child process of each job subtask (another "
+        "core; the job hands it encoded states), not in the job's Python worker (streaming.feature_writer)"
+    )
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)
     fetch_max_wait_ms: int = Field(default=50, ge=0, description="Kafka fetch wait when there is no data (latency at low rates)")

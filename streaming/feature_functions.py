@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from functools import partial
 from typing import Any, Callable, Iterable
 
 from pyflink.common import Row, Types
@@ -33,6 +32,7 @@ PICKLED = Types.PICKLED_BYTE_ARRAY()
 # user/item states, encoded by their to_bytes (the Java serializer is the same as PICKLED's, so
 # checkpoints written when states were pickled restore; from_bytes reads both)
 STATE_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
+WRITER_BUSY_RETRY_MS = 20
 
 
 class LocalStateCache:
@@ -58,12 +58,20 @@ class LocalStateCache:
         found = self._states.get((key, entity))
         if found is None:
             stored = None if key in self._authoritative else state.get(entity)
-            found = new() if stored is None else self.decode(stored)
-            if len(self._states) >= self.max_entries:
-                self._states.clear()
-                self._authoritative.clear()  # evicted states live only in Flink state now
-            self._states[(key, entity)] = found
+            found = self._keep(key, entity, new() if stored is None else self.decode(stored))
         return found
+
+    def adopt(self, key: int, entity: str, stored: bytes) -> Any:
+        """The cached state, or ``stored`` (read from Flink state by the caller) decoded and cached."""
+        found = self._states.get((key, entity))
+        return found if found is not None else self._keep(key, entity, self.decode(stored))
+
+    def _keep(self, key: int, entity: str, value: Any) -> Any:
+        if len(self._states) >= self.max_entries:
+            self._states.clear()
+            self._authoritative.clear()  # evicted states live only in Flink state now
+        self._states[(key, entity)] = value
+        return value
 
 
 def metrics_dir(settings: Settings):  # noqa: ANN201 - Path
@@ -79,7 +87,7 @@ class _FeatureFunction(KeyedProcessFunction):
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from features.online_writer import OnlineWriter
+        from streaming.feature_writer import make_writer
         from streaming.stream_metrics import MetricsFile
 
         self.cfg = self.settings.features
@@ -91,38 +99,71 @@ class _FeatureFunction(KeyedProcessFunction):
 
             index = os.getpid()
         self.metrics = MetricsFile(metrics_dir(self.settings), f"{self.role}-{index}")
-        self.writer = OnlineWriter(self.settings)
-        self._timer_set = False
+        self.writer = make_writer(self.settings, self.metrics, f"{self.role}-{index}")
+        self._write_timer_at: int | None = None  # the earliest write timer registered, ms
         self._seen_marker = runtime_context.get_state(ValueStateDescriptor("has_state", Types.BOOLEAN()))
         self._checked_keys: set[int] = set()
-        self._caches: list[LocalStateCache] = []
+        self._stores: list[tuple[str, LocalStateCache, Any]] = []  # ("user" | "item", cache, Flink map state)
         self._oldest_pending_ms: int | None = None  # Kafka timestamp of the oldest record not yet written
         self._frozen_at = 0.0
+
+    def _opened(self) -> None:
+        """Report this instance ready (stream_runner.wait_idle counts them)."""
+        self.metrics.set("opened_at", time.time())
+        self.metrics.maybe_write(force=True)
 
     def _pending_since(self, kafka_ms: int) -> None:
         if self._oldest_pending_ms is None or kafka_ms < self._oldest_pending_ms:
             self._oldest_pending_ms = kafka_ms
 
     def _check_key(self, key: int) -> None:
-        """First time this process sees ``key``: if Flink holds no state for it, caches are complete."""
+        """First time this process sees ``key``: if Flink holds no state for it, caches are
+        complete; if it does (a restore), its features are written again from that state."""
         if key in self._checked_keys:
             return
         self._checked_keys.add(key)
         if self._seen_marker.value() is None:
-            for cache in self._caches:
+            for _, cache, _ in self._stores:
                 cache.mark_authoritative(key)
             self._seen_marker.update(True)
+        else:
+            self._rewrite_restored(key)
+
+    def _rewrite_restored(self, key: int) -> None:
+        """Write every entity of ``key`` from its restored state, once.
+
+        Writes still staged, or handed to the writer process, when the job stopped were lost with
+        it, while the checkpoint has the states they came from; an entity that is not touched
+        again would keep older values online. One pass over the key's states puts them level.
+        """
+        names, cfg, n = self.names, self.cfg, 0
+        for kind, cache, states in self._stores:
+            for entity_id, stored in states.items():
+                state = cache.adopt(key, entity_id, stored)
+                if kind == "user":
+                    views, encoded, t = (names.USER_STATS, names.USER_RECENT), state.to_bytes(), state.stats.last_seen_ms
+                else:
+                    views = self._item_views[sum(state.stats.counts) > 0, bool(state.covisit)]
+                    encoded, t = state.online_bytes(cfg), max(state.stats.last_seen_ms, state.latest_ms)
+                self.writer.stage(kind, views, entity_id, state, encoded, t)
+                n += 1
+        self.metrics.inc("restore_rewrites", n)
 
     def _after(self, ctx: "KeyedProcessFunction.Context") -> None:
         """After a micro-batch: write the staged features now, or within :meth:`_write_wait_ms`."""
         self._freeze_old_objects()
+        self._write_if_due(ctx)
+        self.metrics.maybe_write()
+
+    def _write_if_due(self, ctx: "KeyedProcessFunction.Context") -> None:
+        """Write now if due; otherwise make sure a timer comes back when it may be (a writer
+        process still busy with the last write is asked again every ``WRITER_BUSY_RETRY_MS``)."""
         writer = self.writer
         wait_ms = self._write_wait_ms()
         if writer.due(wait_ms, self.stream.online_flush_rows):
             self._flush_online()
-        elif writer.pending_rows and not self._timer_set:
-            self._timer(ctx, wait_ms)
-        self.metrics.maybe_write()
+        elif writer.pending_rows:
+            self._write_timer(ctx, max(WRITER_BUSY_RETRY_MS, wait_ms - writer.ms_since_write()))
 
     def _write_wait_ms(self) -> int:
         """``online_flush_ms``; ``catch_up_flush_ms`` while the job is behind (its pending records
@@ -155,30 +196,29 @@ class _FeatureFunction(KeyedProcessFunction):
     def _timer(self, ctx: "KeyedProcessFunction.Context", in_ms: int) -> None:
         now = ctx.timer_service().current_processing_time()
         ctx.timer_service().register_processing_time_timer(now + in_ms)
-        self._timer_set = True
+
+    def _write_timer(self, ctx: "KeyedProcessFunction.Context", in_ms: float) -> None:
+        """A timer for the writes, unless one comes sooner (writes cover every key of this instance)."""
+        at = ctx.timer_service().current_processing_time() + int(in_ms)
+        if self._write_timer_at is None or at < self._write_timer_at:
+            ctx.timer_service().register_processing_time_timer(at)
+            self._write_timer_at = at
 
     def _flush_online(self) -> None:
-        started = time.perf_counter()
-        written = self.writer.flush()
-        if self._oldest_pending_ms is not None:
-            # produce -> readable in the online store, for the oldest record in this write
-            self.metrics.set("write_delay_ms", int(time.time() * 1000) - self._oldest_pending_ms)
-            self._oldest_pending_ms = None
-        self.metrics.set("last_write_at", time.time())
-        self.metrics.inc("online_flush_s", time.perf_counter() - started)
-        self.metrics.inc("online_rows", written)
-        self.metrics.set("online_batches", self.writer.batches)
+        self.writer.flush(self._oldest_pending_ms)
+        self._oldest_pending_ms = None
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
-        self._timer_set = False
+        if self._write_timer_at is not None and timestamp >= self._write_timer_at:
+            self._write_timer_at = None
         if self.writer.pending_rows:
-            self._flush_online()
+            self._write_if_due(ctx)
         self.metrics.maybe_write(force=True)
         return []
 
     def close(self) -> None:
-        if getattr(self, "writer", None) is not None and self.writer.pending_rows:
-            self._flush_online()
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
         if getattr(self, "metrics", None) is not None:
             self.metrics.maybe_write(force=True)
 
@@ -192,7 +232,12 @@ class _ItemUpdates:
         self.new_item = ItemState
         self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), STATE_BYTES))
         self.item_cache = LocalStateCache(self.stream.local_state_entries, ItemState.from_bytes)
-        self._caches.append(self.item_cache)
+        self._stores.append(("item", self.item_cache, self.items))
+        names = self.names
+        self._item_views = {  # (had an event, had co-visits) -> the views that changed
+            (True, False): (names.ITEM_STATS, names.ITEM_POPULARITY), (False, True): (names.ITEM_COVISIT,),
+            (True, True): (names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT), (False, False): (),
+        }
         probe = ItemState(len(self.cfg.windows))
         self.writer.require(self.names.ITEM_STATS, probe.stats.features())
         self.writer.require(self.names.ITEM_POPULARITY, probe.popularity_features(self.cfg))
@@ -256,13 +301,10 @@ class _ItemUpdates:
 
     def _stage_items(self, key: int, touched: dict[str, list]) -> None:
         """Stage each touched item's changed views once, and write the states back to Flink."""
-        cfg, names, writer = self.cfg, self.names, self.writer
+        cfg, writer, views = self.cfg, self.writer, self._item_views
         for item_id, (state, event_time, had_event, had_covisit) in touched.items():
-            if had_event:
-                writer.stage(names.ITEM_STATS, item_id, state.stats.features, event_time)
-                writer.stage(names.ITEM_POPULARITY, item_id, partial(state.popularity_features, cfg), event_time)
-            if had_covisit:
-                writer.stage(names.ITEM_COVISIT, item_id, partial(state.covisit_features, cfg), event_time)
+            online = state.online_bytes(cfg)  # (brings the top K up to date first)
+            writer.stage("item", views[had_event, had_covisit], item_id, state, online, event_time)
             self.items.put(item_id, state.to_bytes())
 
 
@@ -291,7 +333,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self.max_event_time = runtime_context.get_state(ValueStateDescriptor("max_event_time", PICKLED))  # {partition: ms}
         self.users = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), STATE_BYTES))
         self.user_cache = LocalStateCache(self.stream.local_state_entries, UserState.from_bytes)
-        self._caches.append(self.user_cache)
+        self._stores.append(("user", self.user_cache, self.users))
         self.new_user = UserState
         probe = UserState()
         self.writer.require(names.USER_STATS, probe.stats.features())
@@ -300,6 +342,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self._lake_due_at: dict[int, float] = {}
         if self.fused:
             self._open_items(runtime_context)
+        self._opened()
 
     def process_element(self, batch: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[tuple]:
         from features.compute import item_updates
@@ -356,10 +399,11 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             else:
                 for update in item_updates(e.item_id, event_type, e.value, t, previous):
                     updates[bucket(update[0], shards)].append(update)
+        user_views = (names.USER_STATS, names.USER_RECENT)
         for user_id, (state, last_t) in touched.items():
-            writer.stage(names.USER_STATS, user_id, state.stats.features, last_t)
-            writer.stage(names.USER_RECENT, user_id, state.recent_features, last_t)
-            self.users.put(user_id, state.to_bytes())
+            encoded = state.to_bytes()
+            writer.stage("user", user_views, user_id, state, encoded, last_t)
+            self.users.put(user_id, encoded)
         watermarks[partition] = max_t
         self.max_event_time.update(watermarks)
         metrics.inc("events_in", len(records))
@@ -445,6 +489,7 @@ class ItemShardFunction(_ItemUpdates, _FeatureFunction):
 
         self.names = names
         self._open_items(runtime_context)
+        self._opened()
 
     def process_element(self, updates: list[tuple], ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
         started = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -87,7 +88,18 @@ def topic_epoch(settings: Settings) -> str:
 
 
 def event_date(event_time_ms: int) -> str:
-    return dt.datetime.fromtimestamp(event_time_ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+    """The UTC date of an event time (the partition of its lake row).
+
+    >>> event_date(0), event_date(86_399_999), event_date(86_400_000)
+    ('1970-01-01', '1970-01-01', '1970-01-02')
+    """
+    return _utc_date(event_time_ms // 86_400_000)
+
+
+@lru_cache(maxsize=4096)
+def _utc_date(day: int) -> str:
+    """(Every row needs one, and a batch spans a few days: formatting each was 3% of the job.)"""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
 def open_table(path: Path, version: int | None = None) -> DeltaTable:

@@ -101,6 +101,9 @@ def run(stack_settings, tmp_path_factory, ml100k_path):
 def test_crash_restart_lands_every_valid_event_exactly_once(run):
     assert N_EVENTS // 2 < run["killed_at"] < run["total"], "the job was not killed mid-stream"
     assert run["restored_from"] is not None, "restart did not resume from a checkpoint"
+    # writes lost with the killed job (staged, or with its writer process) are redone from the
+    # restored states, or entities not seen again would keep stale features
+    assert run["metrics"]["restore_rewrites"] > 0
     lake = read_events(run["settings"].paths.events_table).to_pandas()
     assert len(lake) == N_EVENTS + 2
     assert lake["event_id"].is_unique
@@ -190,7 +193,7 @@ def test_two_stage_graph_for_parallelism_above_one(stack_settings, tmp_path, ml1
     finally:
         stream_runner.stop(s)
     assert not stream_runner.status(s, with_lag=False).running
-    assert {p.stem.split("-")[0] for p in metrics_dir(s).glob("*.json")} == {"partition", "items"}
+    assert {p.stem.split("-")[0] for p in metrics_dir(s).glob("*.json")} == {"partition", "items", "writer"}
     assert metrics["lake_rows"] == len(events)
     assert_online_equals_backfill(s, backfill(s, progress=False))
 
