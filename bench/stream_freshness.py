@@ -27,6 +27,20 @@ from streaming.synthetic import SyntheticEvents  # noqa: E402
 from streaming.topics import ensure_topics  # noqa: E402
 
 
+def _first_write_s(settings, store, timeout_s: float = 300.0) -> float:  # noqa: ANN001
+    """Send one event and wait until its feature is readable: the job (started lazily by its
+    first records: JVM, Python workers, writer processes) is up."""
+    started = time.monotonic()
+    with EventProducer(settings) as producer:
+        producer.send({"event_id": "start-up", "user_id": "start-up", "item_id": "i0", "event_type": "view",
+                       "event_time": int(time.time() * 1000)})
+    while not store.get_online_features(features=["user_stats:n_events"], entity_rows=[{"user_id": "start-up"}]).to_dict()["n_events"][0]:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"the stream job wrote nothing in {timeout_s}s; see {settings.paths.log_dir / 'stream.log'}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=1000.0)
@@ -43,6 +57,7 @@ def main() -> None:
         apply(settings)
         store = feature_store(settings)
         stream_runner.start(settings, fresh=True)
+        print(f"job writing after {_first_write_s(settings, store):.1f} s")  # start-up is not freshness
         sent: dict[str, float] = {}
         seen: dict[str, float] = {}
         done = threading.Event()

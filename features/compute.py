@@ -159,7 +159,8 @@ class UserState(_StoredState):
 class ItemState(_StoredState):
     """Everything kept per item: stats, windowed popularity buckets, co-visitation counts."""
 
-    __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty", "covisit_floor")
+    __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty", "covisit_floor",
+                 "_covisit_json", "_covisit_log")
 
     def __init__(self, n_windows: int) -> None:
         self.stats = Stats()
@@ -173,6 +174,15 @@ class ItemState(_StoredState):
         self.covisit_top: list[str] = []
         self.covisit_dirty: set[str] = set()
         self.covisit_floor = 0
+        self._forget_encoding()
+
+    def _forget_encoding(self) -> None:
+        # the counts are re-encoded for Flink state every micro-batch that touches the item; for a
+        # popular item that is thousands of entries for a few increments. So the JSON of the
+        # counts is kept from the last full encoding (``_covisit_json``), with the items counted
+        # since (``_covisit_log``), and re-made only once the log is long (see to_bytes)
+        self._covisit_json: bytes | None = None
+        self._covisit_log: list[str] = []
 
     def add_event(self, cfg: FeatureSettings, event_type: str, value: float | None, event_time: int) -> None:
         type_idx = TYPE_INDEX[event_type]
@@ -198,6 +208,8 @@ class ItemState(_StoredState):
             n = covisit[other] = covisit.get(other, 0) + 1
             if n >= floor:
                 dirty.add(other)
+        if self._covisit_json is not None:
+            self._covisit_log.extend(items)
 
     def popularity_features(self, cfg: FeatureSettings) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -252,10 +264,22 @@ class ItemState(_StoredState):
     def __setstate__(self, state: tuple) -> None:
         self.stats, self.buckets, self.latest_ms, self.covisit, self.covisit_top, self.covisit_dirty = state[:6]
         self.covisit_floor = state[6] if len(state) > 6 else 0  # pickled before the floor: 0 is always safe
+        self._forget_encoding()
 
     def to_bytes(self) -> bytes:
-        """Compact encoding for Flink state (see :meth:`UserState.to_bytes`)."""
-        return self._encode(self.covisit, list(self.covisit_dirty))
+        """Compact encoding for Flink state (see :meth:`UserState.to_bytes`): the counts as of the
+        last full encoding, then the items counted since (replayed by ``from_bytes``).
+
+        >>> item = ItemState(1)
+        >>> item.add_covisits(["a", "b"])
+        >>> first = item.to_bytes()
+        >>> item.add_covisits(["b"])
+        >>> ItemState.from_bytes(item.to_bytes()).covisit
+        {'a': 1, 'b': 2}
+        """
+        if self._covisit_json is None or len(self._covisit_log) > 16 + len(self.covisit) // 4:
+            self._covisit_json, self._covisit_log = orjson.dumps(self.covisit), []
+        return self._encode(orjson.Fragment(self._covisit_json), list(self.covisit_dirty), self._covisit_log)
 
     def online_bytes(self, cfg: FeatureSettings) -> bytes:
         """The state with only the co-visits of the top K: all the online views read, and what the
@@ -267,12 +291,12 @@ class ItemState(_StoredState):
         {'b': 2}
         """
         self.refresh_covisit_top(cfg)
-        return self._encode({k: self.covisit[k] for k in self.covisit_top}, [])
+        return self._encode({k: self.covisit[k] for k in self.covisit_top}, [], [])
 
-    def _encode(self, covisit: dict[str, int], dirty: list[str]) -> bytes:
+    def _encode(self, covisit: Any, dirty: list[str], counted_since: list[str]) -> bytes:
         buckets = [[[slot, counts] for slot, counts in b.items()] for b in self.buckets]
         return orjson.dumps([STATE_FORMAT, self.stats.to_list(), buckets, self.latest_ms, covisit, self.covisit_top,
-                             dirty, self.covisit_floor])
+                             dirty, self.covisit_floor, counted_since])
 
     @classmethod
     def _from_fields(cls, raw: list) -> "ItemState":
@@ -282,6 +306,10 @@ class ItemState(_StoredState):
         item.latest_ms, item.covisit, item.covisit_top = raw[3], raw[4], raw[5]
         item.covisit_dirty = set(raw[6])
         item.covisit_floor = raw[7] if len(raw) > 7 else 0  # written before the floor: 0 is always safe
+        covisit = item.covisit
+        for other in raw[8] if len(raw) > 8 else ():
+            covisit[other] = covisit.get(other, 0) + 1
+        item._forget_encoding()
         return item
 
 

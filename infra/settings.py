@@ -167,8 +167,9 @@ class StreamSettings(BaseModel):
     )
     online_flush_rows: int = Field(default=50_000, ge=1, description="staged rows that force a write before the wait is over")
     writer_process: bool = Field(
-        default=True, description="compute and write feature values in a child process of each job subtask (another "
-        "core; the job hands it encoded states), not in the job's Python worker (streaming.feature_writer)"
+        default=True, description="while the job is behind, compute and write feature values in a child process of "
+        "each job subtask (another core; the job hands it encoded states); while it keeps up, and with this off, "
+        "the job's Python worker writes them itself (streaming.feature_writer)"
     )
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)

@@ -32,7 +32,7 @@ PICKLED = Types.PICKLED_BYTE_ARRAY()
 # user/item states, encoded by their to_bytes (the Java serializer is the same as PICKLED's, so
 # checkpoints written when states were pickled restore; from_bytes reads both)
 STATE_BYTES = Types.PRIMITIVE_ARRAY(Types.BYTE())
-WRITER_BUSY_RETRY_MS = 20
+WRITER_BUSY_RETRY_MS = 10
 
 
 class LocalStateCache:
@@ -171,10 +171,15 @@ class _FeatureFunction(KeyedProcessFunction):
         a hot entity once per interval instead of once per micro-batch lets the job catch up
         sooner (fewer rows to compute, encode and send)."""
         s = self.stream
-        oldest = self._oldest_pending_ms
-        if s.catch_up_flush_ms and oldest is not None and time.time() * 1000 - oldest > 2 * s.catch_up_flush_ms:
+        if s.catch_up_flush_ms and self._behind():
             return max(s.online_flush_ms, s.catch_up_flush_ms)
         return s.online_flush_ms
+
+    def _behind(self) -> bool:
+        """The oldest record waiting to be written was produced more than ``2 * catch_up_flush_ms``
+        (at least 1 s) ago: the job is catching up (also when the writer process takes over)."""
+        oldest = self._oldest_pending_ms
+        return oldest is not None and time.time() * 1000 - oldest > 2 * max(self.stream.catch_up_flush_ms, 500)
 
     def _freeze_old_objects(self) -> None:
         """Keep Python's cyclic GC off the feature state.
@@ -205,7 +210,7 @@ class _FeatureFunction(KeyedProcessFunction):
             self._write_timer_at = at
 
     def _flush_online(self) -> None:
-        self.writer.flush(self._oldest_pending_ms)
+        self.writer.flush(self._oldest_pending_ms, behind=self._behind())
         self._oldest_pending_ms = None
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:

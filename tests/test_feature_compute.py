@@ -84,3 +84,23 @@ def test_recent_items_keep_the_newest_n_by_event_time_then_id():
     for event_id, item, t in [("e1", "a", 5), ("e2", "b", 1), ("e4", "c", 5), ("e3", "d", 9), ("e5", "e", 0)]:
         user.add(cfg, event_id, item, "click", None, t)
     assert user.recent_features()["recent_items"] == ["d", "c", "a"]
+
+
+def test_co_visit_counts_are_encoded_incrementally_and_decode_exactly():
+    """to_bytes keeps the JSON of the counts and appends the items counted since (a popular
+    item has thousands of counts and gets a few increments per micro-batch)."""
+    import orjson
+
+    rng = random.Random(11)
+    item, expected, with_log = ItemState(1), {}, 0
+    for _ in range(400):
+        counted = [f"i{rng.randint(0, 60)}" for _ in range(rng.randint(1, 5))]
+        item.add_covisits(counted)
+        for other in counted:
+            expected[other] = expected.get(other, 0) + 1
+        encoded = item.to_bytes()
+        with_log += bool(orjson.loads(encoded)[8])
+        assert ItemState.from_bytes(encoded).covisit == expected
+        if rng.random() < 0.05:  # as after a restore: a decoded state goes on encoding
+            item = ItemState.from_bytes(encoded)
+    assert with_log > 300  # most encodings reused the counts' JSON
