@@ -136,16 +136,16 @@ class _FeatureFunction(KeyedProcessFunction):
         it, while the checkpoint has the states they came from; an entity that is not touched
         again would keep older values online. One pass over the key's states puts them level.
         """
-        names, cfg, n = self.names, self.cfg, 0
+        names, n = self.names, 0
         for kind, cache, states in self._stores:
             for entity_id, stored in states.items():
                 state = cache.adopt(key, entity_id, stored)
                 if kind == "user":
-                    views, encoded, t = (names.USER_STATS, names.USER_RECENT), state.to_bytes(), state.stats.last_seen_ms
+                    views, t = (names.USER_STATS, names.USER_RECENT), state.stats.last_seen_ms
                 else:
                     views = self._item_views[sum(state.stats.counts) > 0, bool(state.covisit)]
-                    encoded, t = state.online_bytes(cfg), max(state.stats.last_seen_ms, state.latest_ms)
-                self.writer.stage(kind, views, entity_id, state, encoded, t)
+                    t = max(state.stats.last_seen_ms, state.latest_ms)
+                self.writer.stage(kind, views, entity_id, state, None, t)
                 n += 1
         self.metrics.inc("restore_rewrites", n)
 
@@ -306,10 +306,9 @@ class _ItemUpdates:
 
     def _stage_items(self, key: int, touched: dict[str, list]) -> None:
         """Stage each touched item's changed views once, and write the states back to Flink."""
-        cfg, writer, views = self.cfg, self.writer, self._item_views
+        writer, views = self.writer, self._item_views
         for item_id, (state, event_time, had_event, had_covisit) in touched.items():
-            online = state.online_bytes(cfg)  # (brings the top K up to date first)
-            writer.stage("item", views[had_event, had_covisit], item_id, state, online, event_time)
+            writer.stage("item", views[had_event, had_covisit], item_id, state, None, event_time)
             self.items.put(item_id, state.to_bytes())
 
 

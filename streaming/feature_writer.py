@@ -3,7 +3,8 @@
 The job's Python worker is its bottleneck (one core of Python per subtask), and a third of its
 time went into turning states into Feast values, protos and Redis commands. With
 ``stream.writer_process`` (the default) a child process does that on another core: the job hands
-it, per write, each touched entity's encoded state, the bytes it stores in Flink state anyway,
+it, per write, each touched entity's encoded state (a user's: the bytes stored in Flink state anyway;
+an item's: with only its top co-visits, ``ItemState.online_bytes``),
 and the child decodes them and writes the views with :class:`features.online_writer.OnlineWriter`.
 
 Both writers take the same calls (``stage`` an entity's state for some views, ``flush``) and
@@ -35,7 +36,6 @@ import subprocess
 import threading
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from features.compute import ItemState, UserState, view_values
@@ -63,6 +63,10 @@ def _write(writer: OnlineWriter, metrics: MetricsFile, oldest_kafka_ms: int | No
     metrics.set("online_batches", writer.batches)
 
 
+def _encode_for_child(kind: str, state: Any, cfg: Any) -> bytes:
+    return state.online_bytes(cfg) if kind == "item" else state.to_bytes()
+
+
 def _stage(writer: OnlineWriter, settings: Settings, views: tuple[str, ...], entity_id: str, state: Any,
            event_time_ms: int) -> None:
     for view in views:
@@ -84,9 +88,11 @@ class InProcessWriter:
     def require(self, view: str, produced: dict[str, Any]) -> None:
         self.online.require(view, produced)
 
-    def stage(self, kind: str, views: tuple[str, ...], entity_id: str, state: Any, encoded: bytes, event_time_ms: int) -> None:
-        """``views`` of ``entity_id`` changed (``kind`` "user" or "item"; ``encoded``: the state's
-        bytes, for a writer process); the latest stage wins."""
+    def stage(self, kind: str, views: tuple[str, ...], entity_id: str, state: Any, encoded: bytes | None,
+              event_time_ms: int) -> None:
+        """``views`` of ``entity_id`` changed (``kind`` "user" or "item"); the latest stage wins.
+        ``encoded``: the state's bytes if the caller has them, else they are made if a writer
+        process needs them (at the write, once however often the entity was staged)."""
         _stage(self.online, self.settings, views, entity_id, state, event_time_ms)
 
     def due(self, max_wait_ms: int, max_rows: int) -> bool:
@@ -154,7 +160,8 @@ class ChildProcessWriter:
     def require(self, view: str, produced: dict[str, Any]) -> None:
         self.local.require(view, produced)
 
-    def stage(self, kind: str, views: tuple[str, ...], entity_id: str, state: Any, encoded: bytes, event_time_ms: int) -> None:
+    def stage(self, kind: str, views: tuple[str, ...], entity_id: str, state: Any, encoded: bytes | None,
+              event_time_ms: int) -> None:
         key = (kind, entity_id)
         previous = self._pending.get(key)
         if previous is not None:
@@ -187,7 +194,9 @@ class ChildProcessWriter:
                 _stage(self.local, self.settings, views, entity_id, state, t)
             _write(self.local, self.metrics, oldest_kafka_ms)
             return
-        rows = [(kind, views, entity_id, encoded, t) for (kind, entity_id), (views, _, encoded, t) in pending.items()]
+        cfg = self.settings.features
+        rows = [(kind, views, entity_id, encoded or _encode_for_child(kind, state, cfg), t)
+                for (kind, entity_id), (views, state, encoded, t) in pending.items()]
         if rows:
             self._frames.put(pickle.dumps((oldest_kafka_ms, rows), protocol=pickle.HIGHEST_PROTOCOL))
             self._sent += 1
