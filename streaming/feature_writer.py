@@ -2,10 +2,12 @@
 
 The job's Python worker is its bottleneck (one core of Python per subtask), and a third of its
 time went into turning states into Feast values, protos and Redis commands. With
-``stream.writer_process`` (the default) a child process does that on another core: the job hands
-it, per write, each touched entity's encoded state (a user's: the bytes stored in Flink state anyway;
-an item's: with only its top co-visits, ``ItemState.online_bytes``),
+``stream.writer_process`` (the default) a child process does that on another core while the job
+is behind: the job hands it, per write, each touched entity's encoded state (a user's: the bytes
+stored in Flink state anyway; an item's: with only its top co-visits, ``ItemState.online_bytes``),
 and the child decodes them and writes the views with :class:`features.online_writer.OnlineWriter`.
+While the job keeps up, it writes in its own process: at a trickle the hop costs more latency
+than the write.
 
 Both writers take the same calls (``stage`` an entity's state for some views, ``flush``) and
 record the same metrics (``online_rows``, ``write_delay_ms``, ``last_write_at``...), the child in
@@ -148,9 +150,12 @@ class ChildProcessWriter:
     def in_flight(self) -> int:
         """Writes handed over and not yet acknowledged by the child."""
         try:
-            self._acked += len(os.read(self._proc.stdout.fileno(), 65536))
+            acks = os.read(self._proc.stdout.fileno(), 65536)
         except BlockingIOError:
-            pass
+            acks = None
+        if acks == b"":  # end of file: the child is gone
+            self._failed = True
+        self._acked += len(acks or b"")
         return self._sent - self._acked
 
     @property
@@ -176,7 +181,10 @@ class ChildProcessWriter:
         writes builds up between the two. ``max_rows`` still bounds what waits here."""
         if self._rows >= max_rows:
             return True
-        return self._rows > 0 and self.in_flight() == 0 and self.ms_since_write() >= max_wait_ms
+        in_flight = self.in_flight()
+        if self._failed:
+            return True  # so that flush() raises now, with the child's log
+        return self._rows > 0 and in_flight == 0 and self.ms_since_write() >= max_wait_ms
 
     def ms_since_write(self) -> float:
         return (time.monotonic() - self.last_flush) * 1000
