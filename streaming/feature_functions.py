@@ -136,12 +136,12 @@ class _FeatureFunction(KeyedProcessFunction):
         it, while the checkpoint has the states they came from; an entity that is not touched
         again would keep older values online. One pass over the key's states puts them level.
         """
-        names, n = self.names, 0
+        n = 0
         for kind, cache, states in self._stores:
             for entity_id, stored in states.items():
                 state = cache.adopt(key, entity_id, stored)
                 if kind == "user":
-                    views, t = (names.USER_STATS, names.USER_RECENT), state.stats.last_seen_ms
+                    views, t = self._user_views, state.stats.last_seen_ms
                 else:
                     views = self._item_views[sum(state.stats.counts) > 0, bool(state.covisit)]
                     t = max(state.stats.last_seen_ms, state.latest_ms)
@@ -339,6 +339,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self.user_cache = LocalStateCache(self.stream.local_state_entries, UserState.from_bytes)
         self._stores.append(("user", self.user_cache, self.users))
         self.new_user = UserState
+        self._user_views = (names.USER_STATS, names.USER_RECENT)  # a user's views: all change together
         probe = UserState()
         self.writer.require(names.USER_STATS, probe.stats.features())
         self.writer.require(names.USER_RECENT, probe.recent_features())
@@ -363,7 +364,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         if len(offsets) != len(payloads):
             raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
         records = sorted(zip(offsets, payloads), key=lambda r: r[0])
-        cfg, writer, names, metrics = self.cfg, self.writer, self.names, self.metrics
+        cfg, writer, metrics = self.cfg, self.writer, self.metrics
         max_bytes = self.settings.producer.max_event_bytes
         slack = self.stream.out_of_orderness_ms + self.stream.allowed_lateness_ms
         shards = self.stream.item_shards
@@ -403,10 +404,9 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             else:
                 for update in item_updates(e.item_id, event_type, e.value, t, previous):
                     updates[bucket(update[0], shards)].append(update)
-        user_views = (names.USER_STATS, names.USER_RECENT)
         for user_id, (state, last_t) in touched.items():
             encoded = state.to_bytes()
-            writer.stage("user", user_views, user_id, state, encoded, last_t)
+            writer.stage("user", self._user_views, user_id, state, encoded, last_t)
             self.users.put(user_id, encoded)
         watermarks[partition] = max_t
         self.max_event_time.update(watermarks)

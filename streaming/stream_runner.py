@@ -20,7 +20,7 @@ from typing import Any
 from infra.services import ServiceError, ServiceSpec, _read_pid, start as start_service
 from infra.settings import Settings
 from streaming.feature_functions import metrics_dir
-from streaming.stream_metrics import read_all, records_read, totals
+from streaming.stream_metrics import merge, read_all, records_read, totals
 
 
 def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = frozenset(),
@@ -170,13 +170,13 @@ def expected_functions(settings: Settings) -> int:
     return 1 if p == 1 else 2 * p
 
 
-def functions_open(settings: Settings) -> int:
-    """Function instances that finished opening since the job last started (their ``opened_at``);
-    a later stage can still be opening (starting its writer process) when the first looks idle."""
+def functions_open(settings: Settings, instances: dict[str, dict[str, Any]]) -> int:
+    """Function instances (of ``read_all(metrics_dir)``) that finished opening since the job last
+    started (their ``opened_at``); a later stage can still be opening (starting its writer
+    process) when the first looks idle."""
     started = settings.paths.run_dir / "stream.env"  # written by every start
     since = started.stat().st_mtime if started.exists() else 0.0
-    return sum(1 for name, m in read_all(metrics_dir(settings)).items()
-               if not name.startswith("writer-") and m.get("opened_at", 0) >= since)
+    return sum(1 for name, m in instances.items() if not name.startswith("writer-") and m.get("opened_at", 0) >= since)
 
 
 def wait_idle(settings: Settings, expected_events: int, timeout_s: float = 300.0) -> dict[str, Any]:
@@ -188,9 +188,10 @@ def wait_idle(settings: Settings, expected_events: int, timeout_s: float = 300.0
     quiet_s = settings.stream.lake_flush_ms / 1000 + 1.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        m = totals(metrics_dir(settings))
+        instances = read_all(metrics_dir(settings))
+        m = merge(instances.values())
         if (records_read(m) >= expected_events and time.time() - m.get("updated_at", 0) >= quiet_s
-                and functions_open(settings) >= expected_functions(settings)):
+                and functions_open(settings, instances) >= expected_functions(settings)):
             return m
         if _read_pid(_spec(settings, [])) is None:
             log = settings.paths.log_dir / "stream.log"
