@@ -162,8 +162,9 @@ class StreamSettings(BaseModel):
         "(lowest latency; >0 coalesces writes of hot entities across micro-batches)"
     )
     catch_up_flush_ms: int = Field(
-        default=500, ge=0, description="while the job is behind (records older than twice this when written), features "
-        "are written at most this often, so a hot entity is written once per interval: catching up is faster; 0 = off"
+        default=2000, ge=0, description="while the job is behind (records over 1 s old when written) and records keep "
+        "coming, features are written at most this often, so a hot entity is written once per interval: catching up "
+        "is faster; 0 = off"
     )
     online_flush_rows: int = Field(default=50_000, ge=1, description="staged rows that force a write before the wait is over")
     writer_process: bool = Field(

@@ -263,7 +263,11 @@ def test_writes_wait_longer_only_while_the_job_is_behind(stack_settings):
     assert fn._write_wait_ms() == 0
     fn._oldest_pending_ms = now_ms - 200  # fresh records: written after this micro-batch
     assert fn._write_wait_ms() == 0
-    fn._oldest_pending_ms = now_ms - 5_000  # catching up: coalesce for up to 500 ms
+    fn._last_input_at = time.monotonic()
+    fn._oldest_pending_ms = now_ms - 5_000  # catching up while records keep coming: coalesce for up to 500 ms
     assert fn._write_wait_ms() == 500
+    fn._last_input_at = time.monotonic() - fn._drain_ms() / 1000  # behind, but the input stopped: write now
+    assert fn._write_wait_ms() == 0
+    fn._last_input_at = time.monotonic()
     fn.stream = fn.stream.model_copy(update={"catch_up_flush_ms": 0})
     assert fn._write_wait_ms() == 0
