@@ -1,20 +1,9 @@
 """Training examples from single events, as the nightly job makes them from the events table.
 
-Same labels (:func:`label_of` is ``batch.training_data.labels`` for one event), features as of
+Same labels (``batch.training_data.label_of``, the rule the nightly job applies), features as of
 just before the event (``features.live``), ``training.negatives_per_positive`` uniform negatives
 from the catalogue, drawn with a seed derived from the event's position so a replay draws the
 same ones. Used by the streaming trainer and the prequential evaluation.
-
->>> import pandas as pd
->>> from infra.settings import TrainingSettings
->>> from batch.training_data import labels
->>> cfg = TrainingSettings()
->>> rows = [("rating", 5.0), ("rating", 2.0), ("view", None), ("click", None)]
->>> one_by_one = [label_of(cfg, t, v) for t, v in rows]
->>> one_by_one
-[1.0, 0.0, nan, 1.0]
->>> np.array_equal(one_by_one, labels(cfg, pd.DataFrame(rows, columns=["event_type", "value"])), equal_nan=True)
-True
 """
 
 from __future__ import annotations
@@ -24,19 +13,11 @@ from typing import Callable
 
 import numpy as np
 
+from batch.training_data import label_of
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
 from models.incremental import Row
 from streaming.events import Event
-
-
-def label_of(cfg: TrainingSettings, event_type: str, value: float | None) -> float:
-    """1 for a positive, 0 for a low rating, NaN for an event without a label (a view)."""
-    if event_type in cfg.positive_types:
-        return 1.0
-    if event_type == "rating" and value is not None:
-        return float(value >= cfg.rating_threshold)
-    return math.nan
 
 
 class EventExamples:

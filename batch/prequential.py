@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from batch.event_examples import EventExamples, label_of
+from batch.event_examples import EventExamples
+from batch.training_data import label_of
 from batch.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec

@@ -10,6 +10,7 @@ labelled interactions do. Same table version + seed -> the same examples.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,13 +36,31 @@ class TrainingData:
         return self.examples[self.examples["split"] == "validation"]
 
 
+def label_of(cfg: TrainingSettings, event_type: str, value: float | None) -> float:
+    """1 for a positive (a positive type, or a rating >= threshold), 0 for a low rating, NaN for
+    an event without a label (a view). The one labelling rule: :func:`labels` applies it to a
+    frame, and the streaming trainer, the prequential evaluation and the holdout to single events.
+
+    >>> cfg = TrainingSettings()
+    >>> [label_of(cfg, t, v) for t, v in [("rating", 5.0), ("rating", 2.0), ("view", None), ("click", None)]]
+    [1.0, 0.0, nan, 1.0]
+    """
+    if event_type in cfg.positive_types:
+        return 1.0
+    if event_type == "rating" and value is not None and not math.isnan(value):
+        return float(value >= cfg.rating_threshold)
+    return math.nan
+
+
 def labels(cfg: TrainingSettings, events: pd.DataFrame) -> pd.Series:
-    """1 for a positive (rating >= threshold, or a positive type), 0 for a low rating, NaN otherwise."""
-    is_rating = events["event_type"] == "rating"
-    label = pd.Series(np.nan, index=events.index)
-    label[is_rating] = (events.loc[is_rating, "value"] >= cfg.rating_threshold).astype(float)
-    label[events["event_type"].isin(cfg.positive_types)] = 1.0
-    return label
+    """:func:`label_of` for each row of ``events`` (columns ``event_type``, ``value``).
+
+    >>> cfg = TrainingSettings()
+    >>> labels(cfg, pd.DataFrame({"event_type": ["rating", "view"], "value": [4.0, None]})).tolist()
+    [1.0, nan]
+    """
+    values = events["value"].astype(float)
+    return pd.Series([label_of(cfg, t, v) for t, v in zip(events["event_type"], values)], index=events.index, dtype=float)
 
 
 def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:

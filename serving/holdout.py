@@ -20,8 +20,7 @@ from typing import Callable
 import httpx
 import pandas as pd
 
-from batch.event_examples import label_of
-from batch.training_data import labels
+from batch.training_data import label_of, labels
 from features import names
 from infra.settings import Settings, TrainingSettings
 from serving.online_features import OnlineFeatureReader
