@@ -26,6 +26,7 @@ from typing import Callable
 
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, check_compatible
 from models import delta as model_delta
+from infra.periodic import Periodic
 from infra.settings import ModelSettings
 from models.id_table import IDS_FILE, model_ids
 from models.registry import META, ModelIntegrityError, ModelRegistry
@@ -135,8 +136,7 @@ class RegistryWatcher:
         self.interval_s = interval_s
         self.prepare = prepare or (lambda m: None)  # e.g. read the new catalogue's features before the swap
         self.on_swap = on_swap or (lambda e: None)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("registry-watcher", self.check, interval_s, self._report)
 
     def check(self, force: bool = False) -> SwapEvent | None:
         """Bring the served model in line with the registry pointer; returns what happened, if anything."""
@@ -179,18 +179,10 @@ class RegistryWatcher:
         return event
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="registry-watcher", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.check()
-            except Exception as e:  # noqa: BLE001 - the watcher must outlive one bad poll; it is reported
-                self.holder.record(SwapEvent("?", "rejected", time.time(), 0.0, f"watcher error: {e}"))
-            self._stop.wait(self.interval_s)
+    def _report(self, e: Exception) -> None:
+        self.holder.record(SwapEvent("?", "rejected", time.time(), 0.0, f"watcher error: {e}"))
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._loop.stop()

@@ -16,7 +16,6 @@ training.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -26,6 +25,7 @@ import numpy as np
 
 from features import names
 from features.model_inputs import dense_transform
+from infra.periodic import Periodic
 from infra.settings import Settings
 from serving.online_features import OnlineFeatureReader, decode_value, numeric
 from serving.served_model import ServedModel
@@ -68,8 +68,7 @@ class ItemSnapshotter:
         self.errors = 0
         self.last_error = ""
         self._readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("item-snapshot", self.refresh, interval_s, self._report)
         windows = sorted(settings.features.windows, key=lambda w: w.size_s)
         self._windows = [(f"{names.ITEM_POPULARITY}:pop_{w.name}", w.size_s * 1000) for w in windows]
         self._as_of = f"{names.ITEM_POPULARITY}:pop_as_of_ms"
@@ -154,19 +153,11 @@ class ItemSnapshotter:
         return None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="item-snapshot", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-            except Exception as e:  # noqa: BLE001 - keep the last good snapshot; reported by /readyz and /stats
-                self.errors += 1
-                self.last_error = str(e)
-            self._stop.wait(self.interval_s)
+    def _report(self, e: Exception) -> None:  # the last good snapshot stays; reported by /readyz and /stats
+        self.errors += 1
+        self.last_error = str(e)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._loop.stop()

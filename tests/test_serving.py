@@ -278,7 +278,6 @@ def test_corrupted_delta_file_is_rejected_and_rollback_is_instant(stack):
         assert r.status_code == 409 or r.json()["event"]["outcome"] == "rejected"
     finally:
         registry.promote(served_before)
-        server.ctx.watcher._stop.clear()
         server.ctx.watcher.start()
 
 
