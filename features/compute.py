@@ -160,7 +160,7 @@ class ItemState(_StoredState):
     """Everything kept per item: stats, windowed popularity buckets, co-visitation counts."""
 
     __slots__ = ("stats", "buckets", "latest_ms", "covisit", "covisit_top", "covisit_dirty", "covisit_floor",
-                 "_covisit_json", "_covisit_log")
+                 "_covisit_json", "_covisit_log", "_buckets_json", "_top_json")
 
     def __init__(self, n_windows: int) -> None:
         self.stats = Stats()
@@ -183,10 +183,15 @@ class ItemState(_StoredState):
         # since (``_covisit_log``), and re-made only once the log is long (see to_bytes)
         self._covisit_json: bytes | None = None
         self._covisit_log: list[str] = []
+        # most touches only add co-visits: the JSON of the buckets is kept until the item's next
+        # own event, that of the top K until its next refresh
+        self._buckets_json: bytes | None = None
+        self._top_json: bytes | None = None
 
     def add_event(self, cfg: FeatureSettings, event_type: str, value: float | None, event_time: int) -> None:
         type_idx = TYPE_INDEX[event_type]
         self.stats.add(type_idx, value, event_time)
+        self._buckets_json = None
         if event_time > self.latest_ms:
             self.latest_ms = event_time
         for w, buckets in zip(cfg.windows, self.buckets):
@@ -250,6 +255,7 @@ class ItemState(_StoredState):
                 bisect.insort(top, k, key=rank)
         k = cfg.covisit_top_k
         self.covisit_top = top[:k]
+        self._top_json = None
         self.covisit_floor = covisit[top[k - 1]] if len(top) >= k else 0
         self.covisit_dirty = set()
 
@@ -294,9 +300,12 @@ class ItemState(_StoredState):
         return self._encode({k: self.covisit[k] for k in self.covisit_top}, [], [])
 
     def _encode(self, covisit: Any, dirty: list[str], counted_since: list[str]) -> bytes:
-        buckets = [[[slot, counts] for slot, counts in b.items()] for b in self.buckets]
-        return orjson.dumps([STATE_FORMAT, self.stats.to_list(), buckets, self.latest_ms, covisit, self.covisit_top,
-                             dirty, self.covisit_floor, counted_since])
+        if self._buckets_json is None:
+            self._buckets_json = orjson.dumps([[[slot, counts] for slot, counts in b.items()] for b in self.buckets])
+        if self._top_json is None:
+            self._top_json = orjson.dumps(self.covisit_top)
+        return orjson.dumps([STATE_FORMAT, self.stats.to_list(), orjson.Fragment(self._buckets_json), self.latest_ms,
+                             covisit, orjson.Fragment(self._top_json), dirty, self.covisit_floor, counted_since])
 
     @classmethod
     def _from_fields(cls, raw: list) -> "ItemState":

@@ -104,3 +104,22 @@ def test_co_visit_counts_are_encoded_incrementally_and_decode_exactly():
         if rng.random() < 0.05:  # as after a restore: a decoded state goes on encoding
             item = ItemState.from_bytes(encoded)
     assert with_log > 300  # most encodings reused the counts' JSON
+
+
+def test_encodings_between_updates_always_decode_to_the_current_features():
+    """to_bytes and online_bytes reuse the JSON of the buckets and of the top K between the
+    updates that change them (an own event; a refresh): every encoding must still be current."""
+    cfg = FeatureSettings(covisit_top_k=4)
+    rng = random.Random(5)
+    item = ItemState(len(cfg.windows))
+    for step in range(300):
+        if rng.random() < 0.3:
+            item.add_event(cfg, rng.choice(["view", "click"]), None, step * 600_000)
+        else:
+            item.add_covisits([f"i{rng.randint(0, 20)}" for _ in range(rng.randint(1, 3))])
+        if rng.random() < 0.3:
+            item.covisit_features(cfg)  # a refresh of the top K between encodings
+        for encoded in (item.to_bytes(), item.online_bytes(cfg)):
+            decoded = ItemState.from_bytes(encoded)
+            assert decoded.popularity_features(cfg) == item.popularity_features(cfg)
+            assert decoded.covisit_features(cfg) == item.covisit_features(cfg)
