@@ -1,8 +1,8 @@
 """The Python functions of the Flink feature job (thin wrappers over features.compute).
 
 Records reach Python in micro-batches (one row per ``stream.batch_ms`` of processing time, per
-Kafka partition when the job has several subtasks, built by the Java SQL runtime), because crossing the Java/Python boundary
-costs far more than computing a feature. ``PartitionFunction`` (keyed by Kafka partition)
+Kafka partition when the job has several subtasks, built by the Java SQL runtime), because
+crossing the Java/Python boundary costs far more than computing a feature. ``PartitionFunction`` (keyed by Kafka partition)
 validates each record, dead-letters bad ones, flags late ones, buffers rows in Flink list state
 for the Delta ``events`` table (idempotent transaction per partition), updates per-user state
 (Flink map state) and emits item updates grouped by item shard; ``ItemShardFunction`` (keyed by

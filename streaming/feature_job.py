@@ -6,8 +6,8 @@ same file to a Flink session cluster:
     flink run -py streaming/feature_job.py -pyexec /path/to/venv/bin/python [--config recsys.yaml]
 
 Source: the Kafka SQL connector (raw bytes + partition/offset metadata), grouped by the Java
-runtime into micro-batches (per partition when the job has several subtasks); event time, watermarks and lateness are handled per
-partition in streaming.feature_functions. Checkpoints are on and retained on cancel, and
+runtime into micro-batches (per partition when the job has several subtasks); event time,
+watermarks and lateness are handled per partition in streaming.feature_functions. Checkpoints are on and retained on cancel, and
 `--restore PATH` (what `recsys stream start` passes) resumes from the latest one.
 """
 
