@@ -1,8 +1,8 @@
 """The Python functions of the Flink feature job (thin wrappers over features.compute).
 
-Records reach Python in micro-batches (one row per ``stream.batch_ms`` of processing time, per
-Kafka partition when the job has several subtasks, built by the Java SQL runtime), because
-crossing the Java/Python boundary costs far more than computing a feature. ``PartitionFunction`` (keyed by Kafka partition)
+Records reach Python in micro-batches (one row per Kafka partition per ``stream.batch_ms`` of
+processing time, built by the Java SQL runtime), because crossing the Java/Python boundary
+costs far more than computing a feature. ``PartitionFunction`` (keyed by Kafka partition)
 validates each record, dead-letters bad ones, flags late ones, buffers rows in Flink list state
 for the Delta ``events`` table (idempotent transaction per partition), updates per-user state
 (Flink map state) and emits item updates grouped by item shard; ``ItemShardFunction`` (keyed by
@@ -371,34 +371,28 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         from streaming.events import InvalidEvent, decode_event
 
         started = time.perf_counter()
+        partition = batch[0]
         key = ctx.get_current_key()
         self._check_key(key)
-        partitions, offsets, payloads = batch[0], batch[1], batch[2]
+        offsets, payloads = batch[1], batch[2]
         if batch[3] is not None:
             self._pending_since(batch[3].to_epoch_milli())
-        if not len(partitions) == len(offsets) == len(payloads):
-            raise RuntimeError(f"micro-batch with {len(partitions)} partitions, {len(offsets)} offsets and "
-                               f"{len(payloads)} payloads: the job's query and this function disagree")
-        records = sorted(zip(partitions, offsets, payloads), key=lambda r: (r[0], r[1]))  # offset order per partition
+        if len(offsets) != len(payloads):
+            raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
+        records = sorted(zip(offsets, payloads), key=lambda r: r[0])
         cfg, writer, metrics = self.cfg, self.writer, self.metrics
         max_bytes = self.settings.producer.max_event_bytes
         slack = self.stream.out_of_orderness_ms + self.stream.allowed_lateness_ms
         shards = self.stream.item_shards
         watermarks = self.max_event_time.value() or {}
+        max_t = watermarks.get(partition, -1)
         ingest = now_ms()
-        rows_by_partition: dict[int, list[tuple]] = {}
+        rows: list[tuple] = []
         touched: dict[str, Any] = {}
         updates: dict[int, list[tuple]] = defaultdict(list)
         item_events: list[tuple] = []
         late = 0
-        partition, max_t, rows = None, -1, []
-        for record_partition, offset, payload in records:
-            if record_partition != partition:  # records come grouped by partition
-                if partition is not None:
-                    watermarks[partition] = max_t
-                partition = record_partition
-                max_t = watermarks.get(partition, -1)
-                rows = rows_by_partition[partition] = []
+        for offset, payload in records:
             payload = bytes(payload)
             try:
                 e = decode_event(payload, max_bytes)
@@ -426,27 +420,23 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             else:
                 for update in item_updates(e.item_id, event_type, e.value, t, previous):
                     updates[bucket(update[0], shards)].append(update)
-        if partition is not None:
-            watermarks[partition] = max_t
         for user_id, (state, last_t) in touched.items():
             encoded = state.to_bytes()
             writer.stage("user", self._user_views, user_id, state, encoded, last_t)
             self.users.put(user_id, encoded)
+        watermarks[partition] = max_t
         self.max_event_time.update(watermarks)
-        n_rows = sum(len(r) for r in rows_by_partition.values())
         metrics.inc("events_in", len(records))
         metrics.inc("late", late)
-        metrics.inc("events", n_rows - late)
+        metrics.inc("events", len(rows) - late)
         metrics.inc("batches")
         if "first_batch_at" not in metrics.counters:
             metrics.set("first_batch_at", time.time())
-        for record_partition, offset in {p: o for p, o, _ in records}.items():  # sorted: the last offset wins
-            metrics.set(f"offset_p{record_partition}", offset)
-        if n_rows:
-            for record_partition, partition_rows in rows_by_partition.items():
-                if partition_rows:
-                    self.buffer.add((record_partition, partition_rows))
-            buffered = (self.buffered_rows.value() or 0) + n_rows
+        if records:
+            metrics.set(f"offset_p{partition}", records[-1][0])
+        if rows:
+            self.buffer.add((partition, rows))
+            buffered = (self.buffered_rows.value() or 0) + len(rows)
             self.buffered_rows.update(buffered)
             if buffered >= self.stream.lake_flush_rows:
                 self._flush_lake(key)

@@ -6,8 +6,8 @@ same file to a Flink session cluster:
     flink run -py streaming/feature_job.py -pyexec /path/to/venv/bin/python [--config recsys.yaml]
 
 Source: the Kafka SQL connector (raw bytes + partition/offset metadata), grouped by the Java
-runtime into micro-batches (per partition when the job has several subtasks); event time,
-watermarks and lateness are handled per partition in streaming.feature_functions. Checkpoints are on and retained on cancel, and
+runtime into per-partition micro-batches; event time, watermarks and lateness are handled per
+partition in streaming.feature_functions. Checkpoints are on and retained on cancel, and
 `--restore PATH` (what `recsys stream start` passes) resumes from the latest one.
 """
 
@@ -81,26 +81,21 @@ CREATE TABLE {SOURCE_TABLE} (
 )"""
 
 
-def micro_batches_sql(settings: Settings, fused: bool) -> str:
-    """One row per ``batch_ms``: ``(key, (partitions, offsets, payloads, first_ts))``, with the
-    records of every Kafka partition when ``fused`` (key 0: the one subtask takes them all, and
-    an entity touched in several partitions' records is encoded and put in Flink state once per
-    micro-batch, not once per partition), else one row per partition (key: the partition).
-    ``first_ts`` is the oldest Kafka record timestamp in the batch (for the write-delay metric).
+def micro_batches_sql(settings: Settings, key: str) -> str:
+    """One row per Kafka partition per ``batch_ms``: ``(key, (partition, offsets, payloads, first_ts))``
+    (``first_ts``: the oldest Kafka record timestamp in the batch, for the write-delay metric).
 
-    The key comes first so the stream is keyed on the Java side (see :func:`keyed`). Arrays of
-    plain values rather than one array of ROW(partition, offset, payload): the thread-mode (pemja)
-    bridge hands Python the same Row object for every element of an array of rows. The
-    aggregates accumulate the group's rows in the same order, so the arrays line up.
+    The key comes first so the stream is keyed on the Java side (see :func:`keyed`). Two arrays
+    of plain values rather than one array of ROW(offset, payload): the thread-mode (pemja) bridge
+    hands Python the same Row object for every element of an array of rows. Both aggregates
+    accumulate the group's rows in the same order, so the arrays line up.
     """
     seconds = f"{settings.stream.batch_ms / 1000:.3f}"
-    key, group = ("0", "") if fused else ("`partition`", "`partition`, ")
     return f"""
-SELECT {key} AS k, ROW(partitions, offsets, payloads, first_ts) AS batch FROM (
-  SELECT {group}ARRAY_AGG(`partition`) AS partitions, ARRAY_AGG(`offset`) AS offsets,
-         ARRAY_AGG(payload) AS payloads, MIN(`timestamp`) AS first_ts
+SELECT {key} AS k, ROW(`partition`, offsets, payloads, first_ts) AS batch FROM (
+  SELECT `partition`, ARRAY_AGG(`offset`) AS offsets, ARRAY_AGG(payload) AS payloads, MIN(`timestamp`) AS first_ts
   FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(proc_time), INTERVAL '{seconds}' SECOND))
-  GROUP BY {group}window_start, window_end)"""
+  GROUP BY `partition`, window_start, window_end)"""
 
 
 def keyed(stream, key_type):  # noqa: ANN001, ANN201 - pyflink DataStream -> KeyedStream
@@ -137,10 +132,10 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(source_ddl(settings))
     fused = settings.stream.parallelism == 1  # one subtask: users and items in one Python function, no shuffle
-    batch_type = Types.ROW([Types.INT(), Types.ROW([Types.BASIC_ARRAY(Types.INT()), Types.BASIC_ARRAY(Types.LONG()),
+    batch_type = Types.ROW([Types.INT(), Types.ROW([Types.INT(), Types.BASIC_ARRAY(Types.LONG()),
                                                     Types.OBJECT_ARRAY(Types.PRIMITIVE_ARRAY(Types.BYTE())),
                                                     Types.INSTANT()])])
-    query = t_env.sql_query(micro_batches_sql(settings, fused))
+    query = t_env.sql_query(micro_batches_sql(settings, "0" if fused else "`partition`"))
     batches = t_env.to_append_stream(query, batch_type)  # a RowTypeInfo, as the keyed Python operator needs
     by_partition = keyed(batches, Types.INT())
     if fused:
