@@ -271,3 +271,48 @@ def test_writes_wait_longer_only_while_the_job_is_behind(stack_settings):
     fn._last_input_at = time.monotonic()
     fn.stream = fn.stream.model_copy(update={"catch_up_flush_ms": 0})
     assert fn._write_wait_ms() == 0
+
+
+JOB_GRAPH_FILE = Path(__file__).parent / "data" / "feature_job_graph.json"
+
+
+def _job_graph(settings) -> list[list]:
+    """(operator ids, parallelism, max parallelism) per task of the job graph, as Flink matches
+    checkpoint state to operators on restore."""
+    from streaming.feature_job import build
+
+    job_graph = build(settings)._j_stream_execution_environment.getStreamGraph(False).getJobGraph()
+    vertices, it = [], job_graph.getVertices().iterator()
+    while it.hasNext():
+        v = it.next()
+        ops = v.getOperatorIDs()
+        vertices.append([sorted(str(ops.get(i).getGeneratedOperatorID()) for i in range(ops.size())),
+                         v.getParallelism(), v.getMaxParallelism()])
+    return sorted(vertices)
+
+
+def test_the_job_graph_stays_restorable(stack_settings, tmp_path):
+    """A checkpoint restores only into a job graph with the same operators (ids, max parallelism):
+    grouping the fused stage's micro-batch across partitions once made `recsys stream start`
+    fail after an upgrade ("Max parallelism mismatch"). A deliberate change of the graph updates
+    this file (RECSYS_UPDATE_JOB_GRAPH=1) and tells users to start fresh in the release notes."""
+    import json
+    import os
+
+    from features.store import apply
+
+    graphs = {}
+    for parallelism in (1, 2):
+        settings = stack_settings.model_copy(update={
+            "data_dir": tmp_path / f"p{parallelism}",
+            "stream": stack_settings.stream.model_copy(update={"parallelism": parallelism})})
+        apply(settings)
+        graphs[str(parallelism)] = _job_graph(settings)
+    if os.environ.get("RECSYS_UPDATE_JOB_GRAPH"):
+        JOB_GRAPH_FILE.write_text(json.dumps(graphs, indent=1) + "\n")
+    expected = json.loads(JOB_GRAPH_FILE.read_text())
+    assert graphs == expected, (
+        f"the feature job's graph changed ({JOB_GRAPH_FILE} has the released one): checkpoints of the previous "
+        "version will not restore into it. Keep operator uids and keyed aggregates as they were, or, if the change "
+        "is deliberate, rerun with RECSYS_UPDATE_JOB_GRAPH=1 and document that upgrading needs `recsys stream start --fresh`"
+    )
