@@ -147,7 +147,8 @@ class OnlineWriter:
         self.last_flush = time.monotonic()
         return written
 
+    def ms_since_write(self) -> float:
+        return (time.monotonic() - self.last_flush) * 1000
+
     def due(self, max_wait_ms: int, max_rows: int) -> bool:
-        return self.pending_rows >= max_rows or (
-            self.pending_rows > 0 and (time.monotonic() - self.last_flush) * 1000 >= max_wait_ms
-        )
+        return self.pending_rows >= max_rows or (self.pending_rows > 0 and self.ms_since_write() >= max_wait_ms)

@@ -101,7 +101,7 @@ class InProcessWriter:
         return self.online.due(max_wait_ms, max_rows)
 
     def ms_since_write(self) -> float:
-        return (time.monotonic() - self.online.last_flush) * 1000
+        return self.online.ms_since_write()
 
     def flush(self, oldest_kafka_ms: int | None, behind: bool = False) -> None:
         _write(self.online, self.metrics, oldest_kafka_ms)

@@ -40,6 +40,11 @@ def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = fro
     )
 
 
+def _settings_snapshot(settings: Settings) -> Path:
+    """The exact settings of the last start, read by the job (RECSYS_STREAM_SETTINGS)."""
+    return settings.paths.run_dir / "stream.env"
+
+
 def _job_dirs(settings: Settings) -> list[Path]:
     root = settings.paths.checkpoint_dir
     return [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
@@ -79,7 +84,7 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
     if restore is not None:
         argv += ["--restore", str(restore)]
     settings.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    env_file = settings.paths.run_dir / "stream.env"
+    env_file = _settings_snapshot(settings)
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text(settings.model_dump_json())  # the job runs with exactly these settings
     env = {"RECSYS_STREAM_SETTINGS": str(env_file)}
@@ -174,7 +179,7 @@ def functions_open(settings: Settings, instances: dict[str, dict[str, Any]]) -> 
     """Function instances (of ``read_all(metrics_dir)``) that finished opening since the job last
     started (their ``opened_at``); a later stage can still be opening (starting its writer
     process) when the first looks idle."""
-    started = settings.paths.run_dir / "stream.env"  # written by every start
+    started = _settings_snapshot(settings)  # written by every start
     since = started.stat().st_mtime if started.exists() else 0.0
     return sum(1 for name, m in instances.items() if not name.startswith("writer-") and m.get("opened_at", 0) >= since)
 
