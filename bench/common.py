@@ -36,6 +36,20 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, {platform.machine()}"
 
 
+def box_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (every process: broker, JVM,
+    Python workers, Redis), from /proc/stat; None where there is none. The difference over a
+    timed span, divided by the events in it, is the box's CPU cost per event: what the cores can
+    sustain at all, whatever the split between processes."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """How to re-run this measurement: the script plus every option that differs from its default."""
     return f"python bench/{script}" + "".join(
