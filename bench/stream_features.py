@@ -27,7 +27,7 @@ from feast.data_source import PushMode  # noqa: E402
 from kafka import KafkaConsumer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench.common import box_cpu_seconds, local_stack, record  # noqa: E402
+from bench.common import box_cpu_seconds, command_line, local_stack, record  # noqa: E402
 from features import names  # noqa: E402
 from features.compute import InMemoryFeatures  # noqa: E402
 from features.definitions import TIMESTAMP_FIELD  # noqa: E402
@@ -130,10 +130,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100_000, help="events read before timing starts (both sides)")
     parser.add_argument("--batch", type=int, default=5000, help="baseline micro-batch (max_poll_records)")
     parser.add_argument("--batch-ms", type=int, help="job micro-batch (stream.batch_ms; default: the setting's)")
+    parser.add_argument("--parallelism", type=int, help="job parallelism (stream.parallelism; > 1 runs the two-stage "
+                        "graph, one Python process per subtask: the way to use more cores)")
     args = parser.parse_args()
     events = SyntheticEvents(n_users=10_000, n_items=5_000, seed=3).batch(args.events, start_ms=1_700_000_000_000, step_ms=10)
     with local_stack() as base:
-        stream = base.stream.model_copy(update={"batch_ms": args.batch_ms}) if args.batch_ms else base.stream
+        overrides = {"batch_ms": args.batch_ms, "parallelism": args.parallelism}
+        stream = base.stream.model_copy(update={k: v for k, v in overrides.items() if v})
         ours = base.model_copy(update={"topics": base.topics.model_copy(update={"events": "bench-flink"}), "stream": stream})
         theirs = base.model_copy(update={"topics": base.topics.model_copy(update={"events": "bench-baseline"}),
                                          "features": base.features.model_copy(update={"project": "baseline"})})
@@ -148,7 +151,7 @@ def main() -> None:
     ratio = flink / bare
     print(f"ratio {ratio:.2f}")
     record("stream_features_vs_python_push", value=flink, baseline=bare, ratio=ratio, unit="events/s", goal=5,
-           command=f"python bench/stream_features.py --events {args.events} --warmup {args.warmup}" + (f" --batch-ms {args.batch_ms}" if args.batch_ms else ""),
+           command=command_line("stream_features.py", parser, args),
            note="; ".join(filter(None, [f"absolute goal 20k ev/s: {'met' if flink >= 20_000 else 'MISSED'}", cpu_note])))
 
 

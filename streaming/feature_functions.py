@@ -375,8 +375,9 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         key = ctx.get_current_key()
         self._check_key(key)
         offsets, payloads = batch[1], batch[2]
-        if batch[3] is not None:
-            self._pending_since(batch[3].to_epoch_milli())
+        oldest_ms = None if batch[3] is None else batch[3].to_epoch_milli()
+        if oldest_ms is not None:
+            self._pending_since(oldest_ms)
         if len(offsets) != len(payloads):
             raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
         records = sorted(zip(offsets, payloads), key=lambda r: r[0])
@@ -448,7 +449,9 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         for shard, shard_updates in updates.items():
-            yield Row(shard, shard_updates)  # keyed by shard in Java (streaming.feature_job.keyed)
+            # keyed by shard in Java (streaming.feature_job.keyed); the Kafka time of the batch's
+            # oldest record goes along, so the item stage knows when it is behind, as this one does
+            yield Row(shard, (oldest_ms, shard_updates))
 
     def on_timer(self, timestamp: int, ctx: "KeyedProcessFunction.OnTimerContext") -> Iterable[Any]:
         key = ctx.get_current_key()
@@ -511,8 +514,12 @@ class ItemShardFunction(_ItemUpdates, _FeatureFunction):
         self._open_items(runtime_context)
         self._opened()
 
-    def process_element(self, updates: list[tuple], ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
+    def process_element(self, element: tuple[int | None, list[tuple]], ctx: "KeyedProcessFunction.Context") -> Iterable[Any]:
+        """``element``: (Kafka timestamp of the oldest record behind these updates, the updates)."""
         started = time.perf_counter()
+        oldest_ms, updates = element
+        if oldest_ms is not None:
+            self._pending_since(oldest_ms)
         shard = ctx.get_current_key()
         self._check_key(shard)
         self._apply_items(shard, updates)

@@ -26,7 +26,7 @@ from streaming.feature_functions import metrics_dir
 from streaming.lake import read_events
 from streaming.producer import EventProducer
 from streaming.replay import load_events
-from streaming.stream_metrics import records_read, totals
+from streaming.stream_metrics import read_all, records_read, totals
 from streaming.topics import scan_topic
 from tests.conftest import isolated
 
@@ -194,6 +194,10 @@ def test_two_stage_graph_for_parallelism_above_one(stack_settings, tmp_path, ml1
         stream_runner.stop(s)
     assert not stream_runner.status(s, with_lag=False).running
     assert {p.stem.split("-")[0] for p in metrics_dir(s).glob("*.json")} == {"partition", "items", "writer"}
+    # the item stage knows the Kafka time of what it writes (its catch-up writes depend on it)
+    item_writes = [m for name, m in read_all(metrics_dir(s)).items()
+                   if name.startswith(("items-", "writer-items-")) and m.get("online_rows")]
+    assert item_writes and all(0 <= m["write_delay_ms"] < 600_000 for m in item_writes)
     assert metrics["lake_rows"] == len(events)
     assert_online_equals_backfill(s, backfill(s, progress=False))
 
