@@ -114,7 +114,10 @@ class _FeatureFunction(KeyedProcessFunction):
         self.metrics.set("opened_at", time.time())
         self.metrics.maybe_write(force=True)
 
-    def _pending_since(self, kafka_ms: int) -> None:
+    def _pending_since(self, kafka_ms: int | None) -> None:
+        """Records up to ``kafka_ms`` (their Kafka time; None: unknown) wait to be written."""
+        if kafka_ms is None:
+            return
         if self._oldest_pending_ms is None or kafka_ms < self._oldest_pending_ms:
             self._oldest_pending_ms = kafka_ms
 
@@ -376,8 +379,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self._check_key(key)
         offsets, payloads = batch[1], batch[2]
         oldest_ms = None if batch[3] is None else batch[3].to_epoch_milli()
-        if oldest_ms is not None:
-            self._pending_since(oldest_ms)
+        self._pending_since(oldest_ms)
         if len(offsets) != len(payloads):
             raise RuntimeError(f"micro-batch of partition {partition}: {len(offsets)} offsets for {len(payloads)} payloads")
         records = sorted(zip(offsets, payloads), key=lambda r: r[0])
@@ -518,8 +520,7 @@ class ItemShardFunction(_ItemUpdates, _FeatureFunction):
         """``element``: (Kafka timestamp of the oldest record behind these updates, the updates)."""
         started = time.perf_counter()
         oldest_ms, updates = element
-        if oldest_ms is not None:
-            self._pending_since(oldest_ms)
+        self._pending_since(oldest_ms)
         shard = ctx.get_current_key()
         self._check_key(shard)
         self._apply_items(shard, updates)
