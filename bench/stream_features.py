@@ -42,6 +42,12 @@ from streaming.synthetic import SyntheticEvents  # noqa: E402
 from streaming.topics import ensure_topics  # noqa: E402
 
 
+def bench_events(n: int) -> list[dict]:
+    """The benchmark's synthetic events (10k users, 5k items, one every 10 ms), the same for
+    every script that compares with this one."""
+    return SyntheticEvents(n_users=10_000, n_items=5_000, seed=3).batch(n, start_ms=1_700_000_000_000, step_ms=10)
+
+
 def produce(settings: Settings, events: list[dict]) -> None:
     with EventProducer(settings) as producer:
         producer.send_many(events)
@@ -133,7 +139,7 @@ def main() -> None:
     parser.add_argument("--parallelism", type=int, help="job parallelism (stream.parallelism; > 1 runs the two-stage "
                         "graph, one Python process per subtask: the way to use more cores)")
     args = parser.parse_args()
-    events = SyntheticEvents(n_users=10_000, n_items=5_000, seed=3).batch(args.events, start_ms=1_700_000_000_000, step_ms=10)
+    events = bench_events(args.events)
     with local_stack() as base:
         overrides = {"batch_ms": args.batch_ms, "parallelism": args.parallelism}
         stream = base.stream.model_copy(update={k: v for k, v in overrides.items() if v})
