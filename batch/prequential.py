@@ -1,9 +1,11 @@
 """Prequential evaluation (`recsys evaluate`): for every event, first recommend, then learn.
 
 A real stream is replayed in event-time order. Everything before ``eval_start`` is history;
-from there on, before each positive event the four strategies rank every catalogue item the
+from there on, before each positive event every strategy ranks every catalogue item the
 user has not interacted with yet, and the event's item is looked up in their top K:
 
+* ``served``: what the API would have returned (``batch.served_replay``: the serving code
+  itself, with the candidate sources, trending slots and filters, over the daily + online model);
 * ``popularity``: the most interacted-with items so far (updated with every event);
 * ``static``: a model trained once on the history and never again;
 * ``daily``: retrained from scratch on everything so far at every ``retrain_every_days``
@@ -14,16 +16,18 @@ user has not interacted with yet, and the event's item is looked up in their top
 * ``online``: the daily model, plus the streaming trainer's updates (embedding rows at
   ``online.sparse_lr``): a step whenever ``online.batch_size`` examples are waiting, and whatever
   is waiting once ``online.publish_every_s`` of event time has passed (the learner trains what
-  it has before each minute-level publish).
+  it has before each minute-level publish);
+* the yardsticks of ``evaluation.baselines`` (``batch.baselines``): ``item_knn`` (updated after
+  every event), ``ease`` and ``sasrec`` (refit at every retrain boundary), fed every event.
 
 Then the event is fed: features (``features.live``: the stream job's state classes), examples
-(``batch.event_examples``: the nightly job's labels and negatives), the online model. All four
-see the same features and the same candidates, so differences are the models'. The nightly job
+(``batch.event_examples``: the nightly job's labels and negatives), the online model. The engine's
+strategies see the same features and the same candidates, so differences are the models'. The nightly job
 is simulated in-process (same features, labels, trainer; no Delta table or Feast join per day),
 which is what makes a day-by-day replay of months affordable.
 
 HR@K: the item is in the top K; NDCG@K: 1/log2(rank + 1) when it is. Reported overall and per
-day, as JSON and a PNG (metric vs time per strategy), with paired differences between strategies
+day, as JSON, a table and a PNG (``batch.prequential_report``), with paired differences between strategies
 (same events: mean NDCG@K difference and a bootstrap 95% interval), which say whether a gap is
 bigger than what the particular events drawn would produce by chance.
 """
@@ -31,18 +35,18 @@ bigger than what the particular events drawn would produce by chance.
 from __future__ import annotations
 
 import copy
-import json
-import math
+import time
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from batch.baselines import build_baselines
 from batch.event_examples import EventExamples
+from batch.prequential_report import DAY_MS, Report, Scores
+from batch.served_replay import ServedReplay
 from batch.training_data import label_of
 from batch.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
@@ -55,78 +59,10 @@ from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.train import Examples, fit
 from streaming.events import Event
 
-DAY_MS = 86_400_000
-STRATEGIES = ("popularity", "static", "daily_stale", "daily", "online")
+ENGINE = ("served", "popularity", "static", "daily_stale", "daily", "online")
+STRATEGIES = ENGINE  # the engine's own strategies; ``evaluation.baselines`` adds the yardsticks
 COMPARED = (("online", "daily"), ("daily", "daily_stale"), ("online", "static"), ("daily", "static"),
-            ("online", "popularity"))
-
-
-def ndcg_gain(rank: int | None, k: int) -> float:
-    """1/log2(rank + 2) for a 0-based rank inside the top k, else 0."""
-    return 1 / math.log2(rank + 2) if rank is not None and rank < k else 0.0
-
-
-@dataclass
-class Tally:
-    hits: float = 0.0
-    ndcg: float = 0.0
-    n: int = 0
-
-    def add(self, rank: int | None, k: int) -> float:
-        """Count one scored event; returns its NDCG@k gain."""
-        self.n += 1
-        gain = ndcg_gain(rank, k)
-        self.hits += gain > 0
-        self.ndcg += gain
-        return gain
-
-    def metrics(self) -> dict[str, float]:
-        return {"hr": self.hits / self.n if self.n else math.nan, "ndcg": self.ndcg / self.n if self.n else math.nan,
-                "events": self.n}
-
-
-@dataclass
-class Report:
-    k: int
-    eval_start_ms: int
-    events: int
-    history_events: int
-    retrains: int
-    overall: dict[str, dict[str, float]] = field(default_factory=dict)
-    per_day: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # day -> strategy -> metrics
-    differences: dict[str, dict[str, float]] = field(default_factory=dict)  # "a_vs_b" -> paired NDCG@K difference
-    scenario: dict[str, float] = field(default_factory=dict)  # how the replay was altered, if at all (catalogue churn)
-
-    def ratio(self, metric: str, a: str, b: str) -> float:
-        top, bottom = self.overall[a][metric], self.overall[b][metric]
-        return top / bottom if bottom else math.nan
-
-    def to_dict(self) -> dict:
-        return {"k": self.k, "eval_start_ms": self.eval_start_ms, "events": self.events,
-                "history_events": self.history_events, "retrains": self.retrains, "overall": self.overall,
-                "per_day": self.per_day, "ndcg_differences": self.differences, "scenario": self.scenario,
-                "ratios": {f"{m}_{a}_vs_{b}": self.ratio(m, a, b) for m in ("hr", "ndcg")
-                           for a, b in (*COMPARED, ("daily", "popularity"))}}
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of ``a - b`` over the same events, with a percentile-bootstrap 95% interval, and the
-    share of events where either is ahead.
-
-    >>> d = paired_difference([1.0, 0.5, 0.0, 1.0], [0.0, 0.5, 0.0, 0.0])
-    >>> d["mean"], d["a_ahead"], d["b_ahead"]
-    (0.5, 0.5, 0.0)
-    >>> 0.0 <= d["low"] <= d["mean"] <= d["high"] <= 1.0
-    True
-    """
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if not len(diff):
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "a_ahead": math.nan, "b_ahead": math.nan}
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diff.mean()), "low": float(low), "high": float(high),
-            "a_ahead": float((diff > 0).mean()), "b_ahead": float((diff < 0).mean())}
+            ("online", "popularity"), ("served", "online"), ("served", "popularity"))
 
 
 class _ExampleLog:
@@ -163,18 +99,31 @@ class Prequential:
         self.popularity: Counter[str] = Counter()
         self.retrains = 0
         self._rows: dict[str, int] = {}  # item -> embedding row
-        self.gains: dict[str, list[float]] = {s: [] for s in STRATEGIES}  # NDCG@K per scored event
+        self.served = ServedReplay(settings, spec, self.features)
+        self.baselines = build_baselines(settings.evaluation)
+        self.strategies = (*ENGINE, *self.baselines)
+        self._index: dict[str, int] = {}  # item -> catalogue index, in order of first appearance (the baselines' ids)
+        self.fit_seconds: dict[str, float] = Counter()
 
     def _nightly(self) -> tuple[torch.nn.Module, ModelIds]:
         """A model trained from scratch on every example so far, as the nightly job trains it (with
         its id mapping: ``model.ids`` managed tables are filled from the events so far)."""
         cfg, tcfg = self.settings.model, self.settings.training
+        started = time.perf_counter()
         ids = training_ids(cfg, self.log.events)
         model = build_model(cfg, self.spec.n_dense)
         fit(model, dense_optimizer(model, cfg), self.log.examples(), cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed,
             progress=False, ids=ids)
         self.retrains += 1
+        self.fit_seconds["daily"] += time.perf_counter() - started
         return model, ids
+
+    def _refit_baselines(self, now_ms: int) -> None:
+        """What each baseline does at a retrain boundary (EASE and SASRec refit; item-kNN is online)."""
+        for name, baseline in self.baselines.items():
+            started = time.perf_counter()
+            baseline.refit(now_ms)
+            self.fit_seconds[name] += time.perf_counter() - started
 
     def _online_from(self, nightly: tuple[torch.nn.Module, ModelIds]) -> IncrementalModel:
         o = self.settings.online
@@ -201,6 +150,9 @@ class Prequential:
         self.features.add(event.event_id, event.user_id, event.item_id, event.event_type.value, event.value,
                           event.event_time)
         self.seen.setdefault(event.user_id, set()).add(event.item_id)
+        index = self._index.setdefault(event.item_id, len(self._index))
+        for baseline in self.baselines.values():
+            baseline.learn(event.user_id, index, event.event_time)
         if rows:
             self.popularity[event.item_id] += 1
 
@@ -225,44 +177,49 @@ class Prequential:
         for i, e in enumerate(tqdm(history, desc="history", unit="ev", disable=None if self.progress else True)):
             self._feed(e, i, None)
         static = daily = self._nightly()
+        self._refit_baselines(eval_start_ms)
         online = self._online_from(daily)
+        self.served.publish(online.model, online.ids, self.examples.catalogue)
         self.stale = copy.deepcopy(self.features)
         next_retrain = eval_start_ms + self.every_ms
         publish_ms, last_publish = int(self.settings.online.publish_every_s * 1000), eval_start_ms
-        tallies = {s: Tally() for s in STRATEGIES}
-        days: dict[str, dict[str, Tally]] = {}
+        scores = Scores(self.k, self.strategies)
         for j, e in enumerate(tqdm(stream, desc="prequential", unit="ev", disable=None if self.progress else True)):
             if e.event_time >= next_retrain:
                 online.flush()
                 daily = self._nightly()
+                self._refit_baselines(e.event_time)
                 online = self._online_from(daily)
+                self.served.publish(online.model, online.ids, self.examples.catalogue)
                 self.stale = copy.deepcopy(self.features)
                 while next_retrain <= e.event_time:
                     next_retrain += self.every_ms
             if online.pending and e.event_time - last_publish >= publish_ms:
                 online.flush()  # the learner publishes what it has every online.publish_every_s of event time
                 online.expire(e.event_time)  # ... and expires managed ids at each publish
+                self.served.publish(online.model, online.ids, self.examples.catalogue)
                 last_publish = e.event_time
             label = label_of(self.settings.training, e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):
-                self._evaluate(e, {"static": static, "daily": daily, "online": (online.model, online.ids)},
-                               tallies, days)
+                ranks = self._ranks(e, {"static": static, "daily": daily, "online": (online.model, online.ids)})
+                scores.add(e.event_time, ranks)
             self._feed(e, len(history) + j, online)
-        overall = {s: t.metrics() for s, t in tallies.items()}
-        per_day = {d: {s: t.metrics() for s, t in by.items()} for d, by in sorted(days.items())}
-        differences = {f"{a}_vs_{b}": paired_difference(self.gains[a], self.gains[b]) for a, b in COMPARED}
-        return Report(self.k, eval_start_ms, len(stream), len(history), self.retrains, overall, per_day, differences)
+        pairs = [*COMPARED, *((a, b) for b in self.baselines for a in ("served", "daily", "online"))]
+        return Report.build(scores, pairs, self.settings.evaluation.bootstrap_resamples, eval_start_ms=eval_start_ms,
+                            events=len(stream), history_events=len(history), retrains=self.retrains,
+                            fit_seconds=dict(self.fit_seconds))
 
-    def _evaluate(self, e: Event, models: dict[str, tuple[torch.nn.Module, ModelIds]], tallies: dict[str, Tally],
-                  days: dict[str, dict[str, Tally]]) -> None:
+    def _ranks(self, e: Event, models: dict[str, tuple[torch.nn.Module, ModelIds]]) -> dict[str, int | None]:
+        """Every strategy's 0-based rank of the event's item among the catalogue items the user has
+        not interacted with yet."""
         seen = self.seen.get(e.user_id, set())
         items = [i for i in self.examples.items if i not in seen]
         target = items.index(e.item_id)
         dense, recent = self.features.rows(e.user_id, items)
-        day = _day(e.event_time)
-        by_day = days.setdefault(day, {s: Tally() for s in STRATEGIES})
         pop = np.array([self.popularity[i] for i in items], dtype=np.float64)
         ranks = {"popularity": _rank_of(pop, target)}
+        served = [i.item_id for i in self.served.recommend(e.user_id, self.k, exclude=seen).items]
+        ranks["served"] = served.index(e.item_id) if e.item_id in served else None
         batches: dict[tuple, Batch] = {}  # models sharing a mapping share the batch (hashed: all of them)
         for name, (model, ids) in models.items():
             key = ids.key if ids.managed else ("hashed",)
@@ -273,37 +230,8 @@ class Prequential:
         stale_dense, stale_recent = self.stale.rows(e.user_id, items)
         ranks["daily_stale"] = _rank_of(predict(model, self._batch(e.user_id, items, stale_dense, stale_recent, ids)).numpy(),
                                         target)
-        for name, rank in ranks.items():
-            self.gains[name].append(tallies[name].add(rank, self.k))
-            by_day[name].add(rank, self.k)
-
-
-def _day(ms: int) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d")
-
-
-def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
-    """report.json and report.png (HR@K and NDCG@K per day, one line per strategy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / "prequential.json", out_dir / "prequential.png"
-    json_path.write_text(json.dumps(report.to_dict(), indent=2, default=float))
-    days = list(report.per_day)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, metric in zip(axes, ("hr", "ndcg")):
-        for s in STRATEGIES:
-            ax.plot(range(len(days)), [report.per_day[d][s][metric] for d in days], marker="o", ms=3,
-                    label=f"{s} ({report.overall[s][metric]:.3f})")
-        ax.set_xticks(range(len(days)), days, rotation=60, fontsize=7)
-        ax.set(title=f"{metric.upper()}@{report.k} per day (prequential)", ylabel=f"{metric.upper()}@{report.k}")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
-    plt.close(fig)
-    return json_path, png_path
+        if self.baselines:
+            indices = np.fromiter((self._index[i] for i in items), dtype=np.int64, count=len(items))
+            for name, baseline in self.baselines.items():
+                ranks[name] = _rank_of(baseline.scores(e.user_id, indices), target)
+        return ranks

@@ -34,7 +34,8 @@ def main() -> int:
     from infra.cli import quiet_third_party_noise
 
     quiet_third_party_noise()
-    from batch.prequential import DAY_MS, Prequential, write_report
+    from batch.prequential import Prequential
+    from batch.prequential_report import DAY_MS, write_report
     from features.model_inputs import feature_spec
     from features.store import apply
     from infra.settings import Settings

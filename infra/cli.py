@@ -228,7 +228,8 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from batch.prequential import DAY_MS, Prequential, write_report
+    from batch.prequential import Prequential
+    from batch.prequential_report import DAY_MS, write_report
     from features.model_inputs import feature_spec
     from features.store import apply
 
@@ -237,6 +238,15 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     events = loaded.events
     if not events:
         raise ValueError(f"{args.path} has no valid events ({len(loaded.rejected)} bad rows): check --columns/--time-unit")
+    if args.baselines is not None:
+        chosen = [b for b in args.baselines.split(",") if b and b != "none"]
+        settings = settings.model_copy(update={"evaluation": settings.evaluation.model_validate(
+            {**settings.evaluation.model_dump(), "baselines": chosen})})
+    if args.skip_last_days:
+        end = events[-1].event_time - int(args.skip_last_days * DAY_MS)
+        events = [e for e in events if e.event_time < end]
+        if not events:
+            raise ValueError(f"--skip-last-days {args.skip_last_days:g} leaves no events: the file spans less than that")
     start = events[-1].event_time - int(args.eval_days * DAY_MS)
     scenario = {}
     if args.renew_items:
@@ -244,22 +254,26 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
         events = renew_items(events, start, int(args.renew_every_days * DAY_MS), args.renew_items)
         scenario = {"renew_items": args.renew_items, "renew_every_days": args.renew_every_days}
+    if args.skip_last_days:
+        scenario["skip_last_days"] = args.skip_last_days
     with tempfile.TemporaryDirectory(prefix="recsys-evaluate-") as tmp:
         # the feature definitions as the registry defines them, in a scratch registry (no services needed)
         scratch = settings.model_copy(update={"data_dir": Path(tmp)})
         apply(scratch)
         spec = feature_spec(scratch)
-    console.print(f"[bold]evaluate[/]: {len(events):,} events from {args.path}; the last {args.eval_days:g} days are "
-                  f"replayed prequentially (recommend, then learn), retraining every {args.retrain_every_days:g} days")
-    if scenario:
+    window = (f"the {args.eval_days:g} days before the last {args.skip_last_days:g} (a validation window)"
+              if args.skip_last_days else f"the last {args.eval_days:g} days")
+    console.print(f"[bold]evaluate[/]: {len(events):,} events from {args.path}; {window} are replayed "
+                  f"prequentially (recommend, then learn), retraining every {args.retrain_every_days:g} days; "
+                  f"baselines: {', '.join(settings.evaluation.baselines) or 'none'}")
+    if args.renew_items:
         console.print(f"  catalogue churn: {args.renew_items:.0%} of items relaunched under a new id every "
                       f"{args.renew_every_days:g} days of the evaluated period")
     report = Prequential(settings, spec, k=args.k, retrain_every_days=args.retrain_every_days,
                          progress=not args.quiet).run(events, start)
     report.scenario = scenario
     json_path, png_path = write_report(report, Path(args.out))
-    for name, m in report.overall.items():
-        console.print(f"  {name:<10} HR@{report.k} {m['hr']:.4f}  NDCG@{report.k} {m['ndcg']:.4f}  ({m['events']:,} events)")
+    console.print(report.table())
     for pair, d in report.differences.items():
         console.print(f"  {pair.replace('_vs_', ' - '):<21} NDCG@{report.k} {d['mean']:+.4f} "
                       f"(95% interval {d['low']:+.4f} .. {d['high']:+.4f}; ahead on {d['a_ahead']:.0%} vs {d['b_ahead']:.0%} of events)")
@@ -468,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--idle-exit-s", type=float, help="stop after this many seconds without a new event (default: run until Ctrl-C)")
     learn.add_argument("--max-events", type=int, help="stop after training this many events")
 
-    evaluate = sub.add_parser("evaluate", help="prequential replay: static vs daily vs daily+online vs popularity, HR/NDCG over time")
+    evaluate = sub.add_parser("evaluate", help="prequential replay: the engine (static, daily, daily+online) vs popularity, item-kNN, EASE, SASRec: HR/NDCG over time")
     _event_file_arguments(evaluate, optional=True)
     evaluate.add_argument("--eval-days", type=float, default=14.0, help="the last N days are evaluated (before: history)")
     evaluate.add_argument("--retrain-every-days", type=float, default=1.0, help="the daily strategy's retrain period")
@@ -477,6 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="catalogue churn: relaunch this fraction of items under a new id every --renew-every-days "
                                "of the evaluated period (batch.catalogue_churn; default 0: the file as it is)")
     evaluate.add_argument("--renew-every-days", type=float, default=1.0)
+    evaluate.add_argument("--skip-last-days", type=float, default=0.0, metavar="DAYS",
+                          help="drop the file's last DAYS first: --skip-last-days 14 evaluates a validation window "
+                               "before the default one (tune there, report on the default window once)")
+    evaluate.add_argument("--baselines", default=None, metavar="LIST",
+                          help="comma-separated yardsticks to run beside the engine (item_knn,ease,sasrec; 'none'); "
+                               "default: evaluation.baselines")
     evaluate.add_argument("--out", default="prequential", help="directory for prequential.json and prequential.png")
     evaluate.add_argument("--quiet", action="store_true")
 

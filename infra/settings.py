@@ -287,6 +287,57 @@ class OnlineSettings(BaseModel):
     poll_timeout_ms: int = Field(default=500, ge=1)
 
 
+class ItemKNNSettings(BaseModel):
+    """The item-kNN yardstick (models.baselines.item_knn); chosen on the validation window (docs/quality.md)."""
+
+    recent: int = Field(default=20, ge=1, description="a user's newest N distinct items vote for candidates")
+    decay: float = Field(default=0.8, gt=0, le=1, description="the p-th newest item's vote is weighted decay**p")
+    pair_with: int | None = Field(default=20, ge=1, description="a new item co-occurs with the user's previous N distinct items (None: all)")
+    alpha: float = Field(default=0.5, ge=0, le=1, description="sim = C(i,j) / (n_i**alpha * n_j**(1-alpha)); 0.5 = cosine")
+
+
+class EASESettings(BaseModel):
+    """The EASE yardstick (models.baselines.ease), refit at each retrain boundary."""
+
+    l2: float = Field(default=200.0, gt=0, description="ridge penalty lambda")
+    max_items: int = Field(default=20_000, ge=1, description="the closed form covers the N most interacted-with items (cubic cost)")
+
+
+class SASRecSettings(BaseModel):
+    """The sequential yardstick (models.baselines.sasrec): causal self-attention, softmax over many negatives."""
+
+    dim: int = Field(default=64, ge=1)
+    max_len: int = Field(default=50, ge=2)
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=1, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=128, ge=1)
+    epochs: int = Field(default=20, ge=1, description="the first fit, from scratch")
+    refit_epochs: int = Field(default=2, ge=1, description="later fits continue from the current weights")
+    full_softmax_items: int = Field(default=50_000, ge=1, description="above this many items: sampled softmax")
+    negatives: int = Field(default=1024, ge=1, description="uniform negatives per batch for the sampled softmax")
+    seed: int = 0
+
+
+class EvaluationSettings(BaseModel):
+    """`recsys evaluate` (batch.prequential): which yardsticks run beside the engine, and their settings."""
+
+    baselines: list[str] = Field(default=["item_knn", "ease", "sasrec"],
+                                 description="scored on the same events in the same run (item_knn, ease, sasrec)")
+    bootstrap_resamples: int = Field(default=2000, ge=100, description="paired bootstrap for the 95% intervals")
+    item_knn: ItemKNNSettings = ItemKNNSettings()
+    ease: EASESettings = EASESettings()
+    sasrec: SASRecSettings = SASRecSettings()
+
+    @model_validator(mode="after")
+    def _known_baselines(self) -> "EvaluationSettings":
+        unknown = [b for b in self.baselines if b not in ("item_knn", "ease", "sasrec")]
+        if unknown:
+            raise ValueError(f"evaluation.baselines: unknown {unknown}; choose from item_knn, ease, sasrec")
+        return self
+
+
 class Paths(BaseModel):
     """Locations under the one data directory; nothing is written to $HOME."""
 
@@ -346,6 +397,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     serving: ServingSettings = ServingSettings()
     online: OnlineSettings = OnlineSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     service_start_timeout_s: float = 30.0
 
     @cached_property

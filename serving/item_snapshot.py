@@ -60,8 +60,11 @@ class ItemSnapshot:
 class ItemSnapshotter:
     """Reads the catalogue's item features; keeps the latest snapshot for the served model."""
 
-    def __init__(self, settings: Settings, model: Callable[[], ServedModel | None], interval_s: float) -> None:
+    def __init__(self, settings: Settings, model: Callable[[], ServedModel | None], interval_s: float,
+                 readers: Callable[[tuple[str, ...], str], OnlineFeatureReader] | None = None) -> None:
+        """``readers(refs, join_key)``: the online store's readers by default (a replay passes its own)."""
         self.settings = settings
+        self._make_reader = readers or (lambda refs, key: OnlineFeatureReader(settings, refs, key))
         self.model = model
         self.interval_s = interval_s
         self._by_version: dict[str, ItemSnapshot] = {}  # the served model's, and the one before
@@ -75,7 +78,7 @@ class ItemSnapshotter:
 
     def reader(self, refs: tuple[str, ...]) -> OnlineFeatureReader:
         if refs not in self._readers:
-            self._readers[refs] = OnlineFeatureReader(self.settings, refs, names.ITEM_KEY)
+            self._readers[refs] = self._make_reader(refs, names.ITEM_KEY)
         return self._readers[refs]
 
     def get(self, version: str) -> ItemSnapshot | None:

@@ -18,8 +18,9 @@ events; a caller that knows more, such as past purchases, can exclude them).
 from __future__ import annotations
 
 import time
-from itertools import islice
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -71,17 +72,26 @@ def _with_trending_slots(order: np.ndarray, k: int, items: list[str], trending: 
     return top[:k - len(missing)] + missing if missing else top
 
 
+class FeatureReader(Protocol):
+    def read(self, entity_ids: Sequence[str]) -> list[list[Any]]: ...
+
+
 class Recommender:
-    def __init__(self, settings: Settings) -> None:
+    """``readers(refs, join_key)`` makes the feature readers: the online store's by default, or
+    a replay's in-process state (``features.live.LiveFeatures.reader``), so a replay scores this
+    exact code."""
+
+    def __init__(self, settings: Settings, readers: Callable[[tuple[str, ...], str], FeatureReader] | None = None) -> None:
         self.settings = settings
         self.cfg: ServingSettings = settings.serving
-        self._user_readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
-        self._item_readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
+        self._make_reader = readers or (lambda refs, key: OnlineFeatureReader(settings, refs, key))
+        self._user_readers: dict[tuple[str, ...], FeatureReader] = {}
+        self._item_readers: dict[tuple[str, ...], FeatureReader] = {}
 
-    def _reader(self, cache: dict, refs: tuple[str, ...], key: str) -> OnlineFeatureReader:
+    def _reader(self, cache: dict, refs: tuple[str, ...], key: str) -> FeatureReader:
         reader = cache.get(refs)
         if reader is None:
-            reader = cache[refs] = OnlineFeatureReader(self.settings, refs, key)
+            reader = cache[refs] = self._make_reader(refs, key)
         return reader
 
     def recommend(self, model: ServedModel, snapshot: ItemSnapshot | None, user_id: str, k: int,

@@ -8,7 +8,8 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from batch.prequential import DAY_MS, STRATEGIES
+from batch.prequential import STRATEGIES
+from batch.prequential_report import DAY_MS, day_of
 from infra import cli
 from streaming.replay import load_events
 
@@ -39,11 +40,15 @@ def report(ml100k_path, tmp_path_factory):
 def test_every_strategy_is_scored_on_the_same_events(report):
     data, out, _ = report
     assert (out / "prequential.png").stat().st_size > 10_000
-    counts = {data["overall"][s]["events"] for s in STRATEGIES}
+    assert data["strategies"] == [*STRATEGIES, "item_knn", "ease", "sasrec"]  # the engine, then the yardsticks
+    counts = {data["overall"][s]["events"] for s in data["strategies"]}
     assert len(counts) == 1 and counts.pop() > 50
-    for s in STRATEGIES:
+    for s in data["strategies"]:
         m = data["overall"][s]
         assert 0 <= m["ndcg"] <= m["hr"] <= 1
+        assert m["ndcg_low"] <= m["ndcg"] <= m["ndcg_high"] and m["hr_low"] <= m["hr"] <= m["hr_high"]
+    assert data["fit_seconds"]["sasrec"] > 0 and data["fit_seconds"]["daily"] > 0
+    assert data["overall"]["item_knn"]["hr"] > data["overall"]["popularity"]["hr"]  # the yardstick is a real one
     assert data["retrains"] >= 2  # the history model, then at least one daily retrain
     assert sum(day["online"]["events"] for day in data["per_day"].values()) == data["overall"]["online"]["events"]
 
@@ -95,9 +100,10 @@ def test_catalogue_churn_relaunches_items_under_new_ids(ml100k_path, tmp_path, m
     path = tmp_path / "u.data"
     raw.head(HISTORY_EVENTS).to_csv(path, sep="\t", header=False, index=False)
     assert cli.main(["evaluate", str(path), "--eval-days", "1", "--renew-items", "0.5", "--out", str(tmp_path / "out"),
-                     "--quiet"]) == 0
+                     "--quiet", "--baselines", "item_knn"]) == 0
     data = json.loads((tmp_path / "out" / "prequential.json").read_text())
     assert data["scenario"] == {"renew_items": 0.5, "renew_every_days": 1.0}
+    assert data["strategies"] == [*STRATEGIES, "item_knn"]
     events = load_events(path).events
     start = max(e.event_time for e in events) - DAY_MS
     renewed = renew_items(events, start, DAY_MS, 0.5)
@@ -121,7 +127,7 @@ def test_managed_ids_in_the_replay_follow_the_admission_rule(ml100k_path, tmp_pa
 
     s = Settings(data_dir=tmp_path, features={"project": "preqids"},
                  model={"ids": "managed", "id_min_count": 3, "user_buckets": 3000, "item_buckets": 3000,
-                        "embedding_dim": 16}, training={"epochs": 1})
+                        "embedding_dim": 16}, training={"epochs": 1}, evaluation={"baselines": []})
     apply(s)
     from batch.catalogue_churn import renew_items
 
@@ -140,3 +146,21 @@ def test_managed_ids_in_the_replay_follow_the_admission_rule(ml100k_path, tmp_pa
     assert any(n >= 3 for n in arrived.values())
     assert {i for i, n in arrived.items() if n >= 3} <= set(ids.items.row_of)  # admitted online, no nightly run
     assert not {i for i, n in arrived.items() if n < 3} & set(ids.items.row_of)
+
+
+def test_a_validation_window_ends_before_the_evaluated_days(ml100k_path, tmp_path, monkeypatch):
+    """--skip-last-days: the days tuned on come before the days reported, and never overlap them."""
+    for k, v in {"RECSYS_DATA_DIR": str(tmp_path / "data"), "RECSYS_MODEL__USER_BUCKETS": "4000",
+                 "RECSYS_MODEL__ITEM_BUCKETS": "4000", "RECSYS_MODEL__EMBEDDING_DIM": "16",
+                 "RECSYS_TRAINING__EPOCHS": "1"}.items():
+        monkeypatch.setenv(k, v)
+    raw = pd.read_csv(ml100k_path, sep="\t", names=["user", "item", "rating", "ts"]).sort_values("ts", kind="stable")
+    path = tmp_path / "u.data"
+    raw.head(HISTORY_EVENTS).to_csv(path, sep="\t", header=False, index=False)
+    assert cli.main(["evaluate", str(path), "--eval-days", "1", "--skip-last-days", "1", "--baselines", "none",
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    data = json.loads((tmp_path / "out" / "prequential.json").read_text())
+    last = int(raw["ts"].max()) * 1000
+    assert data["scenario"] == {"skip_last_days": 1.0} and data["strategies"] == list(STRATEGIES)
+    assert last - 2 * DAY_MS <= data["eval_start_ms"] < last - DAY_MS
+    assert max(data["per_day"]) <= day_of(last - DAY_MS)  # no scored event from the skipped day
