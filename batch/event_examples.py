@@ -1,9 +1,19 @@
 """Training examples from single events, as the nightly job makes them from the events table.
 
 Same labels (``batch.training_data.label_of``, the rule the nightly job applies), features as of
-just before the event (``features.live``), ``training.negatives_per_positive`` uniform negatives
-from the catalogue, drawn with a seed derived from the event's position so a replay draws the
-same ones. Used by the streaming trainer and the prequential evaluation.
+just before the event (``features.live``), negatives drawn with a seed derived from the event's
+position so a replay draws the same ones. Used by the streaming trainer and the prequential
+evaluation.
+
+``training.objective = "listwise"`` (the default): each positive event makes one list
+(``batch.training_lists``: the item taken, hard negatives from the user's item-kNN list, uniform
+draws); events with a negative label make none. ``pointwise``:
+a labelled row per event plus uniform negatives for a positive. With ``model.cross_features``
+the rows carry the neighbourhood features (``models.cross_features``) from ``similarity``: a
+version's fixed table (the streaming trainer), or a
+:class:`~models.similarity.DailySimilarity` that is updated with every event and read as the
+table a retrain at the last day boundary would have frozen (the replay): never the future, and
+what the API would read.
 """
 
 from __future__ import annotations
@@ -16,7 +26,10 @@ import numpy as np
 from batch.training_data import label_of
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
+from batch.training_lists import Popular, list_items, list_size
+from models.cross_features import cross_features
 from models.incremental import Row
+from models.similarity import DailySimilarity, Neighbours
 from streaming.events import Event
 
 
@@ -24,30 +37,60 @@ class EventExamples:
     """Makes one event's examples and keeps the catalogue (item -> labelled events) current."""
 
     def __init__(self, cfg: TrainingSettings, features: LiveFeatures, catalogue: dict[str, int],
-                 on_new_item: Callable[[str], None] = lambda item: None) -> None:
+                 on_new_item: Callable[[str], None] = lambda item: None,
+                 similarity: "Neighbours | DailySimilarity | None" = None) -> None:
         self.cfg = cfg
         self.features = features
         self.catalogue = catalogue
         self.items = list(catalogue)  # most trained-on first, then in order of arrival
         self.on_new_item = on_new_item
+        self.similarity = similarity  # None: no cross features
+        self.seen: dict[str, set[str]] = {}  # what each user touched since this object started (negatives avoid it)
+        self.popular = Popular(cfg.popular_pool)
+        for item, n in catalogue.items():
+            self.popular.counts[item] = n
+
+    @property
+    def group(self) -> int:
+        """Rows per list (1: independent rows)."""
+        return list_size(self.cfg) if self.cfg.objective == "listwise" else 1
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""
         label = label_of(self.cfg, event.event_type.value, event.value)
-        if math.isnan(label):
-            return []
+        rows: list[Row] = []
+        sim = self.similarity.table(event.event_time) if isinstance(self.similarity, DailySimilarity) else self.similarity
+        if not math.isnan(label):
+            items, offsets = self._items(event, label, seed, sim)
+            if items:
+                dense, recent = self.features.rows(event.user_id, items)
+                if sim is not None:
+                    dense = np.hstack([dense, cross_features(sim, recent, items)])
+                labels = [label] + [0.0] * (len(items) - 1)
+                rows = [(event.user_id, item, labels[i], recent, dense[i], offsets[i]) for i, item in enumerate(items)]
+            if event.item_id not in self.catalogue:
+                self.items.append(event.item_id)
+                self.on_new_item(event.item_id)
+            self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
+            self.popular.add(event.item_id)
+        self.seen.setdefault(event.user_id, set()).add(event.item_id)
+        if isinstance(self.similarity, DailySimilarity):
+            self.similarity.learn(event.user_id, event.item_id, event.event_time)
+        return rows
+
+    def _items(self, event: Event, label: float, seed: tuple[int, ...], sim: Neighbours | None) -> tuple[list[str], list[float]]:
+        """The event's item, then its negatives, with each row's logit offset."""
+        rng = np.random.default_rng((self.cfg.seed, *seed))
+        _, recent = self.features.user(event.user_id)
+        if self.cfg.objective == "listwise":
+            if label != 1.0:
+                return [], []
+            return list_items(self.cfg, event.item_id, recent, self.seen.get(event.user_id, set()), sim, self.items,
+                              self.catalogue, self.popular.top, rng)
         items = [event.item_id]
         k = self.cfg.negatives_per_positive
         if label == 1.0 and k and self.items:
-            rng = np.random.default_rng((self.cfg.seed, *seed))
-            _, recent = self.features.user(event.user_id)
             avoid = set(recent) | {event.item_id}
             draws = rng.integers(0, len(self.items), size=k * 3)
             items += [c for c in dict.fromkeys(self.items[d] for d in draws) if c not in avoid][:k]
-        dense, recent = self.features.rows(event.user_id, items)
-        rows = [(event.user_id, item, label if i == 0 else 0.0, recent, dense[i]) for i, item in enumerate(items)]
-        if event.item_id not in self.catalogue:
-            self.items.append(event.item_id)
-            self.on_new_item(event.item_id)
-        self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
-        return rows
+        return items, [0.0] * len(items)

@@ -44,7 +44,9 @@ from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings, Settings
+from batch.training_lists import list_size
 from models.id_table import IDS_FILE, model_ids
+from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
 from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
@@ -130,9 +132,14 @@ class OnlineLearner:
         self.base_nightly = meta.get(ONLINE, {}).get("nightly_version", served)
         o = self.settings.online
         self.spec = FeatureSpec.from_dict(meta["features"])
-        cfg = ModelSettings(**meta["model"])
+        cfg = ModelSettings.from_meta(meta["model"])
+        group = list_size(self.settings.training) if self.settings.training.objective == "listwise" else 1
         self.learning = IncrementalModel(state, cfg, self.spec.n_dense, o.sparse_lr, o.train_dense, o.batch_size,
-                                         model_ids(cfg, self.registry.path(served)))
+                                         model_ids(cfg, self.registry.path(served)), group)
+        self.similarity_source = meta.get(SIMILARITY_SOURCE, served)
+        table = self.registry.path(self.similarity_source) / SIMILARITY_FILE
+        self.similarity = (SimilarityTable.load(table, self.similarity_source) if table.is_file() else SimilarityTable.empty()) \
+            if cfg.cross_features else None
         self.published_state = self.learning.state()
         items, counts = self.registry.catalogue(served)
         self._catalogue_rows = set(self.learning.ids.items.rows(items).tolist())
@@ -150,7 +157,8 @@ class OnlineLearner:
             self.position = Position(dict(lake.next_offsets))
         self.features = LiveFeatures(self.settings.features, self.spec, lake.features)
         self._max_event_time = dict(lake.max_event_time)
-        self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start)
+        self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start,
+                                      self.similarity)  # the version's table: what the API ranks with
         self._reset_counters()
         return {p: min(lake.next_offsets.get(p, 0), o) for p, o in self.position.offsets.items()}
 
@@ -219,6 +227,7 @@ class OnlineLearner:
         self.learning.flush()
         state = self.learning.state()
         meta = {k: v for k, v in self.meta.items() if k not in ("version", "created_at", "base_version")}
+        meta[SIMILARITY_SOURCE] = self.similarity_source  # the nightly's table, not copied
         meta.update({"kind": ONLINE, "code_version": code_version(), ONLINE: {
             "offsets": self.position.to_meta(), "nightly_version": self.base_nightly, "previous": self.version,
             "events": self._since_publish_events, "examples": self._since_publish_examples,

@@ -35,8 +35,10 @@ bigger than what the particular events drawn would produce by chance.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -47,6 +49,8 @@ from batch.baselines import build_baselines
 from batch.event_examples import EventExamples
 from batch.prequential_report import DAY_MS, Report, Scores
 from batch.served_replay import ServedReplay
+from models.cross_features import cross_features
+from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable
 from batch.training_data import label_of
 from batch.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
@@ -72,10 +76,24 @@ class _ExampleLog:
         self.rows: list[Row] = []
         self.events: list[tuple[str, str, int]] = []  # (user, item, event time) of each labelled event
 
-    def examples(self) -> Examples:
-        users, items, labels, recent, dense = zip(*self.rows)
+    def examples(self, group: int) -> Examples:
+        users, items, labels, recent, dense, offsets = zip(*self.rows)
         return Examples(np.asarray(users, dtype=object), np.asarray(items, dtype=object), list(recent),
-                        np.stack(dense).astype(np.float32), np.asarray(labels, dtype=np.float32))
+                        np.stack(dense).astype(np.float32), np.asarray(labels, dtype=np.float32), group,
+                        np.asarray(offsets, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class Version:
+    """A trained model as the registry would hold it: weights, id mapping, similarity table."""
+
+    model: torch.nn.Module
+    ids: ModelIds
+    similarity: SimilarityTable | None
+
+
+def ids_key(ids: ModelIds) -> tuple:
+    return ids.key if ids.managed else ("hashed",)
 
 
 def _rank_of(scores: np.ndarray, target: int) -> int:
@@ -93,7 +111,10 @@ class Prequential:
         self.progress = progress
         self.features = LiveFeatures(settings.features, spec)
         self.log = _ExampleLog()
-        self.examples = EventExamples(settings.training, self.features, {}, self._new_item)
+        cfg = settings.model
+        self.similarity = (DailySimilarity(CoOccurrence(cfg.similarity_pair_with), cfg.similarity_top_k, self.every_ms)
+                           if cfg.cross_features else None)
+        self.examples = EventExamples(settings.training, self.features, {}, self._new_item, self.similarity)
         self._online: IncrementalModel | None = None
         self.seen: dict[str, set[str]] = {}
         self.popularity: Counter[str] = Counter()
@@ -105,18 +126,19 @@ class Prequential:
         self._index: dict[str, int] = {}  # item -> catalogue index, in order of first appearance (the baselines' ids)
         self.fit_seconds: dict[str, float] = Counter()
 
-    def _nightly(self) -> tuple[torch.nn.Module, ModelIds]:
+    def _nightly(self) -> Version:
         """A model trained from scratch on every example so far, as the nightly job trains it (with
         its id mapping: ``model.ids`` managed tables are filled from the events so far)."""
         cfg, tcfg = self.settings.model, self.settings.training
         started = time.perf_counter()
         ids = training_ids(cfg, self.log.events)
         model = build_model(cfg, self.spec.n_dense)
-        fit(model, dense_optimizer(model, cfg), self.log.examples(), cfg, tcfg.epochs, tcfg.batch_size, tcfg.seed,
-            progress=False, ids=ids)
+        fit(model, dense_optimizer(model, cfg), self.log.examples(self.examples.group), cfg, tcfg.epochs, tcfg.batch_size,
+            tcfg.seed, progress=False, ids=ids)
+        table = self.similarity.freeze() if self.similarity is not None else None
         self.retrains += 1
         self.fit_seconds["daily"] += time.perf_counter() - started
-        return model, ids
+        return Version(model, ids, table)
 
     def _refit_baselines(self, now_ms: int) -> None:
         """What each baseline does at a retrain boundary (EASE and SASRec refit; item-kNN is online)."""
@@ -125,11 +147,11 @@ class Prequential:
             baseline.refit(now_ms)
             self.fit_seconds[name] += time.perf_counter() - started
 
-    def _online_from(self, nightly: tuple[torch.nn.Module, ModelIds]) -> IncrementalModel:
+    def _online_from(self, nightly: Version) -> IncrementalModel:
         o = self.settings.online
-        model, ids = nightly
-        self._online = IncrementalModel(model.state_dict(), self.settings.model, self.spec.n_dense, o.sparse_lr,
-                                        o.train_dense, o.batch_size, copy.deepcopy(ids))
+        ids = nightly.ids
+        self._online = IncrementalModel(nightly.model.state_dict(), self.settings.model, self.spec.n_dense, o.sparse_lr,
+                                        o.train_dense, o.batch_size, copy.deepcopy(ids), self.examples.group)
         self._taken_rows = set() if ids.managed else set(self._item_rows(self.examples.items).tolist())
         return self._online
 
@@ -143,7 +165,8 @@ class Prequential:
             online.admit(event.user_id, event.item_id, event.event_time, self.examples.items[:WARM_START_FROM])
         rows = self.examples.make(event, (index,))
         self.log.rows.extend(rows)
-        if rows:
+        labelled = not math.isnan(label_of(self.settings.training, event.event_type.value, event.value))
+        if labelled:
             self.log.events.append((event.user_id, event.item_id, event.event_time))
         if online is not None:
             online.add(rows)
@@ -153,11 +176,14 @@ class Prequential:
         index = self._index.setdefault(event.item_id, len(self._index))
         for baseline in self.baselines.values():
             baseline.learn(event.user_id, index, event.event_time)
-        if rows:
+        if labelled:
             self.popularity[event.item_id] += 1
 
-    def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str], ids: ModelIds) -> Batch:
+    def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str], version: Version) -> Batch:
         """One user against many items (hashed item rows are cached: the catalogue is re-ranked per event)."""
+        ids = version.ids
+        if version.similarity is not None:
+            dense = np.hstack([dense, cross_features(version.similarity, recent, items)])
         item_rows = ids.items.rows(items) if ids.managed else self._item_rows(items)
         return Batch.one_user(ids.users.rows([user]), item_rows, ids.items.rows(recent), torch.from_numpy(dense))
 
@@ -179,7 +205,7 @@ class Prequential:
         static = daily = self._nightly()
         self._refit_baselines(eval_start_ms)
         online = self._online_from(daily)
-        self.served.publish(online.model, online.ids, self.examples.catalogue)
+        self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity)
         self.stale = copy.deepcopy(self.features)
         next_retrain = eval_start_ms + self.every_ms
         publish_ms, last_publish = int(self.settings.online.publish_every_s * 1000), eval_start_ms
@@ -190,18 +216,19 @@ class Prequential:
                 daily = self._nightly()
                 self._refit_baselines(e.event_time)
                 online = self._online_from(daily)
-                self.served.publish(online.model, online.ids, self.examples.catalogue)
+                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity)
                 self.stale = copy.deepcopy(self.features)
                 while next_retrain <= e.event_time:
                     next_retrain += self.every_ms
             if online.pending and e.event_time - last_publish >= publish_ms:
                 online.flush()  # the learner publishes what it has every online.publish_every_s of event time
                 online.expire(e.event_time)  # ... and expires managed ids at each publish
-                self.served.publish(online.model, online.ids, self.examples.catalogue)
+                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity)
                 last_publish = e.event_time
             label = label_of(self.settings.training, e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):
-                ranks = self._ranks(e, {"static": static, "daily": daily, "online": (online.model, online.ids)})
+                ranks = self._ranks(e, {"static": static, "daily": daily,
+                                        "online": Version(online.model, online.ids, daily.similarity)})
                 scores.add(e.event_time, ranks)
             self._feed(e, len(history) + j, online)
         pairs = [*COMPARED, *((a, b) for b in self.baselines for a in ("served", "daily", "online"))]
@@ -209,7 +236,7 @@ class Prequential:
                             events=len(stream), history_events=len(history), retrains=self.retrains,
                             fit_seconds=dict(self.fit_seconds))
 
-    def _ranks(self, e: Event, models: dict[str, tuple[torch.nn.Module, ModelIds]]) -> dict[str, int | None]:
+    def _ranks(self, e: Event, models: dict[str, Version]) -> dict[str, int | None]:
         """Every strategy's 0-based rank of the event's item among the catalogue items the user has
         not interacted with yet."""
         seen = self.seen.get(e.user_id, set())
@@ -220,16 +247,16 @@ class Prequential:
         ranks = {"popularity": _rank_of(pop, target)}
         served = [i.item_id for i in self.served.recommend(e.user_id, self.k, exclude=seen).items]
         ranks["served"] = served.index(e.item_id) if e.item_id in served else None
-        batches: dict[tuple, Batch] = {}  # models sharing a mapping share the batch (hashed: all of them)
-        for name, (model, ids) in models.items():
-            key = ids.key if ids.managed else ("hashed",)
+        batches: dict[tuple, Batch] = {}  # models sharing a mapping and a table share the batch
+        for name, v in models.items():
+            key = (ids_key(v.ids), id(v.similarity))
             if key not in batches:
-                batches[key] = self._batch(e.user_id, items, dense, recent, ids)
-            ranks[name] = _rank_of(predict(model, batches[key]).numpy(), target)
-        model, ids = models["daily"]
+                batches[key] = self._batch(e.user_id, items, dense, recent, v)
+            ranks[name] = _rank_of(predict(v.model, batches[key]).numpy(), target)
+        daily = models["daily"]
         stale_dense, stale_recent = self.stale.rows(e.user_id, items)
-        ranks["daily_stale"] = _rank_of(predict(model, self._batch(e.user_id, items, stale_dense, stale_recent, ids)).numpy(),
-                                        target)
+        ranks["daily_stale"] = _rank_of(predict(daily.model, self._batch(e.user_id, items, stale_dense, stale_recent,
+                                                                         daily)).numpy(), target)
         if self.baselines:
             indices = np.fromiter((self._index[i] for i in items), dtype=np.int64, count=len(items))
             for name, baseline in self.baselines.items():

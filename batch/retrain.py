@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,10 @@ from safetensors.torch import load_file
 from batch import backfill, training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import ModelSettings, Settings, TrainingSettings
+from batch.training_lists import CROSS_COLUMNS, list_size
+from models.cross_features import N_CROSS, cross_features
 from models.evaluate import auc, logloss, paired_worse, top_k
+from models.similarity import SIMILARITY_FILE, SimilarityTable
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.id_table import IDS_FILE, ModelIds, model_ids, training_ids
 from models.registry import ModelIntegrityError, ModelRegistry, code_version
@@ -48,13 +51,21 @@ class Evaluation:
     seen: dict[str, set[str]]
     popularity: np.ndarray  # training-period positives per catalogue item
     cutoff_ms: int
+    similarity: SimilarityTable | None = None  # as of the cutoff: the cross features without look-ahead
+    validation_cross: np.ndarray | None = None  # the validation rows' cross features
 
-    def metrics(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", k: int, batch_size: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-        """Aggregate metrics, and per-user top-K values (for the paired promotion test)."""
-        probs = np.concatenate([predict(model, b).numpy() for b in self.validation.batches(cfg, batch_size)]) \
-            if len(self.validation) else np.array([])
-        labels = self.validation.labels if self.validation.labels is not None else np.array([])
-        ranked = top_k(lambda u, c: self._score(model, cfg, u, c), self.users, self.catalogue, self.relevant, self.seen, k)
+    def metrics(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", k: int, batch_size: int,
+                cross: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Aggregate metrics, and per-user top-K values (for the paired promotion test); ``cross``:
+        the model takes the cross features."""
+        rows = self.validation
+        if cross and len(rows):
+            rows = replace(rows, dense=np.hstack([rows.dense, self._validation_cross()]))
+        probs = np.concatenate([predict(model, b).numpy() for b in rows.batches(cfg, batch_size)]) \
+            if len(rows) else np.array([])
+        labels = rows.labels if rows.labels is not None else np.array([])
+        ranked = top_k(lambda u, c: self._score(model, cfg, u, c, cross), self.users, self.catalogue, self.relevant,
+                       self.seen, k)
         return ({"auc": auc(labels, probs), "logloss": logloss(labels, probs) if len(labels) else float("nan"),
                  "hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users, "validation_rows": len(labels)},
                 ranked.per_user or {})
@@ -63,9 +74,22 @@ class Evaluation:
         ranked = top_k(lambda u, c: self.popularity[c], self.users, self.catalogue, self.relevant, self.seen, k)
         return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
 
-    def _score(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", u: int, candidates: np.ndarray) -> np.ndarray:
+    def _validation_cross(self) -> np.ndarray:
+        if self.validation_cross is None:
+            table = self.similarity or SimilarityTable.empty()
+            v = self.validation
+            self.validation_cross = np.concatenate(
+                [cross_features(table, v.recent[i], [v.items[i]]) for i in range(len(v))]) if len(v) else \
+                np.zeros((0, N_CROSS), dtype=np.float32)
+        return self.validation_cross
+
+    def _score(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", u: int, candidates: np.ndarray,
+               cross: bool = False) -> np.ndarray:
         n = len(candidates)
         dense = np.hstack([np.repeat(self.user_dense[u:u + 1], n, axis=0), self.item_dense[candidates]])
+        if cross:
+            dense = np.hstack([dense, cross_features(self.similarity or SimilarityTable.empty(), self.user_recent[u],
+                                                     self.catalogue[candidates].tolist())])
         batch = Batch.build(cfg, [self.users[u]] * n, self.catalogue[candidates].tolist(), [self.user_recent[u]] * n,
                             torch.from_numpy(dense))
         return predict(model, batch).numpy()
@@ -85,10 +109,24 @@ class RetrainResult:
     delta_rows: dict[str, int] = field(default_factory=dict)
 
 
-def _examples(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame) -> Examples:
+def _examples(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame, group: int = 1) -> Examples:
+    """Point-in-time rows; a lists frame (``batch.training_lists``) also brings its cross features."""
     dense, recent = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
+    if group > 1 and settings.model.cross_features:
+        dense = np.hstack([dense, frame[CROSS_COLUMNS].to_numpy(dtype=np.float32)])
     return Examples(frame["user_id"].to_numpy(dtype=object), frame["item_id"].to_numpy(dtype=object), recent, dense,
-                    frame["label"].to_numpy(dtype=np.float32))
+                    frame["label"].to_numpy(dtype=np.float32), group,
+                    frame["offset"].to_numpy(dtype=np.float32) if "offset" in frame else None)
+
+
+def _training_examples(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Examples:
+    """What the model trains on: the lists (listwise), or the labelled rows with sampled negatives."""
+    if data.lists is None:
+        if settings.model.cross_features:
+            raise ValueError("model.cross_features needs training.objective=listwise (the lists carry the cross "
+                             "features); set one or the other")
+        return _examples(settings, spec, data.train)
+    return _examples(settings, spec, data.lists.frame, list_size(settings.training))
 
 
 def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Evaluation:
@@ -104,7 +142,8 @@ def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.Train
     users = sorted(relevant)
     user_dense, user_recent, item_dense = as_of(settings, spec, users, catalogue.tolist(), cutoff)
     return Evaluation(_examples(settings, spec, validation), users, catalogue, user_dense, user_recent, item_dense,
-                      relevant, seen, counts.reindex(catalogue).fillna(0).to_numpy(dtype=float), cutoff)
+                      relevant, seen, counts.reindex(catalogue).fillna(0).to_numpy(dtype=float), cutoff,
+                      data.lists.at_cutoff if data.lists is not None else None)
 
 
 def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: bool, console: Console,
@@ -155,7 +194,7 @@ def build_ids(settings: Settings, train: "pd.DataFrame") -> ModelIds:
 def load_model(registry: ModelRegistry, version: str) -> tuple[torch.nn.Module, dict]:
     """A registry version as a ready model (weights verified against the manifest)."""
     state, meta = registry.load(version)
-    model = build_model(ModelSettings(**meta["model"]), FeatureSpec.from_dict(meta["features"]).n_dense)
+    model = build_model(ModelSettings.from_meta(meta["model"]), FeatureSpec.from_dict(meta["features"]).n_dense)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, meta
@@ -201,12 +240,12 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     history = backfill.compute(settings, version=data.table_version, progress=progress, snapshot_every_ms=every_ms)
     backfill.write_offline(settings, history.snapshot_frames())
     console.print(f"point-in-time features ({tcfg.pit_engine} join over the Feast registry's views) ...")
-    train = _examples(settings, spec, data.train)
+    train = _training_examples(settings, spec, data)
     evaluation = _evaluation(settings, spec, data)
 
     ids = build_ids(settings, data.train)
     model, log = _train(settings, spec, train, progress, console, ids)
-    metrics, per_user = evaluation.metrics(model, ids, tcfg.eval_k, tcfg.batch_size)
+    metrics, per_user = evaluation.metrics(model, ids, tcfg.eval_k, tcfg.batch_size, cfg.cross_features)
     metrics["train_samples_per_s"] = log.samples / log.seconds if log.seconds else float("nan")
     popularity = evaluation.popularity_metrics(tcfg.eval_k)
 
@@ -222,8 +261,10 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
             if compared != served:
                 served_model, served_meta = load_model(registry, compared)
             check_compatible(FeatureSpec.from_dict(served_meta["features"]), spec)
-            served_ids = model_ids(ModelSettings(**served_meta["model"]), registry.path(compared))
-            served_metrics, served_per_user = evaluation.metrics(served_model, served_ids, tcfg.eval_k, tcfg.batch_size)
+            served_cfg = ModelSettings.from_meta(served_meta["model"])
+            served_ids = model_ids(served_cfg, registry.path(compared))
+            served_metrics, served_per_user = evaluation.metrics(served_model, served_ids, tcfg.eval_k, tcfg.batch_size,
+                                                                 served_cfg.cross_features)
         except (ModelIntegrityError, FeatureSpecMismatch, RuntimeError) as e:
             reason = f"the served {served} cannot be compared ({e}); promoting the new model"
     if served_metrics is not None:
@@ -241,10 +282,12 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     with tempfile.TemporaryDirectory() as tmp:
         report = _report(Path(tmp) / "report", meta, log, registry.next_version())
         ids_file = ids.save(Path(tmp))
+        extra = {IDS_FILE: ids_file} if ids_file else {}
+        if data.lists is not None and cfg.cross_features:
+            extra[SIMILARITY_FILE] = data.lists.final.save(Path(tmp))
         new_version, delta_rows, no_delta = registry.publish_model(
             model.state_dict(), meta, counts.to_dict(), base=(served, served_state) if served_state is not None else None,
-            delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report},
-            extra_files={IDS_FILE: ids_file} if ids_file else {})
+            delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report}, extra_files=extra)
     if no_delta:
         console.print(f"[yellow]no delta from {served}:[/] {no_delta}")
     if ok and promote:

@@ -31,7 +31,8 @@ def save_examples(path: Path, examples: Examples) -> None:
     lengths = np.array([len(r) for r in examples.recent], dtype=np.int64)
     flat = np.array([i for r in examples.recent for i in r], dtype=str)
     np.savez(path, users=examples.users.astype(str), items=examples.items.astype(str), recent=flat, lengths=lengths,
-             dense=examples.dense, labels=examples.labels)
+             dense=examples.dense, labels=examples.labels, group=np.array(examples.group),
+             offsets=examples.offsets if examples.offsets is not None else np.zeros(len(examples), dtype=np.float32))
 
 
 def load_examples(path: Path) -> Examples:
@@ -39,7 +40,8 @@ def load_examples(path: Path) -> Examples:
     offsets = np.concatenate([[0], np.cumsum(z["lengths"])])
     flat = z["recent"].tolist()
     recent = [flat[offsets[i]:offsets[i + 1]] for i in range(len(z["lengths"]))]
-    return Examples(z["users"].astype(object), z["items"].astype(object), recent, z["dense"], z["labels"])
+    return Examples(z["users"].astype(object), z["items"].astype(object), recent, z["dense"], z["labels"],
+                    int(z["group"]) if "group" in z else 1, z["offsets"] if "offsets" in z else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     job = json.loads(args.job.read_text())
-    cfg = ModelSettings(**job["model"])
+    cfg = ModelSettings.from_meta(job["model"])
     rank, world = init_from_env()
     examples = load_examples(args.examples)
-    block = shard_rows(world * (len(examples) // world), rank, world)  # equal steps on every rank: drop at most world - 1 rows
-    mine = examples.take(np.arange(block.start, block.stop))
+    g = examples.group  # shard whole lists; equal steps on every rank: drop at most world - 1 lists
+    block = shard_rows(world * (len(examples) // g // world), rank, world)
+    mine = examples.take(np.arange(block.start * g, block.stop * g))
     model = build_model(cfg, job["n_dense"])
     model = distribute(model, cfg) if world > 1 else model
     optimizer = dense_optimizer(model, cfg)
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     losses: list[float] = []
     for _ in range(job["epochs"]):
         for batch in mine.batches(cfg, job["batch_size"], rng):
-            losses.append(train_step(model, optimizer, batch))
+            losses.append(train_step(model, optimizer, batch, g))
     state = unwrap_state_dict(model) if world > 1 else model.state_dict()
     if rank == 0:
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(args.out))

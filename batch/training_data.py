@@ -1,7 +1,10 @@
 """Training examples from the Delta ``events`` table at a pinned version.
 
 Labels by event type: a rating >= ``rating_threshold`` or any of ``positive_types`` is a
-positive; a lower rating is an explicit negative; views carry no label. Each positive also gets
+positive; a lower rating is an explicit negative; views carry no label. With the listwise
+objective (the default) the training rows are the lists of ``batch.training_lists`` (one pass
+over every valid event); the labelled events and sampled negatives below remain the validation
+rows and the record of what was trained on. Each positive also gets
 ``negatives_per_positive`` sampled items the user had not interacted with, drawn with probability
 ~ popularity ** power from the training period (never from the validation period). The split is
 by time, never random: either everything in the last N days validates, or each user's last N
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from batch.training_lists import Lists, fold
 from infra.settings import Settings, TrainingSettings
 from streaming.lake import open_table
 
@@ -26,6 +30,7 @@ DAY_MS = 86_400_000
 class TrainingData:
     table_version: int
     examples: pd.DataFrame  # user_id, item_id, label, event_time, split ("train" | "validation"), sampled
+    lists: Lists | None = None  # listwise objective: the training lists (batch.training_lists)
 
     @property
     def train(self) -> pd.DataFrame:
@@ -63,15 +68,20 @@ def labels(cfg: TrainingSettings, events: pd.DataFrame) -> pd.Series:
     return pd.Series([label_of(cfg, t, v) for t, v in zip(events["event_type"], values)], index=events.index, dtype=float)
 
 
-def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
-    """Valid, non-late events with a label, ordered by event time (then event id)."""
+def valid_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
+    """Valid, non-late events with their label (NaN: none), ordered by event time (then event id)."""
     table = open_table(settings.paths.events_table, version)
-    cfg = settings.training
     df = table.to_pandas(columns=["event_id", "user_id", "item_id", "event_type", "value", "event_time", "late"])
     df = df[~df["late"]]
-    df = df.assign(label=labels(cfg, df)).dropna(subset=["label"])
+    df = df.assign(label=labels(settings.training, df))
     df = df.sort_values(["event_time", "event_id"], kind="stable").reset_index(drop=True)
     return table.version(), df[["event_id", "user_id", "item_id", "event_time", "label"]]
+
+
+def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
+    """Valid, non-late events with a label, ordered by event time (then event id)."""
+    table_version, df = valid_events(settings, version)
+    return table_version, df.dropna(subset=["label"]).reset_index(drop=True)
 
 
 def split_by_time(settings: Settings, events: pd.DataFrame) -> pd.Series:
@@ -86,7 +96,8 @@ def split_by_time(settings: Settings, events: pd.DataFrame) -> pd.Series:
 def build(settings: Settings, version: int | None = None) -> TrainingData:
     """Examples with sampled negatives; ``version`` pins the Delta table (default: latest)."""
     cfg = settings.training
-    table_version, events = labelled_events(settings, version)
+    table_version, every = valid_events(settings, version)
+    events = every.dropna(subset=["label"]).reset_index(drop=True)
     if events.empty:
         raise ValueError(f"events table v{table_version} has no labelled events: replay some events first")
     events = events.assign(split=split_by_time(settings, events), sampled=False)
@@ -115,4 +126,9 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
                     break
     sampled = pd.DataFrame(negatives, columns=["event_id", "user_id", "item_id", "event_time", "label", "split", "sampled"])
     examples = pd.concat([events, sampled], ignore_index=True).sort_values(["event_time", "event_id"], kind="stable")
-    return TrainingData(table_version, examples.reset_index(drop=True))
+    lists = None
+    if cfg.objective == "listwise":
+        validating = events.loc[events["split"] == "validation", "event_time"]
+        cutoff = int(validating.min()) if len(validating) else int(events["event_time"].max()) + 1
+        lists = fold(settings, every, (every["label"] == 1.0).to_numpy(), cutoff)
+    return TrainingData(table_version, examples.reset_index(drop=True), lists)

@@ -107,7 +107,8 @@ class LiveReader:
             raise ValueError(f"no {join_key} entities in the live features")
         self.live = live
         self.refs = list(refs)
-        self._views = _split(refs)
+        self._views = [view for view, _ in _split(refs)]
+        self._pairs = [ref.split(":", 1) for ref in self.refs]
         self._states = live.fold.users if join_key == names.USER_KEY else live.fold.items
 
     def read(self, entity_ids: Sequence[str], decode: Any = None) -> list[list[Any]]:
@@ -115,13 +116,12 @@ class LiveReader:
         out = []
         for entity in entity_ids:
             state = self._states.get(entity)
-            row: list[Any] = []
-            for view, features in self._views:
+            values: dict[str, dict[str, Any]] = {}
+            for view in self._views:
                 # an item known only from co-visits has no stats/popularity row yet (as in `item` above)
                 written = state is not None and (view == names.ITEM_COVISIT or getattr(state, "latest_ms", 0) >= 0)
-                values = view_values(self.live.cfg, view, state) if written else {}
-                row.extend(values.get(f) for f in features)
-            out.append(row)
+                values[view] = view_values(self.live.cfg, view, state) if written else {}
+            out.append([values[view].get(feature) for view, feature in self._pairs])
         return out
 
     def read_timestamps(self, entity_ids: Sequence[str]) -> list[tuple[int, ...]]:

@@ -207,7 +207,16 @@ class ModelSettings(BaseModel):
     id_min_count: int = Field(default=2, ge=1, description="managed: occurrences before an id gets its own row (until then it shares row 0)")
     id_ttl_days: float | None = Field(default=90.0, gt=0, description="managed: an id unseen this long (event time) loses its row; None = never")
     dense_lr: float = Field(default=0.01, gt=0)
+    cross_features: bool = Field(default=True, description="the ranker also sees user x candidate neighbourhood features (models.cross_features) from the version's item similarity")
+    similarity_top_k: int = Field(default=200, ge=1, description="neighbours kept per item in a version's similarity table (models.similarity)")
+    similarity_pair_with: int | None = Field(default=20, ge=1, description="a user's new item co-occurs with their previous N distinct items (None: all)")
     seed: int = 0
+
+    @classmethod
+    def from_meta(cls, stored: dict) -> "ModelSettings":
+        """The settings a registry version was trained with (versions from before a field existed
+        get the value that reproduces them: no cross features)."""
+        return cls(**{"cross_features": False, **stored})
 
     @model_validator(mode="after")
     def _dense_arch_ends_at_embedding_dim(self) -> "ModelSettings":
@@ -221,7 +230,11 @@ class TrainingSettings(BaseModel):
 
     rating_threshold: float = Field(default=4.0, description="rating >= this is a positive, below is a negative")
     positive_types: list[str] = ["click", "add_to_cart", "purchase", "like", "share"]
-    negatives_per_positive: int = Field(default=4, ge=0)
+    objective: str = Field(default="listwise", pattern="^(listwise|pointwise)$", description="listwise: softmax over each positive with its hard and random negatives (models.train); pointwise: binary cross-entropy per row")
+    hard_negatives: int = Field(default=15, ge=0, description="listwise: negatives drawn from the user's item-kNN list (what the candidate sources propose), per positive")
+    hard_pool: int = Field(default=200, ge=1, description="listwise: hard negatives are drawn from the user's best N item-kNN items (then the popular ones), weighted to the top and corrected for it (batch.training_lists)")
+    popular_pool: int = Field(default=50, ge=0, description="listwise: the most-labelled items join the pool of hard negatives (the API proposes them too)")
+    negatives_per_positive: int = Field(default=4, ge=0, description="uniform negatives per positive (listwise: added to the hard ones; fill in when the neighbourhood has too few)")
     negative_popularity_power: float = Field(default=0.0, ge=0, description="negatives ~ item count ** this (0 = uniform, the default: popularity-weighted negatives teach the model to rank popular items down and lost to plain popularity on top-K)")
     validation: str = Field(default="last_days", pattern="^(last_days|last_per_user)$")
     validation_days: float = Field(default=7.0, gt=0, description="last_days: events in the final N days validate")
@@ -260,6 +273,7 @@ class ServingSettings(BaseModel):
     max_batch_users: int = Field(default=100, ge=1, description="users per POST /recommendations")
     trending_candidates: int = Field(default=50, ge=0)
     trending_slots: int = Field(default=1, ge=0, description="the N most active trending candidates always make the list (last places when the ranking left them out); 0 = ranking only")
+    similar_candidates: int = Field(default=200, ge=0, description="the user's item-kNN list over the version's similarity table (models.similarity)")
     covisit_candidates: int = Field(default=50, ge=0)
     covisit_from_recent: int = Field(default=5, ge=1, description="co-visitation lists read for the user's newest N items")
     embedding_candidates: int = Field(default=50, ge=0)

@@ -17,7 +17,7 @@ from infra.settings import ModelSettings
 from models.id_table import SHARED_ROW, ModelIds, id_rows
 from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, dense_optimizer, train_step
 
-Row = tuple[str, str, float, list[str], np.ndarray]  # user, item, label, recent items, dense inputs
+Row = tuple[str, str, float, list[str], np.ndarray, float]  # user, item, label, recent items, dense inputs, logit offset
 
 
 class _NoDenseStep:
@@ -32,7 +32,9 @@ class _NoDenseStep:
 
 class IncrementalModel:
     def __init__(self, state: Mapping[str, torch.Tensor], cfg: ModelSettings, n_dense: int, sparse_lr: float,
-                 train_dense: bool, batch_size: int, ids: ModelIds | None = None) -> None:
+                 train_dense: bool, batch_size: int, ids: ModelIds | None = None, group: int = 1) -> None:
+        """``group > 1``: examples come in lists of that many rows (a positive, then its negatives)
+        and are trained with the listwise loss, as the nightly model was."""
         self.cfg = cfg.model_copy(update={"sparse_lr": sparse_lr})
         self.ids = ids or id_rows(cfg)
         self.model = build_model(self.cfg, n_dense)
@@ -45,7 +47,8 @@ class IncrementalModel:
                 if "embedding_bags" not in name:
                     p.requires_grad_(False)
             self.optimizer = _NoDenseStep()
-        self.batch_size = batch_size
+        self.group = group
+        self.batch_size = max(group, batch_size // group * group)
         self.pending: list[Row] = []
         self.steps = 0
 
@@ -59,10 +62,11 @@ class IncrementalModel:
         """Train on whatever is queued."""
         if not self.pending:
             return
-        users, items, labels, recent, dense = zip(*self.pending)
+        users, items, labels, recent, dense, offsets = zip(*self.pending)
         batch = Batch.build(self.ids, list(users), list(items), list(recent), torch.from_numpy(np.stack(dense)),
                             torch.tensor(labels, dtype=torch.float32))
-        train_step(self.model, self.optimizer, batch)
+        batch.offsets = torch.tensor(offsets, dtype=torch.float32)
+        train_step(self.model, self.optimizer, batch, self.group)
         self.pending = []
         self.steps += 1
 

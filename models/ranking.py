@@ -3,7 +3,8 @@
 Sparse inputs are a KeyedJaggedTensor with three keys: ``user_id`` (one id), ``item_id`` (one
 id, the candidate) and ``recent_items`` (a bag of the user's last items, multi-hot; it shares
 the item table, so "recently seen X" and "candidate X" are the same row). Dense inputs are the
-real-time features from the Feast registry. Sparse rows are trained with row-wise Adagrad
+real-time features from the Feast registry, then (``cross_features``) the user x candidate
+neighbourhood features of :mod:`models.cross_features`. Sparse rows are trained with row-wise Adagrad
 applied inside backward (TorchRec's fused-optimizer path, which works on CPU), dense weights
 with Adagrad. The item table doubles as the retrieval signal: ``item_embeddings()``.
 
@@ -32,6 +33,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from infra.settings import ModelSettings
+from models.cross_features import N_CROSS
 from models.id_table import ModelIds, id_rows
 
 SPARSE_KEYS = ("user_id", "item_id", "recent_items")
@@ -127,8 +129,14 @@ class TableBatchedSparseArch(SparseArch):
         return torch.stack([pooled[f] for f in self.sparse_feature_names], dim=1)
 
 
+def dense_width(cfg: ModelSettings, n_features: int) -> int:
+    """The model's dense input width: the registry's ``n_features`` entity features, plus the cross features."""
+    return n_features + (N_CROSS if cfg.cross_features else 0)
+
+
 def build_model(cfg: ModelSettings, n_dense: int, table_device: str = "cpu") -> DLRM:
     """A fresh model with sparse rows trained in backward (call :func:`dense_optimizer` for the rest).
+    ``n_dense`` counts the entity features; the cross features' columns are added here.
 
     ``table_device="meta"`` allocates no table memory and skips their random init, for a model
     whose weights are loaded right after with ``load_state_dict(state, assign=True)`` (serving)."""
@@ -144,7 +152,7 @@ def build_model(cfg: ModelSettings, n_dense: int, table_device: str = "cpu") -> 
     )
     model = DLRM(
         embedding_bag_collection=ebc,
-        dense_in_features=n_dense,
+        dense_in_features=dense_width(cfg, n_dense),
         dense_arch_layer_sizes=list(cfg.dense_arch),
         over_arch_layer_sizes=[*cfg.over_arch, 1],
     )
@@ -178,6 +186,7 @@ class Batch:
     dense: torch.Tensor  # (B, n_dense) float32
     sparse: KeyedJaggedTensor
     labels: torch.Tensor | None = None  # (B,) float32
+    offsets: torch.Tensor | None = None  # (B,) added to the logits in a listwise loss (sampled softmax's log-q correction)
 
     @classmethod
     def build(cls, mapping: "ModelSettings | ModelIds", users: Sequence[str], items: Sequence[str],
@@ -219,13 +228,23 @@ def predict(model: DLRM, batch: Batch) -> torch.Tensor:
         return torch.sigmoid(model(batch.dense, batch.sparse)).squeeze(-1)
 
 
-def train_step(model: DLRM, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
-    """One step: the sparse rows update inside backward, the dense weights here."""
+def train_step(model: DLRM, optimizer: torch.optim.Optimizer, batch: Batch, group: int = 1) -> float:
+    """One step: the sparse rows update inside backward, the dense weights here.
+
+    ``group == 1``: binary cross-entropy per row. ``group > 1``: the batch is lists of ``group``
+    consecutive rows, each one positive and its negatives, and the loss is the softmax
+    cross-entropy of the positive within its list (listwise: the model learns to put the item
+    the user took above the ones they were likely to be shown, which is what a top-K list needs).
+    ``batch.offsets`` corrects for how the negatives were sampled (``batch.training_lists``)."""
     if batch.labels is None:
         raise ValueError("train_step needs labels")
     optimizer.zero_grad()
     logits = model(batch.dense, batch.sparse).squeeze(-1)
-    loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    if group > 1:
+        lists = (logits if batch.offsets is None else logits + batch.offsets).reshape(-1, group)
+        loss = nn.functional.cross_entropy(lists, batch.labels.reshape(-1, group).argmax(dim=1))
+    else:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
     loss.backward()
     optimizer.step()
     return float(loss.detach())

@@ -26,28 +26,39 @@ class Examples:
     recent: list[list[str]]
     dense: np.ndarray  # (n, n_dense) float32
     labels: np.ndarray | None = None  # (n,) float32
+    group: int = 1  # rows per list (listwise training: a positive, then its negatives); 1 = independent rows
+    offsets: np.ndarray | None = None  # (n,) float32: listwise logit corrections of sampled negatives
 
     def __len__(self) -> int:
         return len(self.users)
 
     def take(self, index: np.ndarray) -> "Examples":
         return Examples(self.users[index], self.items[index], [self.recent[i] for i in index], self.dense[index],
-                        None if self.labels is None else self.labels[index])
+                        None if self.labels is None else self.labels[index], self.group,
+                        None if self.offsets is None else self.offsets[index])
 
     def batches(self, mapping: "ModelSettings | ModelIds", batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         """Mini-batches in a seeded random order (``rng``) or in row order (``rng=None``); ids are
         mapped to rows once (hashed for plain settings, else the ``ModelIds``), not once per epoch."""
         rows = self._rows(id_rows(mapping))
-        order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
+        g = self.group
+        if rng is not None:  # whole lists move together
+            order = (rng.permutation(len(self) // g)[:, None] * g + np.arange(g)[None, :]).reshape(-1)
+        else:
+            order = np.arange(len(self))
+        batch_size = max(g, batch_size // g * g)
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             lengths = rows["recent_lengths"][index]
             starts = rows["recent_offsets"][index]
             gather = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
             labels = None if self.labels is None else torch.from_numpy(self.labels[index].astype(np.float32))
-            yield Batch.from_rows(torch.from_numpy(rows["users"][index]), torch.from_numpy(rows["items"][index]),
-                                  torch.from_numpy(rows["recent"][gather]), torch.from_numpy(lengths),
-                                  torch.from_numpy(self.dense[index]), labels)
+            batch = Batch.from_rows(torch.from_numpy(rows["users"][index]), torch.from_numpy(rows["items"][index]),
+                                    torch.from_numpy(rows["recent"][gather]), torch.from_numpy(lengths),
+                                    torch.from_numpy(self.dense[index]), labels)
+            if self.offsets is not None:
+                batch.offsets = torch.from_numpy(self.offsets[index])
+            yield batch
 
     def _rows(self, ids: ModelIds) -> dict[str, np.ndarray]:
         key = ids.key
@@ -87,7 +98,7 @@ def fit(model: torch.nn.Module, optimizer: torch.optim.Optimizer, examples: Exam
         bar = tqdm(examples.batches(ids or cfg, batch_size, rng), total=n_batches, desc=f"epoch {epoch + 1}/{epochs}",
                    unit="batch", disable=None if progress else True)
         for batch in bar:
-            losses.append(train_step(model, optimizer, batch))
+            losses.append(train_step(model, optimizer, batch, examples.group))
             if len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         log.step_loss.extend(losses)

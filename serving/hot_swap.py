@@ -29,6 +29,7 @@ from models import delta as model_delta
 from infra.periodic import Periodic
 from infra.settings import ModelSettings
 from models.id_table import IDS_FILE, model_ids
+from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
 from models.registry import META, ModelIntegrityError, ModelRegistry
 from serving.served_model import Lineage, ServedModel, SmokeTestFailed
 
@@ -80,7 +81,8 @@ class ModelLoader:
         self._check_features(meta)
         items, counts = self.registry.catalogue(version)
         return ServedModel.build(version, state, meta, items, counts,
-                                 Lineage("full", load_ms=(time.perf_counter() - started) * 1000), ids=self._ids(version, meta))
+                                 Lineage("full", load_ms=(time.perf_counter() - started) * 1000), ids=self._ids(version, meta),
+                                 similarity=self._similarity(version, meta))
 
     def via_deltas(self, served: ServedModel, chain: list[tuple[str, str]]) -> ServedModel:
         started = time.perf_counter()
@@ -96,10 +98,20 @@ class ModelLoader:
         items, counts = self.registry.catalogue(target)
         return ServedModel.build(target, state, meta, items, counts, Lineage(
             "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
-            load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest, ids=self._ids(target, meta))
+            load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest, ids=self._ids(target, meta),
+            similarity=self._similarity(target, meta, served))
 
     def _ids(self, version: str, meta: dict):  # noqa: ANN202 - models.id_table.ModelIds
-        return model_ids(ModelSettings(**meta["model"]), self.registry.path(version))
+        return model_ids(ModelSettings.from_meta(meta["model"]), self.registry.path(version))
+
+    def _similarity(self, version: str, meta: dict, served: ServedModel | None = None) -> SimilarityTable:
+        """The version's item similarity: its own file, or (an online version) its nightly base's,
+        which the served model may hold already."""
+        source = meta.get(SIMILARITY_SOURCE, version)
+        if served is not None and served.similarity.source == source:
+            return served.similarity
+        path = self.registry.path(source) / SIMILARITY_FILE
+        return SimilarityTable.load(path, source) if path.is_file() else SimilarityTable.empty()
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

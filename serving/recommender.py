@@ -2,6 +2,8 @@
 
 Sources (each item remembers every source that proposed it):
 
+- ``similar``: the user's item-kNN list over the version's item similarity table
+  (``models.similarity``: items that co-occur in histories with the user's newest items);
 - ``covisit``: items co-visited with the user's newest items (``item_covisit``, written by the
   stream job), weighted towards the newest;
 - ``embedding``: catalogue items nearest to the user's recent items in the model's item table;
@@ -125,6 +127,8 @@ class Recommender:
 
         seen = (set(recent) if filter_seen else set()) | set(exclude)
         counts = {}
+        if recent and cfg.similar_candidates:
+            counts["similar"] = propose(model.similar(recent, cfg.similar_candidates, seen), "similar", cfg.similar_candidates)
         if recent and cfg.covisit_candidates:
             counts["covisit"] = propose(self._covisited(recent), "covisit", cfg.covisit_candidates)
         if recent and cfg.embedding_candidates:

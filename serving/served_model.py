@@ -19,7 +19,9 @@ from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings
 from models.delta import state_digest
 from models.id_table import ModelIds, id_rows
-from models.ranking import Batch, build_model, item_embeddings, predict
+from models.cross_features import DECAY, RECENT, cross_features
+from models.ranking import Batch, build_model, dense_width, item_embeddings, predict
+from models.similarity import SimilarityTable, top_similar
 
 
 PAD = 32  # batches are padded to a multiple of this: a handful of shapes, each warmed up at load
@@ -56,6 +58,7 @@ class ServedModel:
     lineage: Lineage
     ids: ModelIds  # which row each user/item id uses (hashed, or the version's managed tables)
     known_digest: str | None = None  # the weights' digest when the loader verified it already (a merged delta)
+    similarity: SimilarityTable = field(default_factory=SimilarityTable.empty)  # the version's item neighbours
 
     @cached_property
     def digest(self) -> str:
@@ -65,10 +68,11 @@ class ServedModel:
     @classmethod
     def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
               counts: Sequence[int], lineage: Lineage, warm_up: bool = True,
-              digest: str | None = None, ids: ModelIds | None = None) -> "ServedModel":
+              digest: str | None = None, ids: ModelIds | None = None,
+              similarity: SimilarityTable | None = None) -> "ServedModel":
         """``warm_up=False`` when a model of the same architecture already ran in this process
         (a merged delta): its batch shapes are planned already."""
-        cfg = ModelSettings(**meta["model"])
+        cfg = ModelSettings.from_meta(meta["model"])
         spec = FeatureSpec.from_dict(meta["features"])
         model = build_model(cfg, spec.n_dense, table_device="meta")  # tables come from ``state``, not a random init
         model.load_state_dict(dict(state), strict=True, assign=True)
@@ -79,7 +83,8 @@ class ServedModel:
         vectors = item_embeddings(model).index_select(0, rows)
         unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
-                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, ids, digest)
+                     {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, ids, digest,
+                     similarity if similarity is not None else SimilarityTable.empty())
         served.smoke_test()
         if warm_up:
             served.warm_up()
@@ -100,13 +105,20 @@ class ServedModel:
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD
         recent_rows = self.ids.items.rows(recent)
-        dense = np.zeros((size, user_dense.size + item_dense.shape[1]), dtype=np.float32)
+        entity = user_dense.size + item_dense.shape[1]
+        dense = np.zeros((size, dense_width(self.cfg, entity)), dtype=np.float32)
         dense[:, :user_dense.size] = user_dense.reshape(1, -1)
-        dense[:n, user_dense.size:] = item_dense
+        dense[:n, user_dense.size:entity] = item_dense
+        if self.cfg.cross_features:
+            dense[:n, entity:] = cross_features(self.similarity, recent, items)
         rows = self.item_rows_for(items)
         rows = torch.cat([rows, rows[:1].expand(size - n)]) if size > n else rows
         batch = Batch.one_user(self.ids.users.rows([user_id]), rows, recent_rows, torch.from_numpy(dense))
         return predict(self.model, batch).numpy()[:n]
+
+    def similar(self, recent: Sequence[str], n: int, exclude: set | frozenset = frozenset()) -> list[str]:
+        """The user's item-kNN list over this version's similarity table (best first)."""
+        return [str(i) for i in top_similar(self.similarity, recent, n, DECAY, RECENT, exclude)]
 
     def nearest(self, recent: Sequence[str], n: int) -> list[tuple[str, float]]:
         """Catalogue items closest (cosine) to the mean embedding of the user's recent items."""

@@ -55,7 +55,7 @@ def test_item_knn_pairs_only_with_the_previous_items_it_is_told_to():
 def test_item_knn_repeated_interaction_is_not_a_new_pair():
     knn = ItemKNN(recent=5, decay=1.0, pair_with=None)
     feed(knn, {"a": [0, 1, 0, 1, 0]})
-    assert knn.counts[0] == {1: 1.0} and knn.users_per_item.take(np.array([0, 1])).tolist() == [1.0, 1.0]
+    assert knn.counts[0] == {1: 1.0} and knn.co.users(np.array([0, 1])).tolist() == [1.0, 1.0]
 
 
 def test_ease_scores_co_occurring_items_above_the_rest_and_uncovered_items_last():

@@ -9,8 +9,8 @@ Linden et al. 2003), the neighbourhood method sequential recommenders are usuall
   newest distinct items ``h_0, h_1, ...`` (newest first), plus a vanishing popularity term that
   orders what no neighbour reaches (a new user gets popular items).
 
-Sparse (a dict of neighbour counts per item), so memory grows with the pairs seen, not with the
-catalogue squared, and each event costs ``pair_with`` updates.
+The counts and the scoring are the engine's own (``models.similarity``), so the yardstick and
+the engine's neighbourhood features cannot disagree on what item-kNN means.
 
 >>> knn = ItemKNN(recent=2, decay=0.5, pair_with=None)
 >>> for user, item in [("a", 0), ("a", 1), ("b", 0), ("b", 2), ("c", 1), ("c", 2), ("c", 3)]:
@@ -24,60 +24,41 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.baselines.growable import Growable
+from models.similarity import CoOccurrence, neighbourhood
 
 TIE_BREAK = 1e-9  # popularity only orders items no neighbour reaches
 
 
 class ItemKNN:
     def __init__(self, recent: int = 20, decay: float = 0.8, pair_with: int | None = 20, alpha: float = 0.5) -> None:
-        self.recent, self.decay, self.pair_with, self.alpha = recent, decay, pair_with, alpha
-        self.counts: dict[int, dict[int, float]] = {}  # item -> {co-occurring item: count}
-        self.users_per_item = Growable()
-        self.history: dict[str, list[int]] = {}  # distinct items per user, oldest first
-        self._touched: dict[str, set[int]] = {}
-        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # item -> (neighbours, counts) as arrays
+        self.recent, self.decay = recent, decay
+        self.co = CoOccurrence(pair_with, alpha)
+        self._position = np.full(1024, -1, dtype=np.int64)  # catalogue index -> co-occurrence index
+
+    @property
+    def counts(self) -> list[dict[int, float]]:
+        return self.co.counts
 
     def learn(self, user: str, item: int, t_ms: int) -> None:
-        touched = self._touched.setdefault(user, set())
-        if item in touched:
-            return
-        history = self.history.setdefault(user, [])
-        previous = history if self.pair_with is None else history[-self.pair_with:]
-        row = self.counts.setdefault(item, {})
-        for other in previous:
-            row[other] = row.get(other, 0.0) + 1.0
-            other_row = self.counts.setdefault(other, {})
-            other_row[item] = other_row.get(item, 0.0) + 1.0
-            self._rows.pop(other, None)
-        self._rows.pop(item, None)
-        history.append(item)
-        touched.add(item)
-        self.users_per_item.add(item, 1.0)
+        if item >= len(self._position):
+            self._position = np.concatenate([self._position, np.full(max(item + 1, len(self._position)), -1)])
+        self._position[item] = self.co.item(item)
+        self.co.learn(user, item)
 
     def refit(self, now_ms: int) -> None:
         return None
 
-    def _row(self, item: int) -> tuple[np.ndarray, np.ndarray]:
-        arrays = self._rows.get(item)
-        if arrays is None:
-            row = self.counts.get(item, {})
-            arrays = self._rows[item] = (np.fromiter(row.keys(), np.int64, len(row)),
-                                         np.fromiter(row.values(), np.float64, len(row)))
-        return arrays
-
     def scores(self, user: str, items: np.ndarray) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
-        n = np.maximum(self.users_per_item.take(items), 1.0)
-        newest = self.history.get(user, [])[::-1][:self.recent]
-        if not newest:
-            return TIE_BREAK * n
-        size = int(max(items.max(initial=0), max(newest))) + 1
-        total = np.zeros(size)
-        for position, h in enumerate(newest):
-            neighbours, counts = self._row(h)
-            if len(neighbours):
-                keep = neighbours < size
-                weight = self.decay ** position / max(self.users_per_item.take(np.array([h]))[0], 1.0) ** self.alpha
-                np.add.at(total, neighbours[keep], weight * counts[keep])
-        return total[items] / n ** (1 - self.alpha) + TIE_BREAK * n
+        position = np.where(items < len(self._position), self._position[np.minimum(items, len(self._position) - 1)], -1)
+        known = position >= 0
+        out = np.zeros(len(items))
+        n = np.zeros(len(items))
+        n[known] = self.co.users(position[known])
+        newest = self.co.history.get(user, [])[::-1]
+        if newest:
+            reached, scores = neighbourhood(self.co, newest, self.decay, self.recent)
+            total = np.zeros(len(self.co.ids))
+            total[reached] = scores
+            out[known] = total[position[known]]
+        return out + TIE_BREAK * n
