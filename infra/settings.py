@@ -207,7 +207,7 @@ class ModelSettings(BaseModel):
     id_min_count: int = Field(default=2, ge=1, description="managed: occurrences before an id gets its own row (until then it shares row 0)")
     id_ttl_days: float | None = Field(default=90.0, gt=0, description="managed: an id unseen this long (event time) loses its row; None = never")
     dense_lr: float = Field(default=0.01, gt=0)
-    cross_features: bool = Field(default=True, description="the ranker also sees user x candidate neighbourhood features (models.cross_features) from the version's item similarity")
+    cross_features: bool = Field(default=False, description="the ranker also sees user x candidate neighbourhood features (models.cross_features) from the version's item similarity (needs training.objective=listwise; not yet better than without: docs/quality.md)")
     similarity_top_k: int = Field(default=200, ge=1, description="neighbours kept per item in a version's similarity table (models.similarity)")
     similarity_pair_with: int | None = Field(default=20, ge=1, description="a user's new item co-occurs with their previous N distinct items (None: all)")
     seed: int = 0
@@ -230,7 +230,7 @@ class TrainingSettings(BaseModel):
 
     rating_threshold: float = Field(default=4.0, description="rating >= this is a positive, below is a negative")
     positive_types: list[str] = ["click", "add_to_cart", "purchase", "like", "share"]
-    objective: str = Field(default="listwise", pattern="^(listwise|pointwise)$", description="listwise: softmax over each positive with its hard and random negatives (models.train); pointwise: binary cross-entropy per row")
+    objective: str = Field(default="pointwise", pattern="^(listwise|pointwise)$", description="pointwise: binary cross-entropy per row; listwise: softmax over each positive with its hard and random negatives (batch.training_lists; not yet better on ml-100k: docs/quality.md)")
     hard_negatives: int = Field(default=15, ge=0, description="listwise: negatives drawn from the user's item-kNN list (what the candidate sources propose), per positive")
     hard_pool: int = Field(default=200, ge=1, description="listwise: hard negatives are drawn from the user's best N item-kNN items (then the popular ones), weighted to the top and corrected for it (batch.training_lists)")
     popular_pool: int = Field(default=50, ge=0, description="listwise: the most-labelled items join the pool of hard negatives (the API proposes them too)")

@@ -63,7 +63,7 @@ EBC_PATH = "sparse_arch.embedding_bag_collection"  # where build_model's DLRM ke
 _FUSED = EmbeddingComputeKernel.FUSED.value
 # the self-test's model (tests load its checkpoint with these)
 SELFTEST_SETTINGS = ModelSettings(embedding_dim=8, user_buckets=64, item_buckets=48, dense_arch=[16, 8],
-                                  over_arch=[16], sparse_lr=0.1, dense_lr=0.05)
+                                  over_arch=[16], sparse_lr=0.1, dense_lr=0.05, cross_features=False)
 SELFTEST_N_DENSE = 3
 
 

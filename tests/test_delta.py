@@ -24,7 +24,7 @@ from models.delta import (
 from models.ranking import Batch, build_model, dense_optimizer, predict, train_step
 
 CFG = ModelSettings(embedding_dim=8, user_buckets=200, item_buckets=100, dense_arch=[16, 8], over_arch=[16],
-                    sparse_lr=0.2, dense_lr=0.05)
+                    sparse_lr=0.2, dense_lr=0.05, cross_features=False)  # the delta mechanics, on plain dense inputs
 N_DENSE = 3
 USER_KEY = "sparse_arch.embedding_bag_collection.embedding_bags.user.weight"
 ITEM_KEY = "sparse_arch.embedding_bag_collection.embedding_bags.item.weight"

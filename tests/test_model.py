@@ -7,7 +7,8 @@ import torch
 from infra.settings import ModelSettings
 from models.ranking import Batch, build_model, dense_optimizer, item_embeddings, predict, train_step
 
-CFG = ModelSettings(embedding_dim=8, user_buckets=50, item_buckets=40, dense_arch=[16, 8], over_arch=[16], sparse_lr=0.2, dense_lr=0.05)
+CFG = ModelSettings(embedding_dim=8, user_buckets=50, item_buckets=40, dense_arch=[16, 8], over_arch=[16], sparse_lr=0.2, dense_lr=0.05,
+                    cross_features=False)
 
 
 def _batch(users, items, recent, labels=None) -> Batch:
@@ -45,3 +46,20 @@ def test_learns_a_simple_preference():
     assert last < first * 0.5
     p = predict(model, _batch(["u1", "u1"], ["i2", "i3"], [[], []]))
     assert p[0] > p[1]
+
+
+def test_listwise_step_is_the_softmax_of_each_list_with_its_offsets():
+    """group > 1: the loss is the cross-entropy of each list's positive, logits + offsets."""
+    torch.manual_seed(0)
+    model = build_model(CFG, n_dense=3)
+    batch = _batch(["u1"] * 3 + ["u2"] * 3, ["i1", "i2", "i3", "i4", "i5", "i6"], [["i9"]] * 6,
+                   [1.0, 0.0, 0.0, 1.0, 0.0, 0.0])
+    batch.offsets = torch.tensor([0.0, -0.5, 1.0, 0.0, 0.3, 0.0])
+    with torch.no_grad():
+        logits = model(batch.dense, batch.sparse).squeeze(-1) + batch.offsets
+    expected = torch.nn.functional.cross_entropy(logits.reshape(2, 3), torch.tensor([0, 0]))
+    loss = train_step(model, dense_optimizer(model, CFG), batch, group=3)
+    assert abs(loss - float(expected)) < 1e-5
+    with torch.no_grad():
+        after = model(batch.dense, batch.sparse).squeeze(-1) + batch.offsets
+    assert torch.nn.functional.cross_entropy(after.reshape(2, 3), torch.tensor([0, 0])) < expected  # it learns

@@ -76,8 +76,10 @@ def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small):
     spec = feature_spec(small)
     events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[SMALL:SMALL + 500]])
     dense, recent = point_in_time(small, spec, events["user_id"], events["item_id"], events["event_time"])
-    from models.ranking import Batch, predict
+    from models.ranking import Batch, dense_width, predict
 
+    dense = np.hstack([dense, np.random.default_rng(0).random((len(dense), dense_width(small.model, dense.shape[1]) - dense.shape[1]),
+                                                               dtype=np.float32)])  # any cross feature values
     batch = Batch.build(small.model, events["user_id"].tolist(), events["item_id"].tolist(), recent, torch.from_numpy(dense))
     assert torch.allclose(predict(new_model, batch), predict(merged_model, batch), atol=1e-6)
     assert meta3["table_version"] == third.table_version
