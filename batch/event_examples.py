@@ -5,10 +5,10 @@ just before the event (``features.live``), negatives drawn with a seed derived f
 position so a replay draws the same ones. Used by the streaming trainer and the prequential
 evaluation.
 
-``training.objective = "listwise"`` (the default): each positive event makes one list
+``training.objective = "pointwise"`` (the default): a labelled row per event plus uniform
+negatives for a positive. ``listwise``: each positive event makes one list
 (``batch.training_lists``: the item taken, hard negatives from the user's item-kNN list, uniform
-draws); events with a negative label make none. ``pointwise``:
-a labelled row per event plus uniform negatives for a positive. With ``model.cross_features``
+draws); events with a negative label make none. With ``model.cross_features``
 the rows carry the neighbourhood features (``models.cross_features``) from ``similarity``: a
 version's fixed table (the streaming trainer), or a
 :class:`~models.similarity.DailySimilarity` that is updated with every event and read as the
@@ -45,15 +45,17 @@ class EventExamples:
         self.items = list(catalogue)  # most trained-on first, then in order of arrival
         self.on_new_item = on_new_item
         self.similarity = similarity  # None: no cross features
-        self.seen: dict[str, set[str]] = {}  # what each user touched since this object started (negatives avoid it)
+        self.listwise = cfg.objective == "listwise"
+        # listwise only: what each user touched since this object started (negatives avoid it), popular items
+        self.seen: dict[str, set[str]] = {}
         self.popular = Popular(cfg.popular_pool)
-        for item, n in catalogue.items():
-            self.popular.counts[item] = n
+        if self.listwise:
+            self.popular.counts.update(catalogue)
 
     @property
     def group(self) -> int:
         """Rows per list (1: independent rows)."""
-        return list_size(self.cfg) if self.cfg.objective == "listwise" else 1
+        return list_size(self.cfg) if self.listwise else 1
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""
@@ -72,8 +74,10 @@ class EventExamples:
                 self.items.append(event.item_id)
                 self.on_new_item(event.item_id)
             self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
-            self.popular.add(event.item_id)
-        self.seen.setdefault(event.user_id, set()).add(event.item_id)
+            if self.listwise:
+                self.popular.add(event.item_id)
+        if self.listwise:
+            self.seen.setdefault(event.user_id, set()).add(event.item_id)
         if isinstance(self.similarity, DailySimilarity):
             self.similarity.learn(event.user_id, event.item_id, event.event_time)
         return rows
@@ -82,7 +86,7 @@ class EventExamples:
         """The event's item, then its negatives, with each row's logit offset."""
         rng = np.random.default_rng((self.cfg.seed, *seed))
         _, recent = self.features.user(event.user_id)
-        if self.cfg.objective == "listwise":
+        if self.listwise:
             if label != 1.0:
                 return [], []
             return list_items(self.cfg, event.item_id, recent, self.seen.get(event.user_id, set()), sim, self.items,
