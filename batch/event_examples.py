@@ -38,35 +38,60 @@ class EventExamples:
 
     def __init__(self, cfg: TrainingSettings, features: LiveFeatures, catalogue: dict[str, int],
                  on_new_item: Callable[[str], None] = lambda item: None,
-                 similarity: "Neighbours | DailySimilarity | None" = None) -> None:
+                 similarity: "Neighbours | DailySimilarity | None" = None, cross: bool = True,
+                 ranker_lists: TrainingSettings | None = None) -> None:
         self.cfg = cfg
         self.features = features
         self.catalogue = catalogue
         self.items = list(catalogue)  # most trained-on first, then in order of arrival
         self.on_new_item = on_new_item
-        self.similarity = similarity  # None: no cross features
+        self.similarity = similarity  # None: no cross features, no ranker lists
+        self.cross = cross and similarity is not None  # the model's rows carry the cross features
         self.listwise = cfg.objective == "listwise"
-        # listwise only: what each user touched since this object started (negatives avoid it), popular items
+        self.ranker_lists = ranker_lists if similarity is not None else None  # how the ranker's lists are made
+        # lists only: what each user touched since this object started (negatives avoid it), popular items
         self.seen: dict[str, set[str]] = {}
         self.popular = Popular(cfg.popular_pool)
-        if self.listwise:
+        if self.listwise or self.ranker_lists:
             self.popular.counts.update(catalogue)
+        self.ranker_popular = Popular(ranker_lists.popular_pool if ranker_lists else 0)
+        if self.ranker_lists:
+            self.ranker_popular.counts.update(catalogue)
 
     @property
     def group(self) -> int:
         """Rows per list (1: independent rows)."""
         return list_size(self.cfg) if self.listwise else 1
 
+    def _table(self, event: Event) -> Neighbours | None:
+        return self.similarity.table(event.event_time) if isinstance(self.similarity, DailySimilarity) else self.similarity
+
+    def ranker_list(self, event: Event, seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """A positive event's list for the candidate ranker (``models.list_ranker``): every row's
+        entity and cross features (the item taken first) and its logit offset; None for any other
+        event. Call before :meth:`make`, which folds the event in."""
+        if self.ranker_lists is None or label_of(self.cfg, event.event_type.value, event.value) != 1.0:
+            return None
+        sim = self._table(event)
+        _, recent = self.features.user(event.user_id)
+        items, offsets = list_items(self.ranker_lists, event.item_id, recent, self.seen.get(event.user_id, set()), sim,
+                                    self.items, self.catalogue, self.ranker_popular.top,
+                                    np.random.default_rng((self.cfg.seed, 1, *seed)))
+        if not items:
+            return None
+        dense, recent = self.features.rows(event.user_id, items)
+        return np.hstack([dense, cross_features(sim, recent, items)]), np.asarray(offsets, dtype=np.float32)
+
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""
         label = label_of(self.cfg, event.event_type.value, event.value)
         rows: list[Row] = []
-        sim = self.similarity.table(event.event_time) if isinstance(self.similarity, DailySimilarity) else self.similarity
+        sim = self._table(event)
         if not math.isnan(label):
             items, offsets = self._items(event, label, seed, sim)
             if items:
                 dense, recent = self.features.rows(event.user_id, items)
-                if sim is not None:
+                if self.cross:
                     dense = np.hstack([dense, cross_features(sim, recent, items)])
                 labels = [label] + [0.0] * (len(items) - 1)
                 rows = [(event.user_id, item, labels[i], recent, dense[i], offsets[i]) for i, item in enumerate(items)]
@@ -76,7 +101,9 @@ class EventExamples:
             self.catalogue[event.item_id] = self.catalogue.get(event.item_id, 0) + 1  # labelled events, as nightly
             if self.listwise:
                 self.popular.add(event.item_id)
-        if self.listwise:
+            if self.ranker_lists:
+                self.ranker_popular.add(event.item_id)
+        if self.listwise or self.ranker_lists:
             self.seen.setdefault(event.user_id, set()).add(event.item_id)
         if isinstance(self.similarity, DailySimilarity):
             self.similarity.learn(event.user_id, event.item_id, event.event_time)

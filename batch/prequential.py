@@ -49,16 +49,18 @@ from batch.baselines import build_baselines
 from batch.event_examples import EventExamples
 from batch.prequential_report import DAY_MS, Report, Scores
 from batch.served_replay import ServedReplay
+from batch.training_lists import ranker_list_settings
 from models.cross_features import cross_features
 from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable
 from batch.training_data import label_of
 from batch.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
-from infra.settings import Settings
+from infra.settings import RankerSettings, Settings
 from models.id_table import ModelIds, training_ids
 from models.ids import bucket_tensor
 from models.incremental import IncrementalModel, Row
+from models.list_ranker import ListRanker, fit_ranker
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.train import Examples, fit
 from streaming.events import Event
@@ -83,13 +85,40 @@ class _ExampleLog:
                         np.asarray(offsets, dtype=np.float32))
 
 
+class _ListLog:
+    """Every candidate-ranker list made so far, with its event time (a retrain reads the recent ones)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep  # lists beyond the newest ``keep`` are never read again
+        self.times: list[int] = []
+        self.x: list[np.ndarray] = []
+        self.offsets: list[np.ndarray] = []
+
+    def add(self, event_time: int, x: np.ndarray, offsets: np.ndarray) -> None:
+        self.times.append(event_time)
+        self.x.append(x)
+        self.offsets.append(offsets)
+        if len(self.times) > self.keep + self.keep // 4:
+            del self.times[:-self.keep], self.x[:-self.keep], self.offsets[:-self.keep]
+
+    def recent(self, cfg: RankerSettings) -> tuple[np.ndarray, np.ndarray, int]:
+        """What a retrain now trains on (the newest ``max_lists`` of the last ``train_days``),
+        stacked: features, offsets, rows per list. Older lists are dropped: no retrain reads them again."""
+        first = max(0, len(self.times) - cfg.max_lists)
+        if cfg.train_days:
+            first = max(first, int(np.searchsorted(np.asarray(self.times), self.times[-1] - int(cfg.train_days * DAY_MS))))
+        del self.times[:first], self.x[:first], self.offsets[:first]
+        return np.concatenate(self.x), np.concatenate(self.offsets), len(self.offsets[0])
+
+
 @dataclass(frozen=True)
 class Version:
-    """A trained model as the registry would hold it: weights, id mapping, similarity table."""
+    """A trained model as the registry would hold it: weights, id mapping, similarity table, ranker."""
 
     model: torch.nn.Module
     ids: ModelIds
     similarity: SimilarityTable | None
+    ranker: ListRanker | None = None
 
 
 def ids_key(ids: ModelIds) -> tuple:
@@ -113,8 +142,11 @@ class Prequential:
         self.log = _ExampleLog()
         cfg = settings.model
         self.similarity = (DailySimilarity(CoOccurrence(cfg.similarity_pair_with), cfg.similarity_top_k, self.every_ms)
-                           if cfg.cross_features else None)
-        self.examples = EventExamples(settings.training, self.features, {}, self._new_item, self.similarity)
+                           if cfg.cross_features or settings.ranker.enabled else None)
+        self.examples = EventExamples(settings.training, self.features, {}, self._new_item, self.similarity,
+                                      cross=cfg.cross_features,
+                                      ranker_lists=ranker_list_settings(settings) if settings.ranker.enabled else None)
+        self.lists = _ListLog(settings.ranker.max_lists)
         self._online: IncrementalModel | None = None
         self.seen: dict[str, set[str]] = {}
         self.popularity: Counter[str] = Counter()
@@ -138,7 +170,18 @@ class Prequential:
         table = self.similarity.freeze() if self.similarity is not None else None
         self.retrains += 1
         self.fit_seconds["daily"] += time.perf_counter() - started
-        return Version(model, ids, table)
+        return Version(model, ids, table, self._fit_ranker())
+
+    def _fit_ranker(self) -> ListRanker | None:
+        """The candidate ranker, trained on the lists of the last ``ranker.train_days`` (as the nightly job)."""
+        rcfg = self.settings.ranker
+        if not rcfg.enabled or not self.lists.times:
+            return None
+        started = time.perf_counter()
+        x, offsets, group = self.lists.recent(rcfg)
+        ranker = fit_ranker(rcfg, x, offsets, group, self.settings.training.seed)
+        self.fit_seconds["ranker"] += time.perf_counter() - started
+        return ranker
 
     def _refit_baselines(self, now_ms: int) -> None:
         """What each baseline does at a retrain boundary (EASE and SASRec refit; item-kNN is online)."""
@@ -163,6 +206,9 @@ class Prequential:
     def _feed(self, event: Event, index: int, online: IncrementalModel | None) -> None:
         if online is not None:  # as the learner does: managed ids count the event first
             online.admit(event.user_id, event.item_id, event.event_time, self.examples.items[:WARM_START_FROM])
+        listed = self.examples.ranker_list(event, (index,))
+        if listed is not None:
+            self.lists.add(event.event_time, *listed)
         rows = self.examples.make(event, (index,))
         self.log.rows.extend(rows)
         labelled = not math.isnan(label_of(self.settings.training, event.event_type.value, event.value))
@@ -182,7 +228,7 @@ class Prequential:
     def _batch(self, user: str, items: list[str], dense: np.ndarray, recent: list[str], version: Version) -> Batch:
         """One user against many items (hashed item rows are cached: the catalogue is re-ranked per event)."""
         ids = version.ids
-        if version.similarity is not None:
+        if version.similarity is not None and self.settings.model.cross_features:
             dense = np.hstack([dense, cross_features(version.similarity, recent, items)])
         item_rows = ids.items.rows(items) if ids.managed else self._item_rows(items)
         return Batch.one_user(ids.users.rows([user]), item_rows, ids.items.rows(recent), torch.from_numpy(dense))
@@ -205,7 +251,7 @@ class Prequential:
         static = daily = self._nightly()
         self._refit_baselines(eval_start_ms)
         online = self._online_from(daily)
-        self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity)
+        self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
         self.stale = copy.deepcopy(self.features)
         next_retrain = eval_start_ms + self.every_ms
         publish_ms, last_publish = int(self.settings.online.publish_every_s * 1000), eval_start_ms
@@ -216,14 +262,14 @@ class Prequential:
                 daily = self._nightly()
                 self._refit_baselines(e.event_time)
                 online = self._online_from(daily)
-                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity)
+                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
                 self.stale = copy.deepcopy(self.features)
                 while next_retrain <= e.event_time:
                     next_retrain += self.every_ms
             if online.pending and e.event_time - last_publish >= publish_ms:
                 online.flush()  # the learner publishes what it has every online.publish_every_s of event time
                 online.expire(e.event_time)  # ... and expires managed ids at each publish
-                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity)
+                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
                 last_publish = e.event_time
             label = label_of(self.settings.training, e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):

@@ -25,9 +25,10 @@ from safetensors.torch import load_file
 from batch import backfill, training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import ModelSettings, Settings, TrainingSettings
-from batch.training_lists import CROSS_COLUMNS, list_size
+from batch.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
 from models.cross_features import N_CROSS, cross_features
 from models.evaluate import auc, logloss, paired_worse, top_k
+from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker
 from models.similarity import SIMILARITY_FILE, SimilarityTable
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.id_table import IDS_FILE, ModelIds, model_ids, training_ids
@@ -69,6 +70,17 @@ class Evaluation:
         return ({"auc": auc(labels, probs), "logloss": logloss(labels, probs) if len(labels) else float("nan"),
                  "hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users, "validation_rows": len(labels)},
                 ranked.per_user or {})
+
+    def ranker_metrics(self, ranker: ListRanker, k: int) -> dict[str, float]:
+        """The candidate ranker over the whole catalogue (its features as of the cutoff)."""
+        def score(u: int, candidates: np.ndarray) -> np.ndarray:
+            n = len(candidates)
+            cross = cross_features(self.similarity or SimilarityTable.empty(), self.user_recent[u],
+                                   self.catalogue[candidates].tolist())
+            return ranker.score(np.hstack([np.repeat(self.user_dense[u:u + 1], n, axis=0), self.item_dense[candidates], cross]))
+
+        ranked = top_k(score, self.users, self.catalogue, self.relevant, self.seen, k)
+        return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
 
     def popularity_metrics(self, k: int) -> dict[str, float]:
         ranked = top_k(lambda u, c: self.popularity[c], self.users, self.catalogue, self.relevant, self.seen, k)
@@ -121,12 +133,29 @@ def _examples(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame, group:
 
 def _training_examples(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Examples:
     """What the model trains on: the lists (listwise), or the labelled rows with sampled negatives."""
-    if data.lists is None:
+    if settings.training.objective != "listwise":
         if settings.model.cross_features:
             raise ValueError("model.cross_features needs training.objective=listwise (the lists carry the cross "
                              "features); set one or the other")
         return _examples(settings, spec, data.train)
     return _examples(settings, spec, data.lists.frame, list_size(settings.training))
+
+
+def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> ListRanker | None:
+    """The candidate ranker (``models.list_ranker``) on the training lists of the last
+    ``ranker.train_days`` before the validation cutoff: point-in-time entity features + the lists'
+    cross features."""
+    rcfg = settings.ranker
+    if not rcfg.enabled or data.ranker_lists is None or data.ranker_lists.frame.empty:
+        return None
+    frame = data.ranker_lists.frame
+    frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]
+    if rcfg.train_days:
+        frame = frame[frame["event_time"] >= int(frame["event_time"].max()) - int(rcfg.train_days * training_data.DAY_MS)]
+    dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
+    x = np.hstack([dense, frame[CROSS_COLUMNS].to_numpy(dtype=np.float32)])
+    return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
+                      settings.training.seed)
 
 
 def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Evaluation:
@@ -143,7 +172,7 @@ def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.Train
     user_dense, user_recent, item_dense = as_of(settings, spec, users, catalogue.tolist(), cutoff)
     return Evaluation(_examples(settings, spec, validation), users, catalogue, user_dense, user_recent, item_dense,
                       relevant, seen, counts.reindex(catalogue).fillna(0).to_numpy(dtype=float), cutoff,
-                      data.lists.at_cutoff if data.lists is not None else None)
+                      data.similarity.at_cutoff if data.similarity is not None else None)
 
 
 def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: bool, console: Console,
@@ -248,6 +277,9 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     metrics, per_user = evaluation.metrics(model, ids, tcfg.eval_k, tcfg.batch_size, cfg.cross_features)
     metrics["train_samples_per_s"] = log.samples / log.seconds if log.seconds else float("nan")
     popularity = evaluation.popularity_metrics(tcfg.eval_k)
+    ranker = train_ranker(settings, spec, data)
+    if ranker is not None:
+        metrics.update({f"ranker_{k}": v for k, v in evaluation.ranker_metrics(ranker, tcfg.eval_k).items() if k != "users"})
 
     served = compared = registry.served()
     served_metrics, served_state, reason = None, None, "first model: nothing is served yet"
@@ -283,8 +315,10 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
         report = _report(Path(tmp) / "report", meta, log, registry.next_version())
         ids_file = ids.save(Path(tmp))
         extra = {IDS_FILE: ids_file} if ids_file else {}
-        if data.lists is not None and cfg.cross_features:
-            extra[SIMILARITY_FILE] = data.lists.final.save(Path(tmp))
+        if data.similarity is not None and (cfg.cross_features or ranker is not None):
+            extra[SIMILARITY_FILE] = data.similarity.final.save(Path(tmp))
+        if ranker is not None:
+            extra[RANKER_FILE] = ranker.save(Path(tmp))
         new_version, delta_rows, no_delta = registry.publish_model(
             model.state_dict(), meta, counts.to_dict(), base=(served, served_state) if served_state is not None else None,
             delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report}, extra_files=extra)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from batch.training_lists import Lists, fold
+from batch.training_lists import Lists, fold, ranker_list_settings
 from infra.settings import Settings, TrainingSettings
 from streaming.lake import open_table
 
@@ -30,7 +30,13 @@ DAY_MS = 86_400_000
 class TrainingData:
     table_version: int
     examples: pd.DataFrame  # user_id, item_id, label, event_time, split ("train" | "validation"), sampled
-    lists: Lists | None = None  # listwise objective: the training lists (batch.training_lists)
+    lists: Lists | None = None  # listwise objective: the model's training lists (batch.training_lists)
+    ranker_lists: Lists | None = None  # the candidate ranker's lists (batch.training_lists.ranker_list_settings)
+
+    @property
+    def similarity(self) -> Lists | None:
+        """Whichever fold ran (both hold the same similarity tables)."""
+        return self.lists or self.ranker_lists
 
     @property
     def train(self) -> pd.DataFrame:
@@ -126,9 +132,12 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
                     break
     sampled = pd.DataFrame(negatives, columns=["event_id", "user_id", "item_id", "event_time", "label", "split", "sampled"])
     examples = pd.concat([events, sampled], ignore_index=True).sort_values(["event_time", "event_id"], kind="stable")
-    lists = None
+    lists = ranker_lists = None
+    validating = events.loc[events["split"] == "validation", "event_time"]
+    cutoff = int(validating.min()) if len(validating) else int(events["event_time"].max()) + 1
+    heads = (every["label"] == 1.0).to_numpy()
     if cfg.objective == "listwise":
-        validating = events.loc[events["split"] == "validation", "event_time"]
-        cutoff = int(validating.min()) if len(validating) else int(events["event_time"].max()) + 1
-        lists = fold(settings, every, (every["label"] == 1.0).to_numpy(), cutoff)
-    return TrainingData(table_version, examples.reset_index(drop=True), lists)
+        lists = fold(settings, every, heads, cutoff)
+    if settings.ranker.enabled:
+        ranker_lists = fold(settings, every, heads, cutoff, lists=ranker_list_settings(settings))
+    return TrainingData(table_version, examples.reset_index(drop=True), lists, ranker_lists)

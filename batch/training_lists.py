@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from infra.settings import Settings, TrainingSettings
 from models.cross_features import DECAY, NAMES, RECENT, cross_features
+from models.list_ranker import PADDING
 from models.similarity import CoOccurrence, DailySimilarity, Neighbours, SimilarityTable, distinct_indices, neighbourhood
 
 DAY_MS = 86_400_000
@@ -32,6 +33,18 @@ CROSS_COLUMNS = [f"cross_{n}" for n in NAMES]
 
 
 RANK_SMOOTHING = 10.0  # hard negatives are drawn with q(r) ~ 1 / (r + this) over the pool's ranks r
+
+
+def ranker_list_settings(settings: Settings) -> TrainingSettings:
+    """The candidate ranker's lists are what the API ranks: the item taken, when the user's
+    item-kNN list (``serving.similar_candidates``) or the popular items
+    (``serving.popular_candidates``) proposed it, and all the others they proposed. Training on a
+    target the sources never proposed teaches the ranker that items outside the pool win (measured:
+    docs/quality.md)."""
+    s = settings.serving
+    return settings.training.model_copy(update={
+        "hard_sampling": "full", "hard_pool": s.similar_candidates, "popular_pool": s.popular_candidates,
+        "hard_negatives": s.similar_candidates + s.popular_candidates, "negatives_per_positive": 0})
 
 
 def list_size(cfg: TrainingSettings) -> int:
@@ -51,7 +64,8 @@ def list_items(cfg: TrainingSettings, target: str, recent: list[str], seen: set 
     the sampled softmax's correction ``-log(k q(r))`` as their offset: close to the softmax over
     the whole pool (measured: docs/quality.md), at a tenth of the rows."""
     size = list_size(cfg)
-    avoid = set(recent) | {target}
+    full = cfg.hard_sampling == "full"
+    avoid = set(recent) | ({target} if not full else set())
     out, offsets = [target], [0.0]
     if cfg.hard_negatives:
         pool: list[str] = []
@@ -66,7 +80,15 @@ def list_items(cfg: TrainingSettings, target: str, recent: list[str], seen: set 
                         break
         taken = set(pool)
         pool += [i for i in popular if i not in avoid and i not in seen and i not in taken]
-        if pool:
+        if full:
+            if target not in pool:  # the API would not have proposed it: nothing to rank
+                return [], []
+            pool = [i for i in pool if i != target][:cfg.hard_negatives]
+            avoid.add(target)
+            out += pool
+            offsets += [0.0] * len(pool) + [PADDING] * (cfg.hard_negatives - len(pool))
+            out += [target] * (cfg.hard_negatives - len(pool))  # padding rows: their offset takes them out of the softmax
+        elif pool:
             w = 1.0 / (np.arange(len(pool)) + RANK_SMOOTHING)
             q = w / w.sum()
             k = cfg.hard_negatives
@@ -113,11 +135,12 @@ class Lists:
 
 
 def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cutoff_ms: int,
-         progress: bool = False) -> Lists:
+         progress: bool = False, lists: TrainingSettings | None = None) -> Lists:
     """One pass over ``events`` (all valid events, time-ordered: user_id, item_id, event_time):
     the rows of a list for each ``is_list_head`` event, the cross features of each row, and the
-    similarity tables at ``cutoff_ms`` and at the end."""
-    mcfg, tcfg, fcfg = settings.model, settings.training, settings.features
+    similarity tables at ``cutoff_ms`` and at the end. ``lists``: how lists are made (default
+    ``settings.training``; :func:`ranker_list_settings` for the candidate ranker)."""
+    mcfg, tcfg, fcfg = settings.model, lists or settings.training, settings.features
     counts = CoOccurrence(mcfg.similarity_pair_with)
     daily = DailySimilarity(counts, mcfg.similarity_top_k, DAY_MS)
     recent: dict[str, deque] = {}

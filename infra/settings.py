@@ -225,6 +225,24 @@ class ModelSettings(BaseModel):
         return self
 
 
+class RankerSettings(BaseModel):
+    """The candidate ranker (models.list_ranker): what orders the served candidates.
+
+    A small MLP over each candidate's entity features and its neighbourhood (cross) features,
+    trained at each retrain with a softmax over lists of the item taken and everything else the
+    candidate sources proposed with it: the pool is ``serving.similar_candidates`` +
+    ``serving.popular_candidates`` (batch.training_lists.ranker_list_settings), so it learns
+    exactly the ranking the API asks of it."""
+
+    enabled: bool = Field(default=True, description="rank served candidates with the list ranker (False: the TorchRec model's scores)")
+    hidden: list[int] = Field(default=[32], description="hidden layer widths")
+    epochs: int = Field(default=4, ge=1)
+    lr: float = Field(default=3e-3, gt=0, description="Adam")
+    batch_lists: int = Field(default=256, ge=1, description="lists per step")
+    train_days: float | None = Field(default=90.0, gt=0, description="train on the lists of the last N days of event time (None: all)")
+    max_lists: int = Field(default=20_000, ge=1, description="and at most the newest N lists (each is as long as the served candidate pool: bounds the retrain's memory)")
+
+
 class TrainingSettings(BaseModel):
     """How training examples are made from the events table (batch.training_data)."""
 
@@ -233,6 +251,7 @@ class TrainingSettings(BaseModel):
     objective: str = Field(default="pointwise", pattern="^(listwise|pointwise)$", description="pointwise: binary cross-entropy per row; listwise: softmax over each positive with its hard and random negatives (batch.training_lists; not yet better on ml-100k: docs/quality.md)")
     hard_negatives: int = Field(default=15, ge=0, description="listwise: negatives drawn from the user's item-kNN list (what the candidate sources propose), per positive")
     hard_pool: int = Field(default=200, ge=1, description="listwise: hard negatives are drawn from the user's best N item-kNN items (then the popular ones), weighted to the top and corrected for it (batch.training_lists)")
+    hard_sampling: str = Field(default="zipf", pattern="^(zipf|full)$", description="zipf: hard_negatives drawn from the pool ~ 1/(rank + 10) with a log-q correction; full: the pool's first hard_negatives items, all of them (what the API ranks)")
     popular_pool: int = Field(default=50, ge=0, description="listwise: the most-labelled items join the pool of hard negatives (the API proposes them too)")
     negatives_per_positive: int = Field(default=4, ge=0, description="uniform negatives per positive (listwise: added to the hard ones; fill in when the neighbourhood has too few)")
     negative_popularity_power: float = Field(default=0.0, ge=0, description="negatives ~ item count ** this (0 = uniform, the default: popularity-weighted negatives teach the model to rank popular items down and lost to plain popularity on top-K)")
@@ -271,12 +290,12 @@ class ServingSettings(BaseModel):
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
     max_batch_users: int = Field(default=100, ge=1, description="users per POST /recommendations")
-    trending_candidates: int = Field(default=50, ge=0)
-    trending_slots: int = Field(default=1, ge=0, description="the N most active trending candidates always make the list (last places when the ranking left them out); 0 = ranking only")
+    trending_candidates: int = Field(default=0, ge=0, description="the catalogue's most active items as candidates (0 by default: the ranker is trained on the similar + popular pool, and extra sources cost NDCG on the validation window: docs/quality.md)")
+    trending_slots: int = Field(default=0, ge=0, description="the N most active trending candidates always make the list (last places when the ranking left them out); 0 = ranking only (the default: measured, docs/quality.md)")
     similar_candidates: int = Field(default=200, ge=0, description="the user's item-kNN list over the version's similarity table (models.similarity)")
-    covisit_candidates: int = Field(default=50, ge=0)
+    covisit_candidates: int = Field(default=0, ge=0, description="the stream job's co-visitation lists (0 by default, as trending)")
     covisit_from_recent: int = Field(default=5, ge=1, description="co-visitation lists read for the user's newest N items")
-    embedding_candidates: int = Field(default=50, ge=0)
+    embedding_candidates: int = Field(default=0, ge=0, description="the TorchRec item table's nearest neighbours (0 by default, as trending)")
     popular_candidates: int = Field(default=50, ge=0, description="the model's most trained-on items (more when the list is still short)")
     filter_seen: bool = Field(default=True, description="drop the items in the user's recent history")
     item_refresh_s: float = Field(
@@ -408,6 +427,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
+    ranker: RankerSettings = RankerSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     serving: ServingSettings = ServingSettings()
     online: OnlineSettings = OnlineSettings()

@@ -34,7 +34,7 @@ USER_ID = Annotated[str, PathParam(min_length=1, max_length=256, description="th
 
 class ScoredItemOut(BaseModel):
     item_id: str
-    score: float = Field(description="predicted probability of a positive interaction")
+    score: float = Field(description="ranking score in (0, 1), higher first: the candidate ranker's (a version with one), else the TorchRec model's predicted probability of a positive interaction")
     sources: list[str] = Field(description="candidate sources that proposed the item: covisit, embedding, trending, popular")
 
 

@@ -29,6 +29,7 @@ from models import delta as model_delta
 from infra.periodic import Periodic
 from infra.settings import ModelSettings
 from models.id_table import IDS_FILE, model_ids
+from models.list_ranker import RANKER_FILE, ListRanker
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
 from models.registry import META, ModelIntegrityError, ModelRegistry
 from serving.served_model import Lineage, ServedModel, SmokeTestFailed
@@ -82,7 +83,7 @@ class ModelLoader:
         items, counts = self.registry.catalogue(version)
         return ServedModel.build(version, state, meta, items, counts,
                                  Lineage("full", load_ms=(time.perf_counter() - started) * 1000), ids=self._ids(version, meta),
-                                 similarity=self._similarity(version, meta))
+                                 similarity=self._similarity(version, meta), ranker=self._ranker(version, meta))
 
     def via_deltas(self, served: ServedModel, chain: list[tuple[str, str]]) -> ServedModel:
         started = time.perf_counter()
@@ -99,7 +100,7 @@ class ModelLoader:
         return ServedModel.build(target, state, meta, items, counts, Lineage(
             "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
             load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest, ids=self._ids(target, meta),
-            similarity=self._similarity(target, meta, served))
+            similarity=self._similarity(target, meta, served), ranker=self._ranker(target, meta, served))
 
     def _ids(self, version: str, meta: dict):  # noqa: ANN202 - models.id_table.ModelIds
         return model_ids(ModelSettings.from_meta(meta["model"]), self.registry.path(version))
@@ -112,6 +113,14 @@ class ModelLoader:
             return served.similarity
         path = self.registry.path(source) / SIMILARITY_FILE
         return SimilarityTable.load(path, source) if path.is_file() else SimilarityTable.empty()
+
+    def _ranker(self, version: str, meta: dict, served: ServedModel | None = None) -> ListRanker | None:
+        """The version's candidate ranker: its own, or (an online version) its nightly's, as the similarity."""
+        source = meta.get(SIMILARITY_SOURCE, version)
+        if served is not None and served.similarity.source == source:
+            return served.ranker
+        path = self.registry.path(source) / RANKER_FILE
+        return ListRanker.load(path) if path.is_file() else None
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

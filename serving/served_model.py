@@ -19,8 +19,9 @@ from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings
 from models.delta import state_digest
 from models.id_table import ModelIds, id_rows
-from models.cross_features import DECAY, RECENT, cross_features
+from models.cross_features import DECAY, N_CROSS, RECENT, cross_features
 from models.ranking import Batch, build_model, dense_width, item_embeddings, predict
+from models.list_ranker import ListRanker
 from models.similarity import SimilarityTable, top_similar
 
 
@@ -59,6 +60,7 @@ class ServedModel:
     ids: ModelIds  # which row each user/item id uses (hashed, or the version's managed tables)
     known_digest: str | None = None  # the weights' digest when the loader verified it already (a merged delta)
     similarity: SimilarityTable = field(default_factory=SimilarityTable.empty)  # the version's item neighbours
+    ranker: ListRanker | None = None  # the version's candidate ranker (None: the TorchRec model ranks)
 
     @cached_property
     def digest(self) -> str:
@@ -69,7 +71,7 @@ class ServedModel:
     def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
               counts: Sequence[int], lineage: Lineage, warm_up: bool = True,
               digest: str | None = None, ids: ModelIds | None = None,
-              similarity: SimilarityTable | None = None) -> "ServedModel":
+              similarity: SimilarityTable | None = None, ranker: ListRanker | None = None) -> "ServedModel":
         """``warm_up=False`` when a model of the same architecture already ran in this process
         (a merged delta): its batch shapes are planned already."""
         cfg = ModelSettings.from_meta(meta["model"])
@@ -84,7 +86,7 @@ class ServedModel:
         unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
                      {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, ids, digest,
-                     similarity if similarity is not None else SimilarityTable.empty())
+                     similarity if similarity is not None else SimilarityTable.empty(), ranker)
         served.smoke_test()
         if warm_up:
             served.warm_up()
@@ -98,10 +100,18 @@ class ServedModel:
 
     def score(self, user_id: str, recent: Sequence[str], user_dense: np.ndarray, items: Sequence[str],
               item_dense: np.ndarray) -> np.ndarray:
-        """Positive-interaction probability of each item for this user (features already transformed)."""
+        """Each item's score for this user, in (0, 1), higher is better (features already
+        transformed): the candidate ranker's when the version has one (a ranking score), else the
+        TorchRec model's positive-interaction probability."""
         n = len(items)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
+        if self.ranker is not None:
+            x = np.empty((n, user_dense.size + item_dense.shape[1] + N_CROSS), dtype=np.float32)
+            x[:, :user_dense.size] = user_dense.reshape(1, -1)
+            x[:, user_dense.size:user_dense.size + item_dense.shape[1]] = item_dense
+            x[:, user_dense.size + item_dense.shape[1]:] = cross_features(self.similarity, recent, items)
+            return (1.0 / (1.0 + np.exp(-self.ranker.score(x).astype(np.float64)))).astype(np.float32)
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD
         recent_rows = self.ids.items.rows(recent)

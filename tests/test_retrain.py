@@ -59,7 +59,17 @@ def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small):
     assert meta["table_version"] == first.table_version and meta["base_version"] == "v0001"
     assert meta["feature_registry_digest"] == feature_spec(small).registry_digest and meta["code_version"]
     files = registry.verify(again.version)["files"]
-    assert {"weights.safetensors", "model.json", "delta-from-v0001/delta.safetensors", "report/report.png"} <= set(files)
+    assert {"weights.safetensors", "model.json", "delta-from-v0001/delta.safetensors", "report/report.png",
+            "similarity.npz", "ranker.pt"} <= set(files)
+    assert 0 <= first.metrics["ranker_ndcg_at_k"] <= 1
+    from serving.hot_swap import ModelLoader
+
+    served = ModelLoader(registry, lambda: feature_spec(small)).full(again.version)  # what the API loads
+    assert served.ranker is not None and served.similarity.source == again.version
+    items = served.catalogue[:20].tolist()
+    scores = served.score("u1", items[:3], np.zeros(len(served.spec.user_refs), np.float32), items,
+                          np.zeros((len(items), len(served.spec.item_refs)), np.float32))
+    assert scores.shape == (20,) and np.all((scores > 0) & (scores < 1)) and np.ptp(scores) > 0  # the ranker's order
 
     # more events arrive: the next version is trained on the new table version; its delta to the
     # served model holds only touched rows, and base + delta predicts exactly like the new model

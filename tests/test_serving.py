@@ -84,7 +84,10 @@ def stack(stack_settings, tmp_path_factory, ml100k_path):
     s = s.model_copy(update={
         "model": ModelSettings(user_buckets=5_000, item_buckets=5_000, embedding_dim=16),
         "training": TrainingSettings(validation_days=3.0, epochs=1),
-        "serving": ServingSettings(port=free_port(), admin_token=TOKEN, watch_interval_s=0.05, item_refresh_s=0.2),
+        # every candidate source on (the defaults keep only similar + popular), so their mechanics are tested
+        "serving": ServingSettings(port=free_port(), admin_token=TOKEN, watch_interval_s=0.05, item_refresh_s=0.2,
+                                   covisit_candidates=50, embedding_candidates=50, trending_candidates=50,
+                                   trending_slots=1),
     })
     apply(s)
     events = load_events(ml100k_path).events[:N_EVENTS]

@@ -112,3 +112,18 @@ def test_fold_makes_lists_without_look_ahead(tmp_path):
     expected = cross_features(table, recent, mine["item_id"].tolist())
     assert np.allclose(mine[CROSS_COLUMNS].to_numpy(), expected, atol=1e-6)
     assert lists.at_cutoff.index.keys() == set(events.loc[events["event_time"] < cutoff, "item_id"])
+
+
+def test_a_full_list_is_what_the_api_would_rank_padded_out_of_the_softmax():
+    from models.list_ranker import PADDING
+
+    cfg = TrainingSettings(hard_sampling="full", hard_negatives=5, negatives_per_positive=1, hard_pool=10)
+    co = learned()  # x's neighbours: y, z
+    items = ["x", "y", "z", "w", "v", "u"]
+    chosen, offsets = list_items(cfg, "z", ["x"], {"x"}, co, items, set(items), ["u", "y"], np.random.default_rng(0))
+    assert len(chosen) == len(offsets) == list_size(cfg) == 7
+    assert chosen[:3] == ["z", "y", "u"] and offsets[:3] == [0.0] * 3  # the item taken, then the rest of the pool
+    assert chosen[3:6] == ["z"] * 3 and offsets[3:6] == [PADDING] * 3  # the pool was short: padding rows
+    assert chosen[6] not in {"x", "z"} and offsets[6] == 0.0  # then the uniform draw
+    # an item the candidate sources would not have proposed makes no list: the ranker never ranks it
+    assert list_items(cfg, "w", ["x"], {"x"}, co, items, set(items), ["u", "y"], np.random.default_rng(0)) == ([], [])

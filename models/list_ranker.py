@@ -1,0 +1,114 @@
+"""The candidate ranker: orders what the candidate sources propose, trained on lists of them.
+
+The TorchRec model learns one row per user and per item; with a few hundred events per item its
+rows memorise, and what decides a top-10 list (how close a candidate is to what the user just
+did, how alive it is now) sits in features it mixes with those rows. This ranker reads only
+features: the registry's user and item features and the neighbourhood (cross) features of
+:mod:`models.cross_features`, standardised with the training set's mean and spread, through a
+small MLP. It is trained the way it is used: each positive is a list of the item taken and items
+the candidate sources would have proposed instead (``batch.training_lists``), with a softmax
+cross-entropy over the list and the sampled softmax's ``-log(k q)`` offsets (measured against
+the TorchRec model on the same lists: docs/quality.md).
+
+>>> rng = np.random.default_rng(0)
+>>> x = rng.normal(size=(200 * 5, 3)).astype(np.float32)
+>>> x[::5, 0] += 3.0  # the first of each list of 5 (the one taken) stands out on feature 0
+>>> ranker = fit_ranker(RankerSettings(epochs=20, batch_lists=32), x, np.zeros(len(x), np.float32), group=5)
+>>> scores = ranker.score(x[:10])
+>>> bool(scores[0] > scores[1:5].max()) and bool(scores[5] > scores[6:10].max())
+True
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from infra.settings import RankerSettings
+
+RANKER_FILE = "ranker.pt"  # in a version's directory, next to the TorchRec weights
+PADDING = -1e4  # the logit offset of a padding row (a list whose pool was short): no weight in the softmax
+
+
+class ListRanker(nn.Module):
+    def __init__(self, n_in: int, hidden: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("scale", torch.ones(n_in))
+        layers: list[nn.Module] = []
+        width = n_in
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.hidden = list(hidden)
+
+    @property
+    def n_in(self) -> int:
+        return int(self.mean.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp((x - self.mean) / self.scale).squeeze(-1)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores (higher is better; comparable within one user's candidates), shape (len(x),)."""
+        if x.shape[1] != self.n_in:
+            raise ValueError(f"the ranker reads {self.n_in} features per candidate, got {x.shape[1]}: "
+                             "the version's features changed since it was trained; retrain")
+        with torch.no_grad():
+            return self(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"n_in": self.n_in, "hidden": self.hidden, "state": self.state_dict()}, buffer)
+        return buffer.getvalue()
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / RANKER_FILE
+        path.write_bytes(self.to_bytes())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "ListRanker":
+        try:
+            raw = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
+            ranker = cls(int(raw["n_in"]), [int(h) for h in raw["hidden"]])
+            ranker.load_state_dict(raw["state"])
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
+            raise ValueError(f"{path}: not a readable ranker file ({exc}); retrain to write a new version") from exc
+        ranker.eval()
+        return ranker
+
+
+def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0) -> ListRanker:
+    """Train on ``len(x) // group`` lists of ``group`` consecutive rows, the first of each the
+    item taken; ``offsets`` are added to the logits during training only (``batch.training_lists``;
+    :data:`PADDING` marks a row that is not there)."""
+    if group < 2 or len(x) % group or not len(x):
+        raise ValueError(f"{len(x)} rows do not make lists of {group} (one item taken and at least one other)")
+    torch.manual_seed(seed)
+    ranker = ListRanker(x.shape[1], cfg.hidden)
+    features = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    real = features[torch.from_numpy(np.asarray(offsets) > PADDING / 2)]  # padding rows are not data
+    ranker.mean.copy_(real.mean(dim=0))
+    ranker.scale.copy_(real.std(dim=0).clamp_min(1e-6))
+    lists = features.reshape(-1, group, x.shape[1])
+    shift = torch.from_numpy(np.ascontiguousarray(offsets, dtype=np.float32)).reshape(-1, group)
+    optimizer = torch.optim.Adam(ranker.parameters(), lr=cfg.lr)
+    target = torch.zeros(cfg.batch_lists, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    ranker.train()
+    for _ in range(cfg.epochs):
+        for batch in torch.randperm(len(lists), generator=generator).split(cfg.batch_lists):
+            logits = ranker(lists[batch]) + shift[batch]
+            loss = nn.functional.cross_entropy(logits, target[:len(batch)])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    ranker.eval()
+    return ranker
