@@ -53,7 +53,8 @@ def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small):
     assert first.promoted and first.version == "v0001" and registry.served() == "v0001"
     again = retrain.run(small, progress=False)  # same Delta version + seed -> same metrics
     assert again.metrics | {"train_samples_per_s": 0} == first.metrics | {"train_samples_per_s": 0}
-    assert again.served_metrics == {k: v for k, v in first.metrics.items() if k != "train_samples_per_s"}
+    assert again.served_metrics == {k: v for k, v in first.metrics.items()
+                                    if k != "train_samples_per_s" and not k.startswith("ranker_")}  # the TorchRec model's
     assert sum(again.delta_rows.values()) == 0  # identical weights: an empty delta
     meta = registry.meta(again.version)
     assert meta["table_version"] == first.table_version and meta["base_version"] == "v0001"
