@@ -52,7 +52,7 @@ class EventExamples:
         # lists only: what each user touched since this object started (negatives avoid it), popular items
         self.seen: dict[str, set[str]] = {}
         self.popular = Popular(cfg.popular_pool)
-        if self.listwise or self.ranker_lists:
+        if self.listwise:
             self.popular.counts.update(catalogue)
         self.ranker_popular = Popular(ranker_lists.popular_pool if ranker_lists else 0)
         if self.ranker_lists:

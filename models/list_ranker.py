@@ -5,10 +5,11 @@ rows memorise, and what decides a top-10 list (how close a candidate is to what 
 did, how alive it is now) sits in features it mixes with those rows. This ranker reads only
 features: the registry's user and item features and the neighbourhood (cross) features of
 :mod:`models.cross_features`, standardised with the training set's mean and spread, through a
-small MLP. It is trained the way it is used: each positive is a list of the item taken and items
-the candidate sources would have proposed instead (``batch.training_lists``), with a softmax
-cross-entropy over the list and the sampled softmax's ``-log(k q)`` offsets (measured against
-the TorchRec model on the same lists: docs/quality.md).
+small MLP. It is trained the way it is used: each positive the candidate sources proposed is a
+list of the item taken and every other candidate they proposed with it
+(``batch.training_lists.ranker_list_settings``), with a softmax cross-entropy over the list;
+short lists are padded with rows whose :data:`PADDING` offset takes them out (every list design
+tried, with its numbers: docs/quality.md).
 
 >>> rng = np.random.default_rng(0)
 >>> x = rng.normal(size=(200 * 5, 3)).astype(np.float32)
