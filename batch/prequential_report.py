@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from infra.settings import Paths
+
 DAY_MS = 86_400_000
 
 
@@ -169,7 +171,8 @@ def write_report(report: Report, out_dir: Path) -> tuple[Path, Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out_dir / "prequential.json", out_dir / "prequential.png"
+    json_path = out_dir / Paths.REPLAY_REPORT
+    png_path = json_path.with_suffix(".png")
     json_path.write_text(json.dumps(report.to_dict(), indent=2, default=float))
     scores = report.scores
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))

@@ -272,7 +272,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     report = Prequential(settings, spec, k=args.k, retrain_every_days=args.retrain_every_days,
                          progress=not args.quiet).run(events, start)
     report.scenario = scenario
-    json_path, png_path = write_report(report, Path(args.out))
+    json_path, png_path = write_report(report, Path(args.out) if args.out else settings.paths.reports_dir)
     console.print(report.table())
     for pair, d in report.differences.items():
         console.print(f"  {pair.replace('_vs_', ' - '):<21} NDCG@{report.k} {d['mean']:+.4f} "
@@ -497,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--baselines", default=None, metavar="LIST",
                           help="comma-separated yardsticks to run beside the engine (item_knn,ease,sasrec; 'none'); "
                                "default: evaluation.baselines")
-    evaluate.add_argument("--out", default="prequential", help="directory for prequential.json and prequential.png")
+    evaluate.add_argument("--out", default=None, help="directory for prequential.json and prequential.png "
+                          "(default <data_dir>/reports, where the dashboard reads it)")
     evaluate.add_argument("--quiet", action="store_true")
 
     serve = sub.add_parser("serve", help="the recommendation API: run in the foreground, or start|stop|status in the background")

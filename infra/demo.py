@@ -215,13 +215,14 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     _wait_for_version(url, first.version)
     console.print(f"[green]✓[/] API pid {status.pid} on {url} serving {first.version} (docs {url}/docs, dashboard {url}/ui)")
     _show(settings, console, url, f"recommendations at {day} 00:00")
-    check = holdout.evaluate(url, settings.training, history, last_days, k=10)
+    check = holdout.evaluate(url, settings, history, last_days, k=10)
     console.print(f"[bold]{check.describe()}[/]")
 
     console.rule(f"[bold]6. the held-out day arrives: {len(last_days):,} events, recommend before each minute, then send it")
     _start_learner(settings, console, online_every_s)
     per_event = _prequential_replay(settings, console, url, history, last_days)
     console.print(f"[bold]{per_event.describe()}[/]")
+    holdout.write_report(settings.paths.holdout_report, day, check, per_event)
     online = learn_runner.read_status(settings) or {}
     console.print(f"online learner: {online.get('published', 0)} versions published while the day played "
                   f"({online.get('events_published', 0):,} events trained into them)")
@@ -248,9 +249,10 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     summary.add_row("model versions", _versions_line(model["swaps"]))
     summary.add_row("online learner", f"{online.get('published', 0)} minute-level versions during the held-out day, "
                     f"then rebased onto {second.version}" if second.promoted else "kept training on its own versions")
-    summary.add_row(f"HR@{check.k} held-out ({check.users} users)", f"API {check.hr_api:.3f} vs popularity {check.hr_popularity:.3f}")
+    summary.add_row(f"HR@{check.k} held-out ({check.users} users)", f"API {check.hr_api:.3f} vs item-kNN {check.hr_item_knn:.3f} vs popularity {check.hr_popularity:.3f}")
     summary.add_row(f"HR@{per_event.k} per held-out event ({per_event.events})",
-                    f"API {per_event.hr_api:.3f} vs popularity {per_event.hr_popularity:.3f}")
+                    f"API {per_event.hr_api:.3f} vs item-kNN {per_event.hr_item_knn:.3f} vs popularity "
+                    f"{per_event.hr_popularity:.3f}")
     summary.add_row("model metrics (last retrain)", f"AUC {second.metrics['auc']:.3f}, HR@10 {second.metrics['hr_at_k']:.3f} "
                     f"(popularity {second.popularity['hr_at_k']:.3f})")
     summary.add_row("/recommendations latency", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (sequential, {url})")

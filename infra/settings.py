@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -375,6 +376,8 @@ class Paths(BaseModel):
     """Locations under the one data directory; nothing is written to $HOME."""
 
     root: Path
+    REPLAY_REPORT: ClassVar[str] = "prequential.json"  # `recsys evaluate`'s report (a .png of the same name beside it)
+    HOLDOUT_REPORT: ClassVar[str] = "holdout.json"  # the demo's held-out day
 
     @property
     def run_dir(self) -> Path:
@@ -407,6 +410,19 @@ class Paths(BaseModel):
     @property
     def checkpoint_dir(self) -> Path:
         return self.root / "flink" / "checkpoints"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Quality reports the dashboard shows: `recsys evaluate`'s replay and the demo's held-out day."""
+        return self.root / "reports"
+
+    @property
+    def replay_report(self) -> Path:
+        return self.reports_dir / self.REPLAY_REPORT
+
+    @property
+    def holdout_report(self) -> Path:
+        return self.reports_dir / self.HOLDOUT_REPORT
 
 
 class Settings(BaseSettings):

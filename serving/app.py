@@ -26,6 +26,7 @@ from models.registry import ModelRegistry
 from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
 from serving.item_snapshot import ItemSnapshotter
 from serving.metrics import ApiMetrics
+from serving.quality import quality_summary
 from serving.recommender import Recommender
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -313,6 +314,11 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - the stream job may run elsewhere: the dashboard says so
             out["stream_error"] = str(e)
         return out
+
+    @app.get("/quality", tags=["operations"])
+    def quality() -> dict:
+        """The last `recsys evaluate` replay (served pipeline vs baselines) and the demo's held-out day."""
+        return quality_summary(settings.paths)
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics() -> Response:

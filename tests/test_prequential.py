@@ -53,6 +53,15 @@ def test_every_strategy_is_scored_on_the_same_events(report):
     assert sum(day["online"]["events"] for day in data["per_day"].values()) == data["overall"]["online"]["events"]
 
 
+def test_the_default_recipe_beats_popularity_and_item_knn(report):
+    """The quality regression guard: what the API would serve (candidates + ranker with default
+    settings) beats both yardsticks on HR@10, and popularity by a paired interval above zero."""
+    data, _, _ = report
+    hr = {s: data["overall"][s]["hr"] for s in ("served", "item_knn", "popularity")}
+    assert hr["served"] > hr["item_knn"] and hr["served"] > hr["popularity"], hr
+    assert data["ndcg_differences"]["served_vs_popularity"]["low"] > 0
+
+
 def test_popularity_numbers_match_an_independent_count(report):
     """The popularity strategy, recomputed here from the same events: rank by labelled events so far."""
     data, _, events = report

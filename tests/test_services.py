@@ -1,5 +1,6 @@
 """`recsys up/down/status` through the real CLI, on its own ports and data dir."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,17 +107,20 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
     nightly = re.search(r"hot swap to (v\d+): merged \1/delta-from-(v\d+)", flat)  # the delta, not the full weights
     assert nightly and nightly[2] != "v0001", flat[-3000:]  # ... from the learner's last version, which the API served
     assert f"online learner rebased onto {nightly[1]}" in flat
-    held_out = re.search(r"HR@10 on the held-out period: API ([0-9.]+) vs popularity ([0-9.]+) \((\d+) users", flat)
+    held_out = re.search(r"HR@10 on the held-out period: API ([0-9.]+) vs item-kNN ([0-9.]+) vs popularity ([0-9.]+) "
+                         r"\((\d+) users", flat)
     assert held_out, flat[-3000:]
-    api, popularity, users = float(held_out[1]), float(held_out[2]), int(held_out[3])
-    assert users >= 10 and 0 < api <= 1 and 0 < popularity <= 1  # measured on the live API; see docs/serving.md
-    per_event = re.search(r"HR@10 per held-out event \(recommend, then send it\): API ([0-9.]+) vs popularity ([0-9.]+) "
-                          r"\((\d+) positive events", flat)
+    api, knn, popularity, users = float(held_out[1]), float(held_out[2]), float(held_out[3]), int(held_out[4])
+    assert users >= 10 and 0 < api <= 1 and 0 < knn <= 1 and 0 < popularity <= 1  # measured on the live API; see docs/serving.md
+    per_event = re.search(r"HR@10 per held-out event \(recommend, then send it\): API ([0-9.]+) vs item-kNN ([0-9.]+) "
+                          r"vs popularity ([0-9.]+) \((\d+) positive events", flat)
     assert per_event, flat[-3000:]
-    print(per_event[0])
-    api, popularity, scored = float(per_event[1]), float(per_event[2]), int(per_event[3])
+    print(held_out[0], per_event[0])
+    api, knn, popularity, scored = float(per_event[1]), float(per_event[2]), float(per_event[3]), int(per_event[4])
     assert scored >= 100
-    assert api > popularity  # the issue's bar: the live recommendations beat popularity on the held-out day
+    assert api > popularity and knn > popularity  # the live recommendations beat popularity on the held-out day
+    report = json.loads((Path(cli_env["RECSYS_DATA_DIR"]) / "reports" / "holdout.json").read_text())
+    assert report["per_event"]["hr_item_knn"] == pytest.approx(knn, abs=5e-4)  # what the dashboard's panel shows
     table = [line for line in result.stdout.splitlines() if "│" in line]
     assert any("Delta `events` rows" in row and "100,000" in row for row in table)
     assert any("events.dlq" in row and "│ 0 " in row for row in table)

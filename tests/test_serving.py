@@ -6,6 +6,7 @@ One stream job and one server serve every test of the module (starting them cost
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import threading
@@ -20,12 +21,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
 from batch import retrain
+from batch.prequential_report import DAY_MS, Report, Scores, write_report
 from features import names
 from features.store import apply, feature_store
 from infra.services import free_port
 from infra.settings import ModelSettings, ServingSettings, TrainingSettings
 from models.registry import ModelRegistry
 from models.synthetic import publish_nudged_version
+from serving import holdout
 from serving.app import create_app
 from serving.online_features import OnlineFeatureReader
 from streaming import stream_runner
@@ -309,17 +312,53 @@ def test_a_new_event_changes_recent_items_and_covisit_candidates(stack):
     assert new_item not in {i["item_id"] for i in after["items"]}  # just consumed: filtered
 
 
+def _write_quality_reports(settings) -> None:  # noqa: ANN001 - Settings
+    """A replay report (as `recsys evaluate` writes it) where served leads, and a held-out day."""
+    scores = Scores(10, ("served", "item_knn", "popularity"))
+    for t in range(300):
+        scores.add(DAY_MS * 100 + t * 60_000, {"served": 0 if t % 2 else None, "item_knn": 3 if t % 4 == 1 else None,
+                                               "popularity": 9 if t % 10 == 1 else None})
+    report = Report.build(scores, [("served", "item_knn"), ("served", "popularity")], 200, eval_start_ms=DAY_MS * 100,
+                          events=300, history_events=1000, retrains=1)
+    write_report(report, settings.paths.reports_dir)
+    holdout.write_report(settings.paths.holdout_report, "1998-04-22", holdout.HoldoutResult(10, 40, 0.5, 0.1, 0.3, "v0001"),
+                         holdout.PrequentialResult(10, 90, 0.25, 0.05, 0.2, 60))
+
+
+def test_quality_reports_missing_unreadable_then_read(stack):
+    server, _ = stack
+    paths = server.ctx.settings.paths
+    for path in (paths.replay_report, paths.holdout_report):
+        path.unlink(missing_ok=True)
+    q = _get(server, "/quality").json()
+    assert "recsys evaluate" in q["replay"]["hint"] and "make demo" in q["holdout"]["hint"]
+    paths.reports_dir.mkdir(parents=True, exist_ok=True)
+    paths.replay_report.write_text("{not json")
+    q = _get(server, "/quality").json()
+    assert str(paths.replay_report) in q["replay"]["error"] and "hint" in q["holdout"]  # named, and the rest still shows
+    _write_quality_reports(server.ctx.settings)
+    q = _get(server, "/quality").json()
+    assert [s["name"] for s in q["replay"]["strategies"]] == ["served", "item_knn", "popularity"]  # best first
+    assert q["replay"]["strategies"][0]["hr"] == pytest.approx(0.5)
+    gap = q["replay"]["served_vs"]["item_knn"]
+    assert gap["low"] > 0 and gap["mean"] == pytest.approx(0.5 - 0.25 / math.log2(5))
+    assert q["holdout"]["at_boundary"]["hr_item_knn"] == 0.3 and q["holdout"]["per_event"]["events"] == 90
+
+
 def test_dashboard_renders_in_headless_chromium(stack, tmp_path):
     from infra import chromium
 
     if chromium.binary() is None:
         pytest.skip("chromium is not installed (infra/setup.sh installs it)")
     server, _ = stack
+    _write_quality_reports(server.ctx.settings)
     dom = chromium.dump_dom(server.url + "/ui")
     version = server.ctx.holder.current.version
     assert f'id="model-version">{version}<' in dom  # the script fetched /model and rendered it
     assert len(re.findall(r'<tr class="rec-row"><td>\d+</td>', dom)) == 10  # and /recommendations for the default user
     assert "ev/s" in dom or "stream job" in dom
+    assert re.search(r'<tr style="font-weight:600"><td>served</td><td>0\.5000</td>', dom)  # the quality panel, served first
+    assert "item-kNN 0.300" in dom  # and the held-out day
     shot = chromium.screenshot(server.url + "/ui", tmp_path / "dashboard.png")
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
