@@ -29,6 +29,7 @@ from infra.settings import TrainingSettings
 from batch.training_lists import Popular, list_items, list_size
 from models.cross_features import cross_features
 from models.incremental import Row
+from models.list_ranker import ranker_inputs
 from models.similarity import DailySimilarity, Neighbours
 from streaming.events import Event
 
@@ -80,7 +81,7 @@ class EventExamples:
         if not items:
             return None
         dense, recent = self.features.rows(event.user_id, items)
-        return np.hstack([dense, cross_features(sim, recent, items)]), np.asarray(offsets, dtype=np.float32)
+        return ranker_inputs(dense, cross=cross_features(sim, recent, items)), np.asarray(offsets, dtype=np.float32)
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""

@@ -28,7 +28,7 @@ from infra.settings import ModelSettings, Settings, TrainingSettings
 from batch.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
 from models.cross_features import N_CROSS, cross_features
 from models.evaluate import auc, logloss, paired_worse, top_k
-from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker
+from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, ranker_inputs
 from models.similarity import SIMILARITY_FILE, SimilarityTable
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.id_table import IDS_FILE, ModelIds, model_ids, training_ids
@@ -74,10 +74,9 @@ class Evaluation:
     def ranker_metrics(self, ranker: ListRanker, k: int) -> dict[str, float]:
         """The candidate ranker over the whole catalogue (its features as of the cutoff)."""
         def score(u: int, candidates: np.ndarray) -> np.ndarray:
-            n = len(candidates)
             cross = cross_features(self.similarity or SimilarityTable.empty(), self.user_recent[u],
                                    self.catalogue[candidates].tolist())
-            return ranker.score(np.hstack([np.repeat(self.user_dense[u:u + 1], n, axis=0), self.item_dense[candidates], cross]))
+            return ranker.score(ranker_inputs(self.user_dense[u:u + 1], self.item_dense[candidates], cross=cross))
 
         ranked = top_k(score, self.users, self.catalogue, self.relevant, self.seen, k)
         return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
@@ -153,7 +152,7 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     if rcfg.train_days:
         frame = frame[frame["event_time"] >= int(frame["event_time"].max()) - int(rcfg.train_days * training_data.DAY_MS)]
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
-    x = np.hstack([dense, frame[CROSS_COLUMNS].to_numpy(dtype=np.float32)])
+    x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32))
     return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
                       settings.training.seed)
 

@@ -86,6 +86,20 @@ class ListRanker(nn.Module):
         return ranker
 
 
+def ranker_inputs(*entity: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """The one row layout the ranker is trained and served on: each candidate's entity feature
+    blocks (user's, then item's, as the feature spec orders them; a one-row block is repeated for
+    every candidate), then its cross features.
+
+    >>> ranker_inputs(np.array([[1.0, 2.0]]), np.array([[3.0], [4.0]]), cross=np.array([[5.0], [6.0]])).tolist()
+    [[1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 6.0]]
+    """
+    n = len(cross)
+    blocks = [np.broadcast_to(np.asarray(b, dtype=np.float32).reshape(-1 if b.ndim > 1 else 1, b.shape[-1]), (n, b.shape[-1]))
+              for b in entity]
+    return np.concatenate([*blocks, np.asarray(cross, dtype=np.float32)], axis=1)
+
+
 def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0) -> ListRanker:
     """Train on ``len(x) // group`` lists of ``group`` consecutive rows, the first of each the
     item taken; ``offsets`` are added to the logits during training only (``batch.training_lists``;

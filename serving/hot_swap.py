@@ -83,7 +83,7 @@ class ModelLoader:
         items, counts = self.registry.catalogue(version)
         return ServedModel.build(version, state, meta, items, counts,
                                  Lineage("full", load_ms=(time.perf_counter() - started) * 1000), ids=self._ids(version, meta),
-                                 similarity=self._similarity(version, meta), ranker=self._ranker(version, meta))
+                                 **self._nightly_parts(version, meta))
 
     def via_deltas(self, served: ServedModel, chain: list[tuple[str, str]]) -> ServedModel:
         started = time.perf_counter()
@@ -100,27 +100,21 @@ class ModelLoader:
         return ServedModel.build(target, state, meta, items, counts, Lineage(
             "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
             load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest, ids=self._ids(target, meta),
-            similarity=self._similarity(target, meta, served), ranker=self._ranker(target, meta, served))
+            **self._nightly_parts(target, meta, served))
 
     def _ids(self, version: str, meta: dict):  # noqa: ANN202 - models.id_table.ModelIds
         return model_ids(ModelSettings.from_meta(meta["model"]), self.registry.path(version))
 
-    def _similarity(self, version: str, meta: dict, served: ServedModel | None = None) -> SimilarityTable:
-        """The version's item similarity: its own file, or (an online version) its nightly base's,
-        which the served model may hold already."""
+    def _nightly_parts(self, version: str, meta: dict, served: ServedModel | None = None) -> dict:
+        """The version's item similarity and candidate ranker: its own files, or (an online
+        version) its nightly base's, which the served model may hold already."""
         source = meta.get(SIMILARITY_SOURCE, version)
         if served is not None and served.similarity.source == source:
-            return served.similarity
-        path = self.registry.path(source) / SIMILARITY_FILE
-        return SimilarityTable.load(path, source) if path.is_file() else SimilarityTable.empty()
-
-    def _ranker(self, version: str, meta: dict, served: ServedModel | None = None) -> ListRanker | None:
-        """The version's candidate ranker: its own, or (an online version) its nightly's, as the similarity."""
-        source = meta.get(SIMILARITY_SOURCE, version)
-        if served is not None and served.similarity.source == source:
-            return served.ranker
-        path = self.registry.path(source) / RANKER_FILE
-        return ListRanker.load(path) if path.is_file() else None
+            return {"similarity": served.similarity, "ranker": served.ranker}
+        directory = self.registry.path(source)
+        similarity, ranker = directory / SIMILARITY_FILE, directory / RANKER_FILE
+        return {"similarity": SimilarityTable.load(similarity, source) if similarity.is_file() else SimilarityTable.empty(),
+                "ranker": ListRanker.load(ranker) if ranker.is_file() else None}
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

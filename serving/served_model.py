@@ -19,9 +19,9 @@ from features.model_inputs import FeatureSpec
 from infra.settings import ModelSettings
 from models.delta import state_digest
 from models.id_table import ModelIds, id_rows
-from models.cross_features import DECAY, N_CROSS, RECENT, cross_features
+from models.cross_features import DECAY, RECENT, cross_features
 from models.ranking import Batch, build_model, dense_width, item_embeddings, predict
-from models.list_ranker import ListRanker
+from models.list_ranker import ListRanker, ranker_inputs
 from models.similarity import SimilarityTable, top_similar
 
 
@@ -107,10 +107,7 @@ class ServedModel:
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         if self.ranker is not None:
-            x = np.empty((n, user_dense.size + item_dense.shape[1] + N_CROSS), dtype=np.float32)
-            x[:, :user_dense.size] = user_dense.reshape(1, -1)
-            x[:, user_dense.size:user_dense.size + item_dense.shape[1]] = item_dense
-            x[:, user_dense.size + item_dense.shape[1]:] = cross_features(self.similarity, recent, items)
+            x = ranker_inputs(user_dense.reshape(1, -1), item_dense, cross=cross_features(self.similarity, recent, items))
             return (1.0 / (1.0 + np.exp(-self.ranker.score(x).astype(np.float64)))).astype(np.float32)
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD
