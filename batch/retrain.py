@@ -148,9 +148,7 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     if not rcfg.enabled or data.ranker_lists is None or data.ranker_lists.frame.empty:
         return None
     frame = data.ranker_lists.frame
-    frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]
-    if rcfg.train_days:
-        frame = frame[frame["event_time"] >= int(frame["event_time"].max()) - int(rcfg.train_days * training_data.DAY_MS)]
+    frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]  # (the fold kept the last train_days)
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32))
     return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),

@@ -139,5 +139,7 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
     if cfg.objective == "listwise":
         lists = fold(settings, every, heads, cutoff)
     if settings.ranker.enabled:
-        ranker_lists = fold(settings, every, heads, cutoff, lists=ranker_list_settings(settings))
+        days = settings.ranker.train_days  # the ranker trains on the lists of its last train_days only
+        ranker_lists = fold(settings, every, heads, cutoff, lists=ranker_list_settings(settings),
+                            since_ms=cutoff - int(days * DAY_MS) if days else None)
     return TrainingData(table_version, examples.reset_index(drop=True), lists, ranker_lists)

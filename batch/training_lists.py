@@ -135,12 +135,16 @@ class Lists:
 
 
 def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cutoff_ms: int,
-         progress: bool = False, lists: TrainingSettings | None = None) -> Lists:
+         progress: bool = False, lists: TrainingSettings | None = None, since_ms: int | None = None) -> Lists:
     """One pass over ``events`` (all valid events, time-ordered: user_id, item_id, event_time):
-    the rows of a list for each ``is_list_head`` event, the cross features of each row, and the
-    similarity tables at ``cutoff_ms`` and at the end. ``lists``: how lists are made (default
-    ``settings.training``; :func:`ranker_list_settings` for the candidate ranker)."""
+    the rows of a list for each ``is_list_head`` event in ``[since_ms, cutoff_ms)``, the cross
+    features of each row, and the similarity tables at ``cutoff_ms`` and at the end. Every event
+    still feeds the histories and the similarity; only the lists (the costly part) are limited to
+    the window. ``lists``: how lists are made (default ``settings.training``;
+    :func:`ranker_list_settings` for the candidate ranker)."""
     mcfg, tcfg, fcfg = settings.model, lists or settings.training, settings.features
+    since_ms = -(2 ** 62) if since_ms is None else since_ms
+    started = False
     counts = CoOccurrence(mcfg.similarity_pair_with)
     daily = DailySimilarity(counts, mcfg.similarity_top_k, DAY_MS)
     recent: dict[str, deque] = {}
@@ -158,10 +162,13 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
         user, item, t = users[n], item_ids[n], int(times[n])
         if at_cutoff is None and t >= cutoff_ms:
             at_cutoff = daily.freeze()
-        table = daily.table(t)
+        if not started and t >= since_ms:  # no list reads a table before since_ms
+            daily.start(t)
+            started = True
+        table = daily.table(t) if started else None
         history = recent.setdefault(user, deque(maxlen=fcfg.recent_items))
         mine = seen.setdefault(user, set())
-        if is_list_head[n] and t < cutoff_ms:
+        if is_list_head[n] and since_ms <= t < cutoff_ms:
             newest = list(history)
             chosen, offsets = list_items(tcfg, item, newest, mine, table, items, catalogue, popular.top,
                                          np.random.default_rng((tcfg.seed, n)))
@@ -176,7 +183,10 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
                 items.append(item)
             catalogue[item] = catalogue.get(item, 0) + 1
             popular.add(item)
-        daily.learn(user, item, t)
+        if started:
+            daily.learn(user, item, t)
+        else:
+            counts.learn(user, item)
     frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset"])
     values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS)), dtype=np.float32)
     frame = pd.concat([frame, pd.DataFrame(values, columns=CROSS_COLUMNS)], axis=1)

@@ -155,6 +155,12 @@ class DailySimilarity:
     def freeze(self) -> "SimilarityTable":
         return self.counts.freeze(self.top_k)
 
+    def start(self, t_ms: int) -> None:
+        """Freeze now and again every ``every_ms`` from ``t_ms``: for a reader that needs no table
+        before ``t_ms`` (each freeze reads every item's row, so skipped ones are saved work)."""
+        self._table = self.freeze()
+        self._next_ms = t_ms + self.every_ms
+
 
 class SimilarityTable:
     """Top-K neighbours per item (CSR): what a model version ships and the API reads."""
