@@ -114,6 +114,33 @@ def test_fold_makes_lists_without_look_ahead(tmp_path):
     assert lists.at_cutoff.index.keys() == set(events.loc[events["event_time"] < cutoff, "item_id"])
 
 
+def test_a_windowed_fold_makes_only_the_window_s_lists_from_all_of_the_history(tmp_path):
+    """``since_ms`` (the ranker's train_days) limits the lists, not what they read: the first list
+    in the window sees the similarity of every event before the window, and the final table is
+    the same as without a window."""
+    settings = Settings(data_dir=tmp_path, training={"hard_negatives": 2, "negatives_per_positive": 1})
+    rng = np.random.default_rng(2)
+    rows = [(f"u{rng.integers(0, 30)}", f"i{rng.integers(0, 15)}", int(t)) for t in np.sort(rng.integers(0, 5 * DAY, 400))]
+    events = pd.DataFrame(rows, columns=["user_id", "item_id", "event_time"]).assign(label=1.0)
+    heads = rng.random(len(events)) < 0.5
+    since, cutoff = 2 * DAY + 1234, 4 * DAY
+    everything, window = fold(settings, events, heads, cutoff), fold(settings, events, heads, cutoff, since_ms=since)
+    assert (window.frame["event_time"] >= since).all() and (window.frame["event_time"] < cutoff).all()
+    assert 0 < window.frame["list"].nunique() < everything.frame["list"].nunique()
+    assert np.array_equal(window.final.neighbours, everything.final.neighbours)
+    assert np.array_equal(window.final.counts, everything.final.counts)
+    first = window.frame.iloc[0]
+    started = int(events.loc[events["event_time"] >= since, "event_time"].iloc[0])  # the window's first event freezes
+    co = CoOccurrence(settings.model.similarity_pair_with)
+    for r in events[events["event_time"] < started].itertuples():
+        co.learn(r.user_id, r.item_id)
+    before = events[events["event_time"] < int(first["event_time"])]
+    recent = before[before["user_id"] == first["user_id"]]["item_id"].tolist()[::-1][:settings.features.recent_items]
+    mine = window.frame[window.frame["list"] == first["list"]]
+    expected = cross_features(co.freeze(settings.model.similarity_top_k), recent, mine["item_id"].tolist())
+    assert np.allclose(mine[CROSS_COLUMNS].to_numpy(), expected, atol=1e-6)
+
+
 def test_a_full_list_is_what_the_api_would_rank_padded_out_of_the_softmax():
     from models.list_ranker import PADDING
 
