@@ -183,10 +183,7 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
                 items.append(item)
             catalogue[item] = catalogue.get(item, 0) + 1
             popular.add(item)
-        if started:
-            daily.learn(user, item, t)
-        else:
-            counts.learn(user, item)
+        counts.learn(user, item)  # (the table as of this event's day boundary was read above)
     frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset"])
     values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS)), dtype=np.float32)
     frame = pd.concat([frame, pd.DataFrame(values, columns=CROSS_COLUMNS)], axis=1)

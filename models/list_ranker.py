@@ -95,8 +95,7 @@ def ranker_inputs(*entity: np.ndarray, cross: np.ndarray) -> np.ndarray:
     [[1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 6.0]]
     """
     n = len(cross)
-    blocks = [np.broadcast_to(np.asarray(b, dtype=np.float32).reshape(-1 if b.ndim > 1 else 1, b.shape[-1]), (n, b.shape[-1]))
-              for b in entity]
+    blocks = [np.broadcast_to(np.atleast_2d(np.asarray(b, dtype=np.float32)), (n, b.shape[-1])) for b in entity]
     return np.concatenate([*blocks, np.asarray(cross, dtype=np.float32)], axis=1)
 
 
