@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import NoBrokersAvailable
 
 from batch.online_learner import OnlineLearner, PublishResult
+from infra import kafka_clients
 from infra.settings import Settings
 from streaming.events import InvalidEvent, decode_event
-from streaming.topics import BrokerUnavailable, broker_hint
 
 
 @dataclass
@@ -32,13 +31,8 @@ class LearnReport:
 
 
 def _consumer(settings: Settings, start: dict[int, int]) -> KafkaConsumer:
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.broker.bootstrap, group_id=None,
-                                 client_id=f"{settings.broker.client_id}-{settings.online.group_id}",
-                                 security_protocol=settings.broker.security_protocol, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
-    except NoBrokersAvailable as exc:
-        raise BrokerUnavailable(broker_hint(settings)) from exc
+    consumer = kafka_clients.consumer(settings, settings.online.group_id, group_id=None, enable_auto_commit=False,
+                                      auto_offset_reset="earliest", max_partition_fetch_bytes=8 * 1024 * 1024)
     topic = settings.topics.events
     parts = sorted(consumer.partitions_for_topic(topic) or [])
     if not parts:

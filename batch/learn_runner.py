@@ -1,6 +1,6 @@
 """`recsys learn start|stop|status`: the streaming trainer as a background process.
 
-The process gets exactly the caller's settings (``run/learn.env``), writes what it is doing to
+The process gets exactly the caller's settings (infra.processes.handoff_env), writes what it is doing to
 ``run/learn.json`` (position, last published version, counts; after start and every batch), and
 on SIGTERM (``stop``) publishes what it trained before exiting, so stopping loses nothing.
 """
@@ -15,44 +15,41 @@ import threading
 import time
 from pathlib import Path
 
-from infra.services import ServiceSpec, _read_pid, start as start_service, stop as stop_service
+from infra import processes
+from infra.processes import ServiceSpec
 from infra.settings import Settings
 
-SETTINGS_ENV = "RECSYS_LEARN_SETTINGS"
+STEM = "learn"  # run/learn.pid, logs/learn.log, run/learn.settings.json, run/learn.json
 
 
 def status_file(settings: Settings) -> Path:
-    return settings.paths.run_dir / "learn.json"
+    return settings.paths.run_dir / f"{STEM}.json"
 
 
 def _spec(settings: Settings, env: dict[str, str] | None = None, launched: float = 0.0) -> ServiceSpec:
     f = status_file(settings)
-    return ServiceSpec(name="learn", argv=[sys.executable, "-m", "batch.learn_runner"], host="local", port=0,
-                       binary_hint="batch.learn_runner", pid_file=settings.paths.run_dir / "learn.pid",
-                       log_file=settings.paths.log_dir / "learn.log",
+    return ServiceSpec(name=STEM, argv=[sys.executable, "-m", "batch.learn_runner"], host="local", port=0,
+                       binary_hint="batch.learn_runner", run_dir=settings.paths.run_dir, log_dir=settings.paths.log_dir,
                        ready=lambda: f.is_file() and f.stat().st_mtime >= launched, cwd=Path.cwd(), env=env or {})
 
 
 def start(settings: Settings, timeout_s: float = 300.0) -> int:
     """Start the learner in the background (idempotent); returns its pid once it has loaded the
     served version and knows its position."""
-    running = _read_pid(_spec(settings))
+    running = processes.running_pid(_spec(settings))
     if running is not None:
         return running
-    env_file = settings.paths.run_dir / "learn.env"
-    env_file.parent.mkdir(parents=True, exist_ok=True)
-    env_file.write_text(settings.model_dump_json())
     launched = time.time()
-    return start_service(_spec(settings, {SETTINGS_ENV: str(env_file)}, launched), timeout_s).pid or 0
+    return processes.start(_spec(settings, processes.handoff_env(settings, STEM), launched), timeout_s).pid or 0
 
 
 def stop(settings: Settings, timeout_s: float = 60.0) -> bool:
     """SIGTERM: the learner publishes what it trained, then exits (SIGKILL after ``timeout_s``)."""
-    return stop_service(_spec(settings), timeout_s)
+    return processes.stop(_spec(settings), timeout_s)
 
 
 def running_pid(settings: Settings) -> int | None:
-    return _read_pid(_spec(settings))
+    return processes.running_pid(_spec(settings))
 
 
 def read_status(settings: Settings) -> dict | None:
@@ -61,13 +58,13 @@ def read_status(settings: Settings) -> dict | None:
 
 
 def main() -> int:
-    from infra.cli import quiet_third_party_noise
+    from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
     from batch import learn
     from batch.online_learner import OnlineLearner
 
-    settings = Settings.model_validate_json(Path(os.environ[SETTINGS_ENV]).read_text())
+    settings = processes.received_settings()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     learner = OnlineLearner(settings)

@@ -43,7 +43,8 @@ from batch.event_examples import EventExamples
 from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
-from infra.settings import ModelSettings, Settings
+from infra.settings import Settings
+from models.config import ModelSettings
 from batch.training_lists import list_size
 from models.id_table import IDS_FILE, model_ids
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
@@ -51,6 +52,7 @@ from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
 from streaming.events import Event
 from streaming.lake import topic_epoch
+from streaming.lateness import Lateness
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ class OnlineLearner:
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or ModelRegistry(settings.paths.models_dir)
-        self._lateness_ms = settings.stream.out_of_orderness_ms + settings.stream.allowed_lateness_ms
+        self._lateness = Lateness.for_settings(settings.stream)
         self.late_skipped = 0
         self._reset_counters()
 
@@ -156,7 +158,7 @@ class OnlineLearner:
             lake = fold_lake(self.settings, int(meta["table_version"]), None)
             self.position = Position(dict(lake.next_offsets))
         self.features = LiveFeatures(self.settings.features, self.spec, lake.features)
-        self._max_event_time = dict(lake.max_event_time)
+        self._lateness = Lateness.for_settings(self.settings.stream, dict(lake.max_event_time))
         self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start,
                                       self.similarity)  # the version's table: what the API ranks with
         self._reset_counters()
@@ -175,16 +177,11 @@ class OnlineLearner:
         """One consumed event: trained when at or past the position, folded into features always,
         unless late. Returns whether it was trained.
 
-        Late is the stream job's rule, decided the same way (per partition, in offset order): older
-        than the partition's newest event time by more than ``stream.out_of_orderness_ms +
-        stream.allowed_lateness_ms``. The job keeps late events out of every feature and the
-        nightly job out of training; so does the learner.
+        Late is the stream job's rule (streaming.lateness), decided the same way: the job keeps
+        late events out of every feature and the nightly job out of training; so does the learner.
         """
         train = offset >= self.position.offsets.get(partition, 0)
-        newest = self._max_event_time.get(partition, -1)
-        if event.event_time > newest:
-            self._max_event_time[partition] = event.event_time
-        elif event.event_time < newest - self._lateness_ms:
+        if self._lateness.observe(partition, event.event_time):
             if train:
                 self.position.offsets[partition] = offset + 1
                 self.late_skipped += 1

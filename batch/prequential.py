@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from batch.baselines import build_baselines
 from batch.event_examples import EventExamples
-from batch.prequential_report import DAY_MS, Report, Scores
+from batch.prequential_report import Report, Scores
 from batch.served_replay import ServedReplay
 from batch.training_lists import ranker_list_settings
 from models.cross_features import cross_features
@@ -56,14 +56,15 @@ from batch.training_data import label_of
 from batch.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
-from infra.settings import RankerSettings, Settings
+from infra.settings import Settings
+from models.config import RankerSettings
 from models.id_table import ModelIds, training_ids
 from models.ids import bucket_tensor
 from models.incremental import IncrementalModel, Row
 from models.list_ranker import ListRanker, fit_ranker
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.train import Examples, fit
-from streaming.events import Event
+from streaming.events import DAY_MS, Event
 
 ENGINE = ("served", "popularity", "static", "daily_stale", "daily", "online")
 STRATEGIES = ENGINE  # the engine's own strategies; ``evaluation.baselines`` adds the yardsticks

@@ -19,8 +19,6 @@ import numpy as np
 
 from infra.settings import Paths
 
-DAY_MS = 86_400_000
-
 
 def ndcg_gain(rank: int | None, k: int) -> float:
     """1/log2(rank + 2) for a 0-based rank inside the top k, else 0."""

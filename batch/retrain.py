@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 
 from batch import backfill, training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
-from infra.settings import ModelSettings, Settings, TrainingSettings
+from infra.settings import Settings, TrainingSettings
+from models.config import ModelSettings
 from batch.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
 from models.cross_features import N_CROSS, cross_features
 from models.evaluate import auc, logloss, paired_worse, top_k

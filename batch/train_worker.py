@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.distributed import distribute, init_from_env, shard_rows, unwrap_state_dict
 from models.ranking import build_model, dense_optimizer, train_step
 from models.train import Examples

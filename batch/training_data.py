@@ -22,8 +22,8 @@ import pandas as pd
 from batch.training_lists import Lists, fold, ranker_list_settings
 from infra.settings import Settings, TrainingSettings
 from streaming.lake import open_table
+from streaming.events import DAY_MS
 
-DAY_MS = 86_400_000
 
 
 @dataclass

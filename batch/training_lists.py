@@ -27,8 +27,8 @@ from infra.settings import Settings, TrainingSettings
 from models.cross_features import DECAY, NAMES, RECENT, cross_features
 from models.list_ranker import PADDING
 from models.similarity import CoOccurrence, DailySimilarity, Neighbours, SimilarityTable, distinct_indices, neighbourhood
+from streaming.events import DAY_MS
 
-DAY_MS = 86_400_000
 CROSS_COLUMNS = [f"cross_{n}" for n in NAMES]
 
 

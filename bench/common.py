@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from infra import services
-from infra.services import free_port
+from infra.processes import free_port
 from infra.settings import Settings
 
 BENCH_DIR = Path(__file__).resolve().parent

@@ -37,7 +37,7 @@ from rich.table import Table  # noqa: E402
 from safetensors.torch import load, save_file  # noqa: E402
 
 from bench.common import command_line, record  # noqa: E402
-from infra.settings import ModelSettings  # noqa: E402
+from models.config import ModelSettings  # noqa: E402
 from models.delta import compute_delta, embedding_keys, merge, write_delta  # noqa: E402
 from models.ranking import build_model  # noqa: E402
 

@@ -17,19 +17,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kafka import KafkaProducer  # noqa: E402
-
 from bench.common import local_stack, record  # noqa: E402
+from infra import kafka_clients  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from streaming.producer import EventProducer  # noqa: E402
 from streaming.synthetic import SyntheticEvents  # noqa: E402
-from streaming.topics import ensure_topics  # noqa: E402
+from infra.services import ensure_topics  # noqa: E402
 
 
 def bare_loop(settings: Settings, topic: str, events: list[dict]) -> float:
     p = settings.producer
-    producer = KafkaProducer(
-        bootstrap_servers=settings.broker.bootstrap,
+    producer = kafka_clients.producer(
+        settings,
+        "bench-bare",
         acks=p.acks,
         linger_ms=p.linger_ms,
         batch_size=p.batch_size,

@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--publish-s", type=float, default=1.0)
     args = parser.parse_args()
-    from infra.cli import quiet_third_party_noise
+    from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
     import httpx
@@ -60,7 +60,7 @@ def main() -> int:
     from batch import learn, retrain
     from batch.online_learner import OnlineLearner
     from features.store import apply
-    from infra.services import free_port
+    from infra.processes import free_port
     from models.registry import ModelRegistry
     from serving import runner
     from streaming.events import Event, EventType

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,31 +35,20 @@ def main() -> int:
     parser.add_argument("--retrain-every-days", type=float, default=1.0)
     parser.add_argument("--renew-items", type=float, default=0.0, help="fraction of items relaunched daily (0: none)")
     args = parser.parse_args()
-    from infra.cli import quiet_third_party_noise
+    from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
-    from batch.prequential import Prequential
-    from batch.prequential_report import DAY_MS, write_report
-    from features.model_inputs import feature_spec
-    from features.store import apply
+    from batch.evaluation import evaluate, replay_window
+    from batch.prequential_report import write_report
     from infra.settings import Settings
     from streaming.replay import load_events
 
     settings = Settings()
     settings = settings.model_copy(update={"ml100k_path": (BENCH_DIR.parent / settings.ml100k_path).resolve()
                                            if not settings.ml100k_path.is_absolute() else settings.ml100k_path})
-    with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
-        scratch = settings.model_copy(update={"data_dir": Path(tmp)})
-        apply(scratch)
-        spec = feature_spec(scratch)
-    events = load_events(settings.ml100k_path).events
-    start = events[-1].event_time - int(args.eval_days * DAY_MS)
-    if args.renew_items:
-        from batch.catalogue_churn import renew_items
-
-        events = renew_items(events, start, DAY_MS, args.renew_items)
+    window = replay_window(load_events(settings.ml100k_path).events, args.eval_days, renew_items=args.renew_items)
     began = time.perf_counter()
-    report = Prequential(settings, spec, retrain_every_days=args.retrain_every_days).run(events, start)
+    report = evaluate(settings, window, retrain_every_days=args.retrain_every_days)
     seconds = time.perf_counter() - began
     churn = "_churn" if args.renew_items else ""
     out = BENCH_DIR / "out" / f"prequential{churn}"

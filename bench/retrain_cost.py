@@ -24,7 +24,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    from infra.cli import quiet_third_party_noise
+    from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
     from batch import retrain

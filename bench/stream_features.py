@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 from feast.data_source import PushMode  # noqa: E402
-from kafka import KafkaConsumer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.common import box_cpu_seconds, command_line, local_stack, record  # noqa: E402
@@ -32,14 +31,15 @@ from features import names  # noqa: E402
 from features.compute import InMemoryFeatures  # noqa: E402
 from features.definitions import TIMESTAMP_FIELD  # noqa: E402
 from features.store import apply, feature_store  # noqa: E402
+from infra import kafka_clients  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from streaming import stream_runner  # noqa: E402
 from streaming.events import InvalidEvent, decode_event  # noqa: E402
-from streaming.feature_functions import metrics_dir  # noqa: E402
+from streaming.stream_metrics import metrics_dir  # noqa: E402
 from streaming.producer import EventProducer  # noqa: E402
 from streaming.stream_metrics import totals  # noqa: E402
 from streaming.synthetic import SyntheticEvents  # noqa: E402
-from streaming.topics import ensure_topics  # noqa: E402
+from infra.services import ensure_topics  # noqa: E402
 
 
 def bench_events(n: int) -> list[dict]:
@@ -86,7 +86,7 @@ def flink_rate(settings: Settings, n: int, warmup: int) -> tuple[float, str]:
 def baseline_rate(settings: Settings, n: int, batch: int, warmup: int) -> float:
     store = feature_store(settings)
     cfg = settings.features
-    consumer = KafkaConsumer(settings.topics.events, bootstrap_servers=settings.broker.bootstrap,
+    consumer = kafka_clients.consumer(settings, "bench-baseline", settings.topics.events,
                              group_id="bench-baseline", auto_offset_reset="earliest", enable_auto_commit=False,
                              max_poll_records=batch, max_partition_fetch_bytes=8 * 1024 * 1024)
     fold = InMemoryFeatures(cfg)

@@ -24,7 +24,7 @@ from features.store import apply, feature_store  # noqa: E402
 from streaming import stream_runner  # noqa: E402
 from streaming.producer import EventProducer  # noqa: E402
 from streaming.synthetic import SyntheticEvents  # noqa: E402
-from streaming.topics import ensure_topics  # noqa: E402
+from infra.services import ensure_topics  # noqa: E402
 
 
 def _first_write_s(settings, store, timeout_s: float = 300.0) -> float:  # noqa: ANN001

@@ -31,7 +31,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn  # noqa: E402
 
 from bench.common import command_line, record  # noqa: E402
-from infra.settings import ModelSettings, Settings  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from models.config import ModelSettings  # noqa: E402
 from models.ranking import Batch, build_model, dense_optimizer, train_step  # noqa: E402
 
 NAME = "train_torchrec_vs_plain_torch"

@@ -67,7 +67,7 @@ class OnlineWriter:
         self._key_version = config.entity_key_serialization_version
         self._key_ttl = config.online_store.key_ttl_seconds
         r = settings.redis
-        self._redis = redis.Redis(host=r.host, port=r.port, password=r.password)
+        self._redis = redis.Redis(host=r.host, port=r.port, password=r.secret)
         self.views = views if views is not None else registered_views(settings)
         self._fields = {
             name: [(f.name, _to_proto(f.dtype.to_value_type())) for f in view.features]

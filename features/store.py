@@ -24,12 +24,14 @@ class RegistryNotApplied(RuntimeError):
     """The registry has no feature views yet."""
 
 
-def env_for(settings: Settings) -> dict[str, str]:
-    """Values for the RECSYS_FEAST_* placeholders in feature_store.yaml."""
+def env_for(settings: Settings, password: str | None = None) -> dict[str, str]:
+    """Values for the RECSYS_FEAST_* placeholders in feature_store.yaml (the Redis password as
+    ``password``, default the real one: only ever held in memory)."""
     registry = settings.features.registry or str(settings.paths.feast_dir / "registry.db")
     sql = registry.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES and "://" in registry
     r = settings.redis
-    redis = f"{r.host}:{r.port}" + (f",password={r.password}" if r.password else "")
+    password = password or r.secret
+    redis = f"{r.host}:{r.port}" + (f",password={password}" if password else "")
     return {
         "RECSYS_FEAST_PROJECT": settings.features.project,
         "RECSYS_FEAST_REGISTRY_TYPE": "sql" if sql else "file",
@@ -97,8 +99,10 @@ def describe(settings: Settings) -> list[FeatureRow]:
 
 
 def shell_exports(settings: Settings) -> str:
-    """`export` lines so the plain feast CLI can use features/ (e.g. `feast -c features feature-views list`)."""
-    return "\n".join(f"export {k}={v!r}" for k, v in env_for(settings).items()) + "\n"
+    """`export` lines so the plain feast CLI can use features/ (e.g. `feast -c features feature-views list`);
+    a Redis password is referred to by its variable (RECSYS_REDIS__PASSWORD), never printed."""
+    env = env_for(settings, password="$RECSYS_REDIS__PASSWORD" if settings.redis.password else None)
+    return "\n".join(f'export {k}="{v}"' for k, v in env.items()) + "\n"
 
 
 __all__ = ["apply", "describe", "env_for", "feature_store", "registered_views", "repo_config", "shell_exports"]

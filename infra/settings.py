@@ -14,10 +14,12 @@ explicit arguments, environment variables (``RECSYS_`` prefix, ``__`` for nestin
 
 from __future__ import annotations
 
+import json
 import os
+import typing
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterator, Mapping
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -26,6 +28,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from models.config import ModelSettings, RankerSettings  # the model library's own config, composed here
 
 CONFIG_ENV_VAR = "RECSYS_CONFIG"
 DEFAULT_CONFIG_FILE = "recsys.yaml"
@@ -42,7 +46,14 @@ class BrokerSettings(BaseModel):
         default=None, description="host:port[,host:port]; defaults to host:port of the local broker"
     )
     client_id: str = "recsys"
-    security_protocol: str = "PLAINTEXT"
+    security_protocol: str = Field(default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$")
+    sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)")
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(default=None, description="set it with RECSYS_BROKER__SASL_PASSWORD; never written to disk")
+    ssl_cafile: Path | None = Field(default=None, description="PEM file of the CA that signed the brokers' certificates")
+    ssl_certfile: Path | None = Field(default=None, description="client certificate (PEM) for mutual TLS")
+    ssl_keyfile: Path | None = Field(default=None, description="client private key (PEM) for mutual TLS")
+    ssl_check_hostname: bool = True
 
     @property
     def bootstrap(self) -> str:
@@ -66,12 +77,12 @@ class RedisSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 16379
     appendonly: bool = True
-    password: str | None = None
+    password: SecretStr | None = Field(default=None, description="set it with RECSYS_REDIS__PASSWORD; never written to disk")
 
     @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+    def secret(self) -> str | None:
+        """The password in clear, for a client's constructor only."""
+        return self.password.get_secret_value() if self.password else None
 
 
 class ProducerSettings(BaseModel):
@@ -193,55 +204,6 @@ class StreamSettings(BaseModel):
         default=None, description="host:port of a Flink session cluster's REST endpoint; None = local mini-cluster"
     )
     flink_config: dict[str, str] = Field(default_factory=dict, description="extra Flink configuration, passed through")
-
-
-class ModelSettings(BaseModel):
-    """The TorchRec ranking model (models.ranking)."""
-
-    embedding_dim: int = Field(default=32, ge=1)
-    user_buckets: int = Field(default=100_000, ge=1, description="rows of the user table; ids are hashed into them")
-    item_buckets: int = Field(default=50_000, ge=1, description="rows of the item table (item id and recent items share it)")
-    dense_arch: list[int] = [64, 32]
-    over_arch: list[int] = [64, 32]
-    sparse_lr: float = Field(default=0.05, gt=0, description="row-wise Adagrad, applied in backward")
-    ids: str = Field(default="hashed", pattern="^(hashed|managed)$", description="id -> row: crc32 buckets, or a managed table (own row per admitted id, no collisions; models.id_table)")
-    id_min_count: int = Field(default=2, ge=1, description="managed: occurrences before an id gets its own row (until then it shares row 0)")
-    id_ttl_days: float | None = Field(default=90.0, gt=0, description="managed: an id unseen this long (event time) loses its row; None = never")
-    dense_lr: float = Field(default=0.01, gt=0)
-    cross_features: bool = Field(default=False, description="the ranker also sees user x candidate neighbourhood features (models.cross_features) from the version's item similarity (needs training.objective=listwise; not yet better than without: docs/quality.md)")
-    similarity_top_k: int = Field(default=200, ge=1, description="neighbours kept per item in a version's similarity table (models.similarity)")
-    similarity_pair_with: int | None = Field(default=20, ge=1, description="a user's new item co-occurs with their previous N distinct items (None: all)")
-    seed: int = 0
-
-    @classmethod
-    def from_meta(cls, stored: dict) -> "ModelSettings":
-        """The settings a registry version was trained with (versions from before a field existed
-        get the value that reproduces them: no cross features)."""
-        return cls(**{"cross_features": False, **stored})
-
-    @model_validator(mode="after")
-    def _dense_arch_ends_at_embedding_dim(self) -> "ModelSettings":
-        if not self.dense_arch or self.dense_arch[-1] != self.embedding_dim:
-            self.dense_arch = [*self.dense_arch[:-1], self.embedding_dim] if self.dense_arch else [self.embedding_dim]
-        return self
-
-
-class RankerSettings(BaseModel):
-    """The candidate ranker (models.list_ranker): what orders the served candidates.
-
-    A small MLP over each candidate's entity features and its neighbourhood (cross) features,
-    trained at each retrain with a softmax over lists of the item taken and everything else the
-    candidate sources proposed with it: the pool is ``serving.similar_candidates`` +
-    ``serving.popular_candidates`` (batch.training_lists.ranker_list_settings), so it learns
-    exactly the ranking the API asks of it."""
-
-    enabled: bool = Field(default=True, description="rank served candidates with the list ranker (False: the TorchRec model's scores)")
-    hidden: list[int] = Field(default=[32], description="hidden layer widths")
-    epochs: int = Field(default=4, ge=1)
-    lr: float = Field(default=3e-3, gt=0, description="Adam")
-    batch_lists: int = Field(default=256, ge=1, description="lists per step")
-    train_days: float | None = Field(default=90.0, gt=0, description="train on the lists of the last N days of event time (None: all)")
-    max_lists: int = Field(default=20_000, ge=1, description="and at most the newest N lists (each is as long as the served candidate pool: bounds the retrain's memory)")
 
 
 class TrainingSettings(BaseModel):
@@ -470,6 +432,59 @@ class Settings(BaseSettings):
             )
         yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=config_file)
         return (init_settings, env_settings, yaml_source)
+
+
+def _secret_fields(model: type[BaseModel], path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Paths of every SecretStr field, nested sections included."""
+    for name, info in model.model_fields.items():
+        kinds = typing.get_args(info.annotation) or (info.annotation,)
+        if SecretStr in kinds:
+            yield (*path, name)
+        for kind in kinds:
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from _secret_fields(kind, (*path, name))
+
+
+def secret_env_name(path: tuple[str, ...]) -> str:
+    """The environment variable these settings read a field from, e.g. RECSYS_REDIS__PASSWORD."""
+    return Settings.model_config["env_prefix"] + "__".join(path).upper()
+
+
+def secret_env(settings: Settings) -> dict[str, str]:
+    """The secrets that are set, under their environment variable names: how a child process
+    gets them without their being written to a file."""
+    out = {}
+    for path in _secret_fields(Settings):
+        value: object = settings
+        for name in path:
+            value = getattr(value, name, None)
+        if isinstance(value, SecretStr):
+            out[secret_env_name(path)] = value.get_secret_value()
+    return out
+
+
+def settings_snapshot(settings: Settings) -> str:
+    """These settings as JSON with every secret masked (safe to write to disk)."""
+    return settings.model_dump_json()
+
+
+def settings_from_snapshot(text: str, environ: Mapping[str, str]) -> Settings:
+    """The settings a snapshot holds, with their secrets taken back from ``environ``.
+
+    >>> s = Settings(redis={"password": "pw"}, data_dir="/tmp/x")
+    >>> "pw" in settings_snapshot(s)
+    False
+    >>> settings_from_snapshot(settings_snapshot(s), secret_env(s)).redis.secret
+    'pw'
+    """
+    data = json.loads(text)
+    for path in _secret_fields(Settings):
+        section = data
+        for name in path[:-1]:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and path[-1] in section:
+            section[path[-1]] = environ.get(secret_env_name(path))
+    return Settings.model_validate(data)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -55,7 +55,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.models.dlrm import DLRM
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, dense_optimizer, dense_parameters, train_step
 
 Sharding = Literal["row_wise", "table_wise"]

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 from models.ids import bucket_tensor
+from streaming.events import DAY_MS
 
 SHARED_ROW = 0
 IDS_FILE = "ids.parquet"
@@ -176,7 +177,7 @@ def model_ids(cfg, directory: Path | None = None) -> ModelIds:  # noqa: ANN001 -
     empty when there is no file yet)."""
     if cfg.ids == "hashed":
         return ModelIds(HashedIds(cfg.user_buckets), HashedIds(cfg.item_buckets))
-    ttl = None if cfg.id_ttl_days is None else int(cfg.id_ttl_days * 86_400_000)
+    ttl = None if cfg.id_ttl_days is None else int(cfg.id_ttl_days * DAY_MS)
     path = None if directory is None else Path(directory) / IDS_FILE
     if path is None or not path.is_file():
         return ModelIds(ManagedIds(cfg.user_buckets, cfg.id_min_count, ttl), ManagedIds(cfg.item_buckets, cfg.id_min_count, ttl))

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.id_table import SHARED_ROW, ModelIds, id_rows
 from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, dense_optimizer, train_step
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from infra.settings import RankerSettings
+from models.config import RankerSettings
 
 RANKER_FILE = "ranker.pt"  # in a version's directory, next to the TorchRec weights
 PADDING = -1e4  # the logit offset of a padding row (a list whose pool was short): no weight in the softmax

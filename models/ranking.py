@@ -32,7 +32,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.cross_features import N_CROSS
 from models.id_table import ModelIds, id_rows
 

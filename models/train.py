@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.id_table import ModelIds, id_rows
 from models.ranking import Batch, train_step
 

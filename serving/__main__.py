@@ -1,6 +1,9 @@
 """`python -m serving`: run the API in the foreground with the settings of `recsys serve start` (or file + env)."""
 
-from serving.runner import run, settings_from_environment
+from infra.noise import quiet_third_party_noise
+from infra.processes import received_settings
+from serving.runner import run
 
 if __name__ == "__main__":
-    run(settings_from_environment())
+    quiet_third_party_noise()
+    run(received_settings())

@@ -88,7 +88,7 @@ class ServingContext:
         self._producer_lock = threading.Lock()
         self.started_at = time.time()
         r = settings.redis
-        self.redis = redis.Redis(host=r.host, port=r.port, password=r.password, socket_timeout=2)
+        self.redis = redis.Redis(host=r.host, port=r.port, password=r.secret, socket_timeout=2)
 
     def _swapped(self, event: SwapEvent) -> None:
         self.metrics.swaps.labels(event.outcome).inc()
@@ -240,7 +240,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         batch = events if isinstance(events, list) else [events]
         if not batch:
             raise HTTPException(422, "no events in the request: send an event object or a non-empty list")
-        from streaming.producer import BrokerUnavailable
+        from infra.kafka_clients import BrokerUnavailable
 
         try:
             producer = ctx.producer()
@@ -306,8 +306,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                                     "age_s": round(time.time() - snap.read_at, 3), "trending": snap.trending[:10]}
             ctx.metrics.snapshot_age.set(time.time() - snap.read_at)
         try:
-            from streaming.feature_functions import metrics_dir
-            from streaming.stream_metrics import totals
+            from streaming.stream_metrics import metrics_dir, totals
 
             counters = totals(metrics_dir(settings))
             out["stream"] = {k: v for k, v in counters.items() if not k.startswith("offset_p")} or None
@@ -366,6 +365,6 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """Factory for ``uvicorn --factory serving.app:app_from_environment`` (settings from file + env)."""
-    from serving.runner import settings_from_environment
+    from infra.processes import received_settings
 
-    return create_app(settings_from_environment())
+    return create_app(received_settings())

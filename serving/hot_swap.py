@@ -27,7 +27,7 @@ from typing import Callable
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, check_compatible
 from models import delta as model_delta
 from infra.periodic import Periodic
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.id_table import IDS_FILE, model_ids
 from models.list_ranker import RANKER_FILE, ListRanker
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable

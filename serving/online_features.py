@@ -66,7 +66,7 @@ class OnlineFeatureReader:
         self.views = sorted({r.split(":", 1)[0] for r in self.refs})
         self._ts_fields = [f"_ts:{v}".encode() for v in self.views]
         r = settings.redis
-        self._redis = client or redis.Redis(host=r.host, port=r.port, password=r.password)
+        self._redis = client or redis.Redis(host=r.host, port=r.port, password=r.secret)
         self._keys: dict[str, bytes] = {}  # request threads share it: only atomic dict operations
 
     def _key(self, entity_id: str) -> bytes:

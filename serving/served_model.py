@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from features.model_inputs import FeatureSpec
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.delta import state_digest
 from models.id_table import ModelIds, id_rows
 from models.cross_features import DECAY, RECENT, cross_features

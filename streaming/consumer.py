@@ -12,14 +12,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import NoBrokersAvailable
-
+from infra import kafka_clients
 from infra.settings import Settings
 from streaming.dlq import DeadLetter, now_ms
 from streaming.events import Event, InvalidEvent, decode_event
 from streaming.producer import DeliveryFailed, DeliveryReport, send_dead_letter
-from streaming.topics import BrokerUnavailable, broker_hint
 
 
 @dataclass(frozen=True)
@@ -47,9 +44,6 @@ class EventConsumer:
         self.max_event_bytes = settings.producer.max_event_bytes
         c = settings.consumer
         config: dict[str, Any] = dict(
-            bootstrap_servers=settings.broker.bootstrap,
-            client_id=f"{settings.broker.client_id}-consumer",
-            security_protocol=settings.broker.security_protocol,
             group_id=group_id or c.group_id,
             enable_auto_commit=False,
             auto_offset_reset=c.auto_offset_reset,
@@ -58,18 +52,9 @@ class EventConsumer:
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         config.update(kafka_overrides)
-        try:
-            self._consumer = KafkaConsumer(**config)
-            self._dlq = KafkaProducer(
-                bootstrap_servers=settings.broker.bootstrap,
-                client_id=f"{settings.broker.client_id}-dlq",
-                security_protocol=settings.broker.security_protocol,
-                acks="all",
-                retries=settings.producer.retries,
-                linger_ms=settings.producer.linger_ms,
-            )
-        except NoBrokersAvailable as exc:
-            raise BrokerUnavailable(broker_hint(settings)) from exc
+        self._consumer = kafka_clients.consumer(settings, "consumer", **config)
+        self._dlq = kafka_clients.producer(settings, "dlq", acks="all", retries=settings.producer.retries,
+                                           linger_ms=settings.producer.linger_ms)
         self._consumer.subscribe([self.topic])
         self.report = DeliveryReport()
         self._lock = threading.Lock()

@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, V
 from pydantic import model_validator
 
 SCHEMA_VERSION = 1
+DAY_MS = 86_400_000  # event times are epoch milliseconds (UTC); the one spelling of a day
 MAX_EVENT_TIME_MS = 4_102_444_800_000  # 2100-01-01: anything later is a unit mistake (us/ns)
 
 

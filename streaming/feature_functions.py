@@ -9,10 +9,8 @@ for the Delta ``events`` table (idempotent transaction per partition), updates p
 shard) updates per-item state. All state is Flink keyed state, so checkpoints cover it; feature
 values go to Redis through features.online_writer.
 
-Lateness is decided per Kafka partition from event time, in offset order, so a replay after a
-crash decides it the same way: an event is late when it is older than the partition's
-watermark (max event time so far - ``out_of_orderness_ms``) by more than
-``allowed_lateness_ms``. Late events land in the lake (``late = true``) and in no feature.
+Lateness is streaming.lateness's rule (per Kafka partition, from event time, in offset order);
+late events land in the lake (``late = true``) and in no feature.
 """
 
 from __future__ import annotations
@@ -25,7 +23,8 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
-from infra.settings import Settings
+from infra.settings import Settings, settings_from_snapshot, settings_snapshot
+from streaming.lateness import Lateness
 from models.ids import bucket  # stable across processes (unlike hash()): restored state keeps its shard
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
@@ -75,10 +74,6 @@ class LocalStateCache:
         return value
 
 
-def metrics_dir(settings: Settings):  # noqa: ANN201 - Path
-    return settings.paths.run_dir / "stream-metrics"
-
-
 class _FeatureFunction(KeyedProcessFunction):
     """Shared plumbing: settings, online writer, flush timer, metrics file."""
 
@@ -87,9 +82,19 @@ class _FeatureFunction(KeyedProcessFunction):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled into the job graph with every secret masked: the workers take them from their
+        environment (the job's own, or the TaskManagers' on a cluster)."""
+        return {**self.__dict__, "settings": settings_snapshot(self.settings)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import os
+
+        self.__dict__.update({**state, "settings": settings_from_snapshot(state["settings"], os.environ)})
+
     def open(self, runtime_context: RuntimeContext) -> None:
         from streaming.feature_writer import make_writer
-        from streaming.stream_metrics import MetricsFile
+        from streaming.stream_metrics import MetricsFile, metrics_dir
 
         self.cfg = self.settings.features
         self.stream = self.settings.stream
@@ -385,10 +390,8 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         records = sorted(zip(offsets, payloads), key=lambda r: r[0])
         cfg, writer, metrics = self.cfg, self.writer, self.metrics
         max_bytes = self.settings.producer.max_event_bytes
-        slack = self.stream.out_of_orderness_ms + self.stream.allowed_lateness_ms
         shards = self.stream.item_shards
-        watermarks = self.max_event_time.value() or {}
-        max_t = watermarks.get(partition, -1)
+        lateness = Lateness.for_settings(self.stream, self.max_event_time.value() or {})
         ingest = now_ms()
         rows: list[tuple] = []
         touched: dict[str, Any] = {}
@@ -403,9 +406,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
                 self._dead_letter(payload, partition, offset, exc.reason, exc.detail)
                 continue
             t = e.event_time
-            is_late = t < max_t - slack
-            if t > max_t:
-                max_t = t
+            is_late = lateness.observe(partition, t)
             event_type = e.event_type.value
             context = None if e.context is None else _json(e.context)
             rows.append((e.event_id, e.user_id, e.item_id, event_type, e.value, t, context, partition, offset, is_late, ingest))
@@ -427,8 +428,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             encoded = state.to_bytes()
             writer.stage("user", self._user_views, user_id, state, encoded, last_t)
             self.users.put(user_id, encoded)
-        watermarks[partition] = max_t
-        self.max_event_time.update(watermarks)
+        self.max_event_time.update(lateness.newest)
         metrics.inc("events_in", len(records))
         metrics.inc("late", late)
         metrics.inc("events", len(rows) - late)
@@ -490,9 +490,9 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         if self._dlq is None:
             import threading
 
-            from kafka import KafkaProducer
+            from infra import kafka_clients
 
-            self._dlq = KafkaProducer(bootstrap_servers=self.settings.broker.bootstrap, acks="all", linger_ms=20)
+            self._dlq = kafka_clients.producer(self.settings, "stream-dlq", acks="all", linger_ms=20)
             self._dlq_report, self._dlq_lock = DeliveryReport(), threading.Lock()
         letter = DeadLetter(
             value=payload, key=None, reason=reason, detail=detail, stage="stream", time_ms=now_ms(),

@@ -18,7 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from infra.settings import Settings, load_settings
+from infra.noise import quiet_third_party_noise
+from infra.processes import received_settings
+from infra.settings import Settings, secret_env
 
 SOURCE_TABLE = "recsys_events"
 
@@ -60,7 +62,10 @@ def flink_config(settings: Settings, restore: Path | None = None) -> dict[str, s
 
 
 def source_ddl(settings: Settings) -> str:
+    from infra.kafka_clients import java_properties
+
     s = settings.stream
+    client = "".join(f"  'properties.{k}' = '{_sql_quoted(v)}',\n" for k, v in java_properties(settings).items())
     return f"""
 CREATE TABLE {SOURCE_TABLE} (
   payload BYTES,
@@ -71,14 +76,16 @@ CREATE TABLE {SOURCE_TABLE} (
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{settings.topics.events}',
-  'properties.bootstrap.servers' = '{settings.broker.bootstrap}',
-  'properties.group.id' = '{s.group_id}',
+{client}  'properties.group.id' = '{s.group_id}',
   'properties.client.id.prefix' = '{s.job_name}',
-  'properties.security.protocol' = '{settings.broker.security_protocol}',
   'properties.fetch.max.wait.ms' = '{s.fetch_max_wait_ms}',
   'scan.startup.mode' = 'earliest-offset',
   'format' = 'raw'
 )"""
+
+
+def _sql_quoted(value: str) -> str:
+    return value.replace("'", "''")
 
 
 def micro_batches_sql(settings: Settings, key: str) -> str:
@@ -165,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.config:
         os.environ["RECSYS_CONFIG"] = args.config
-    snapshot = os.environ.get("RECSYS_STREAM_SETTINGS")  # exact settings of `recsys stream start`
-    settings = Settings.model_validate_json(Path(snapshot).read_text()) if snapshot else load_settings()
+    quiet_third_party_noise()
+    settings = received_settings()  # exact settings of `recsys stream start` (or file + env)
+    os.environ.update(secret_env(settings))  # the Python workers (and their writers) read secrets from here
     env = build(settings, args.restore)
     env.execute(settings.stream.job_name)
     return 0

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, Callable
 
 from features.compute import ItemState, UserState, view_values
 from features.online_writer import OnlineWriter
-from infra.settings import Settings
+from infra.settings import Settings, secret_env, settings_from_snapshot, settings_snapshot
 from streaming.stream_metrics import MetricsFile
 
 DECODERS: dict[str, Callable[[bytes], Any]] = {"user": UserState.from_bytes, "item": ItemState.from_bytes}
@@ -124,7 +124,7 @@ class ChildProcessWriter:
         self.last_flush = time.monotonic()
         self.log = settings.paths.log_dir / f"feature-writer-{name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = {**os.environ, **secret_env(settings), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen([sys.executable, "-m", "streaming.feature_writer", name],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
@@ -134,7 +134,7 @@ class ChildProcessWriter:
         self._failed = False
         self._sender = threading.Thread(target=self._send_frames, name="feature-writer-sender", daemon=True)
         self._sender.start()
-        self._frames.put(settings.model_dump_json().encode())
+        self._frames.put(settings_snapshot(settings).encode())  # secrets masked: they are in its environment
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -277,12 +277,12 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 
 def serve(stream: BinaryIO, name: str) -> None:
     """The child: decode each write's states, write their views, record it; until end of input."""
-    from streaming.feature_functions import metrics_dir
+    from streaming.stream_metrics import metrics_dir
 
     first = _read_frame(stream)
     if first is None:
         return
-    settings = Settings.model_validate_json(first)
+    settings = settings_from_snapshot(first.decode(), os.environ)
     writer = OnlineWriter(settings)
     writer.ping()
     metrics = MetricsFile(metrics_dir(settings), f"writer-{name}")

@@ -21,6 +21,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from infra.settings import Settings
+from streaming.events import DAY_MS
 
 if TYPE_CHECKING:
     from streaming.events import Event
@@ -93,7 +94,7 @@ def event_date(event_time_ms: int) -> str:
     >>> event_date(0), event_date(86_399_999), event_date(86_400_000)
     ('1970-01-01', '1970-01-01', '1970-01-02')
     """
-    return _utc_date(event_time_ms // 86_400_000)
+    return _utc_date(event_time_ms // DAY_MS)
 
 
 @lru_cache(maxsize=4096)

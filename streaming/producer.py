@@ -23,14 +23,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from kafka import KafkaProducer
 from kafka.partitioner.default import DefaultPartitioner, murmur2
-from kafka.errors import KafkaError, KafkaTimeoutError, NoBrokersAvailable
+from kafka.errors import KafkaError, KafkaTimeoutError
 
+from infra import kafka_clients
+from infra.kafka_clients import broker_hint
 from infra.settings import Settings
 from streaming.dlq import DeadLetter, key_of, now_ms, original_bytes
 from streaming.events import Event, InvalidEvent, decode_event, validate_and_encode
-from streaming.topics import BrokerUnavailable, broker_hint
 
 DeliveryCallback = Callable[[Event, "Delivery"], None]
 ErrorCallback = Callable[[Any, Exception], None]
@@ -139,9 +139,6 @@ class EventProducer:
         self._max_buffered = p.max_buffered_events
         self._max_block_s = p.max_block_ms / 1000.0
         config: dict[str, Any] = dict(
-            bootstrap_servers=settings.broker.bootstrap,
-            client_id=settings.broker.client_id,
-            security_protocol=settings.broker.security_protocol,
             acks=p.acks,
             linger_ms=p.linger_ms,
             batch_size=p.batch_size,
@@ -153,10 +150,7 @@ class EventProducer:
             partitioner=CachedKeyPartitioner(),
         )
         config.update(kafka_overrides)
-        try:
-            self._producer = KafkaProducer(**config)
-        except NoBrokersAvailable as exc:
-            raise BrokerUnavailable(broker_hint(settings)) from exc
+        self._producer = kafka_clients.producer(settings, "producer", **config)
 
     # -- sending -------------------------------------------------------------------------
     def send(self, obj: Event | dict[str, Any] | bytes | str) -> Any:
@@ -289,7 +283,7 @@ class EventProducer:
 
 
 def send_dead_letter(
-    producer: KafkaProducer,
+    producer: Any,  # kafka.KafkaProducer
     topic: str,
     letter: DeadLetter,
     report: DeliveryReport,

@@ -10,7 +10,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+
+
+def metrics_dir(settings: "Settings") -> Path:
+    """Where the stream job's function instances write their counters."""
+    return settings.paths.run_dir / "stream-metrics"
 
 
 class MetricsFile:

@@ -8,41 +8,36 @@ submitted to that session cluster instead.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.services import ServiceError, ServiceSpec, _read_pid, start as start_service
+from infra import processes
+from infra.processes import ServiceError, ServiceSpec
 from infra.settings import Settings
-from streaming.feature_functions import metrics_dir
-from streaming.stream_metrics import merge, read_all, records_read, totals
+from streaming.stream_metrics import merge, metrics_dir, read_all, records_read, totals
+
+STEM = "stream"  # run/stream.pid, logs/stream.log, run/stream.settings.json
 
 
 def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = frozenset(),
           env: dict[str, str] | None = None) -> ServiceSpec:
     paths = settings.paths
     return ServiceSpec(
-        name="stream",
+        name=STEM,
         argv=argv,
         host="local",
         port=0,
         binary_hint="streaming.feature_job",
-        pid_file=paths.run_dir / "stream.pid",
-        log_file=paths.log_dir / "stream.log",
+        run_dir=paths.run_dir,
+        log_dir=paths.log_dir,
         ready=lambda: bool(set(_job_dirs(settings)) - known_jobs),  # Flink created the new job's checkpoint dir
         cwd=Path.cwd(),
         env=env or {},
     )
-
-
-def _settings_snapshot(settings: Settings) -> Path:
-    """The exact settings of the last start, read by the job (RECSYS_STREAM_SETTINGS)."""
-    return settings.paths.run_dir / "stream.env"
 
 
 def _job_dirs(settings: Settings) -> list[Path]:
@@ -67,7 +62,7 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
     from streaming.lake import topic_epoch
 
     registered_views(settings)
-    running = _read_pid(_spec(settings, []))
+    running = processes.running_pid(_spec(settings, []))
     if running is not None:
         return running, None  # already running: starting is idempotent
     epoch_file = settings.paths.checkpoint_dir / "topic_epoch"
@@ -83,55 +78,20 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
     argv = [sys.executable, "-m", "streaming.feature_job"]
     if restore is not None:
         argv += ["--restore", str(restore)]
-    settings.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    env_file = _settings_snapshot(settings)
-    env_file.parent.mkdir(parents=True, exist_ok=True)
-    env_file.write_text(settings.model_dump_json())  # the job runs with exactly these settings
-    env = {"RECSYS_STREAM_SETTINGS": str(env_file)}
+    env = processes.handoff_env(settings, STEM)  # the job runs with exactly these settings
     if settings.stream.parallelism > 1 and not settings.stream.jobmanager:
         # PyFlink runs a local job's Python functions as threads of this one process ("loopback"),
         # so several subtasks would share one GIL; "process" gives each its own interpreter, as on
         # a cluster (at parallelism 1, loopback saves a process and is as fast)
         env["_python_worker_execution_mode"] = "process"
     spec = _spec(settings, argv, frozenset(_job_dirs(settings)), env=env)
-    status = start_service(spec, timeout_s)
+    status = processes.start(spec, timeout_s)
     return status.pid or 0, restore
 
 
 def stop(settings: Settings, timeout_s: float = 30.0, kill: bool = False) -> bool:
     """Stop the job (SIGTERM to its process group; SIGKILL with ``kill`` or after the timeout)."""
-    spec = _spec(settings, [])
-    pid = _read_pid(spec)
-    if pid is None:
-        spec.pid_file.unlink(missing_ok=True)
-        return False
-    try:
-        os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and _group_alive(pid):
-        time.sleep(0.1)
-    if _group_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-        while _group_alive(pid):
-            time.sleep(0.1)
-    spec.pid_file.unlink(missing_ok=True)
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
+    return processes.stop(_spec(settings, []), timeout_s, kill)
 
 
 @dataclass
@@ -144,7 +104,7 @@ class StreamStatus:
 
 
 def status(settings: Settings, with_lag: bool = True) -> StreamStatus:
-    pid = _read_pid(_spec(settings, []))
+    pid = processes.running_pid(_spec(settings, []))
     metrics = totals(metrics_dir(settings))
     lag: dict[int, int] = {}
     if with_lag:
@@ -154,10 +114,12 @@ def status(settings: Settings, with_lag: bool = True) -> StreamStatus:
 
 def _lag(settings: Settings, metrics: dict[str, Any]) -> dict[int, int]:
     """Records in the topic not yet read by the job, per partition (approximate on Tansu)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
+
+    from infra import kafka_clients
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.broker.bootstrap, request_timeout_ms=5000)
+        consumer = kafka_clients.consumer(settings, "lag", request_timeout_ms=5000)
     except Exception:  # noqa: BLE001 - broker down: no lag to report
         return {}
     try:
@@ -179,7 +141,7 @@ def functions_open(settings: Settings, instances: dict[str, dict[str, Any]]) -> 
     """Function instances (of ``read_all(metrics_dir)``) that finished opening since the job last
     started (their ``opened_at``); a later stage can still be opening (starting its writer
     process) when the first looks idle."""
-    started = _settings_snapshot(settings)  # written by every start
+    started = processes.settings_file(settings, STEM)  # written by every start
     since = started.stat().st_mtime if started.exists() else 0.0
     return sum(1 for name, m in instances.items() if not name.startswith("writer-") and m.get("opened_at", 0) >= since)
 
@@ -198,7 +160,7 @@ def wait_idle(settings: Settings, expected_events: int, timeout_s: float = 300.0
         if (records_read(m) >= expected_events and time.time() - m.get("updated_at", 0) >= quiet_s
                 and functions_open(settings, instances) >= expected_functions(settings)):
             return m
-        if _read_pid(_spec(settings, [])) is None:
+        if processes.running_pid(_spec(settings, [])) is None:
             log = settings.paths.log_dir / "stream.log"
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
             raise ServiceError(f"the stream job is not running (log {log}); its last lines:\n{tail}")

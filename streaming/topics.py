@@ -1,4 +1,4 @@
-"""Topic administration and inspection over the plain Kafka protocol."""
+"""Topic inspection over the plain Kafka protocol (creating them: infra.services.ensure_topics)."""
 
 from __future__ import annotations
 
@@ -6,59 +6,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, NoBrokersAvailable, TopicAlreadyExistsError
+from kafka import TopicPartition
+from kafka.errors import KafkaError
 
+from infra import kafka_clients
 from infra.settings import Settings
 
 
-class BrokerUnavailable(ConnectionError):
-    """The Kafka broker cannot be reached; the message says how to fix it."""
-
-
-def broker_hint(settings: Settings) -> str:
-    return (
-        f"cannot reach the Kafka broker at {settings.broker.bootstrap}: start the local stack with "
-        "`recsys up`, or set RECSYS_BROKER__BOOTSTRAP_SERVERS to your Kafka cluster"
-    )
-
-
-def admin_client(settings: Settings) -> KafkaAdminClient:
-    try:
-        return KafkaAdminClient(
-            bootstrap_servers=settings.broker.bootstrap,
-            client_id=f"{settings.broker.client_id}-admin",
-            security_protocol=settings.broker.security_protocol,
-            request_timeout_ms=10_000,
-        )
-    except NoBrokersAvailable as exc:
-        raise BrokerUnavailable(broker_hint(settings)) from exc
-
-
-def ensure_topics(settings: Settings) -> list[str]:
-    """Create the events and DLQ topics with explicit partition counts; returns those created."""
-    t = settings.topics
-    wanted = {t.events: t.events_partitions, t.dlq: t.dlq_partitions}
-    admin = admin_client(settings)
-    try:
-        existing = set(admin.list_topics())
-        created = []
-        for name, partitions in wanted.items():
-            if name in existing:
-                continue
-            try:
-                admin.create_topics([NewTopic(name, partitions, t.replication_factor)])
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass
-        return created
-    finally:
-        admin.close()
-
-
 def partition_count(settings: Settings, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.broker.bootstrap)
+    consumer = kafka_clients.consumer(settings, "topics")
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -86,8 +42,9 @@ def scan_topic(settings: Settings, topic: str, idle_ms: int = 1500, limit_s: flo
     """
     from streaming.dlq import REASON_HEADER
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.broker.bootstrap,
+    consumer = kafka_clients.consumer(
+        settings,
+        "scan",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=8 * 1024 * 1024,

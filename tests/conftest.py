@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 from infra import services
-from infra.services import free_port
+from infra.processes import free_port
 from infra.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ def make_settings(data_dir: Path, **extra: object) -> Settings:
         data_dir=data_dir,
         ml100k_path=ML100K,
         broker={"port": free_port()},
-        redis={"port": free_port()},
+        redis={"port": free_port(), "password": "test-redis-secret"},  # every client must authenticate
         **extra,  # type: ignore[arg-type]
     )
 
@@ -41,7 +41,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 @pytest.fixture
 def settings(stack_settings: Settings) -> Settings:
     """Session stack with topics unique to this test (created here)."""
-    from streaming.topics import ensure_topics
+    from infra.services import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     s = stack_settings.model_copy(
@@ -64,7 +64,7 @@ def ml100k_path() -> Path:
 
 def isolated(stack_settings: Settings, data_dir: Path, **stream: object) -> Settings:
     """The session's broker and Redis, with this test's own topics, data dir and Feast project."""
-    from streaming.topics import ensure_topics
+    from infra.services import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     s = Settings(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import models.delta
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.delta import (
     DeltaError,
     apply_delta,

@@ -2,8 +2,8 @@
 
 import json
 
-from kafka import KafkaProducer
 
+from infra import kafka_clients
 from infra.settings import Settings
 from streaming.consumer import EventConsumer
 from streaming.dlq import DeadLetter
@@ -29,7 +29,7 @@ def _dead_letters(settings: Settings) -> list[DeadLetter]:
 
 
 def test_consumer_dead_letters_malformed_records(settings: Settings) -> None:
-    raw = KafkaProducer(bootstrap_servers=settings.broker.bootstrap, max_request_size=1 << 20)
+    raw = kafka_clients.producer(settings, "test-raw", max_request_size=1 << 20)
     valid_ids = []
     for i, payload in enumerate(MALFORMED.values()):
         raw.send(settings.topics.events, key=b"u1", value=payload)

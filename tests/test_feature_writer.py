@@ -12,7 +12,7 @@ import pytest
 from features import names
 from features.compute import InMemoryFeatures
 from features.store import apply, feature_store
-from streaming.feature_functions import metrics_dir
+from streaming.stream_metrics import metrics_dir
 from streaming.feature_writer import ChildProcessWriter, InProcessWriter
 from streaming.replay import load_events
 from streaming.stream_metrics import MetricsFile, read_all

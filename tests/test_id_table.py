@@ -6,7 +6,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.id_table import SHARED_ROW, ManagedIds, ModelIds, model_ids
 
 DAY_MS = 86_400_000

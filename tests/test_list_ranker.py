@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.settings import RankerSettings
+from models.config import RankerSettings
 from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker
 
 

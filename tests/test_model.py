@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from infra.settings import ModelSettings
+from models.config import ModelSettings
 from models.ranking import Batch, build_model, dense_optimizer, item_embeddings, predict, train_step
 
 CFG = ModelSettings(embedding_dim=8, user_buckets=50, item_buckets=40, dense_arch=[16, 8], over_arch=[16], sparse_lr=0.2, dense_lr=0.05,

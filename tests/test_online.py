@@ -265,7 +265,7 @@ def test_a_recreated_topic_is_trained_from_its_first_offset(nightly):
     again: neither the online checkpoint's offsets nor the lake rows of the earlier incarnation
     may hide the new records from the learner. (Last in this file: it moves the served model to
     the new incarnation.)"""
-    from streaming.topics import ensure_topics
+    from infra.services import ensure_topics
 
     s, events, _ = nightly
     again = s.model_copy(update={"topics": s.topics.model_copy(update={"events": f"{s.topics.events}-again"}),

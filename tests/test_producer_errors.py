@@ -2,10 +2,10 @@
 
 import pytest
 
-from infra.services import free_port
+from infra.processes import free_port
 from infra.settings import Settings
 from streaming.producer import EventProducer, ProducerBackpressure
-from streaming.topics import BrokerUnavailable
+from infra.kafka_clients import BrokerUnavailable
 
 EVENT = {"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view", "event_time": 1}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.services import free_port, port_open
+from infra.processes import free_port, port_open
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -77,6 +77,13 @@ def test_stale_pid_file_is_not_trusted(cli_env: dict[str, str], tmp_path: Path) 
     assert _alive(os.getpid())
 
 
+def test_help_is_free_of_third_party_noise() -> None:
+    result = subprocess.run([sys.executable, "-m", "infra.cli", "--help"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONWARNINGS": "default"})  # what a user without our filter would see
+    assert result.returncode == 0 and "demo" in result.stdout
+    assert "Warning" not in result.stdout + result.stderr
+
+
 def test_port_taken_by_someone_else_is_a_clear_error(cli_env: dict[str, str]) -> None:
     import socket
 
@@ -93,11 +100,19 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
 
     from tests.conftest import ML100K
 
-    cli_env.update(RECSYS_ML100K_PATH=str(ML100K), RECSYS_SERVING__PORT=str(free_port()), COLUMNS="200")
+    password, token = "demo-redis-secret-8c1f", "demo-admin-token-77aa"  # every process of the demo needs both
+    cli_env.update(RECSYS_ML100K_PATH=str(ML100K), RECSYS_SERVING__PORT=str(free_port()), COLUMNS="200",
+                   RECSYS_REDIS__PASSWORD=password, RECSYS_SERVING__ADMIN_TOKEN=token)
     result = subprocess.run(
         [sys.executable, "-m", "infra.cli", "demo"], env=cli_env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    data_dir = Path(cli_env["RECSYS_DATA_DIR"])  # after `up`, a stream job, the API and the learner ran there
+    holding = [p for p in data_dir.rglob("*") if p.is_file() and (password.encode() in p.read_bytes()
+                                                                   or token.encode() in p.read_bytes())]
+    assert holding == [], f"secrets written to disk in clear: {holding}"
+    assert password not in result.stdout + result.stderr and token not in result.stdout + result.stderr
+    assert "DeprecationWarning" not in result.stdout + result.stderr  # only our progress and results
     flat = " ".join(result.stdout.split())  # rich wraps long lines at the terminal width
     assert "acknowledged 99,464 events" in flat
     assert "stream job: 100,000 records read, 0 late, 0 to the DLQ" in flat

@@ -24,11 +24,12 @@ from batch import retrain
 from batch.prequential_report import DAY_MS, Report, Scores, write_report
 from features import names
 from features.store import apply, feature_store
-from infra.services import free_port
-from infra.settings import ModelSettings, ServingSettings, TrainingSettings
+from infra.processes import free_port
+from infra.settings import ServingSettings, TrainingSettings
+from models.config import ModelSettings
 from models.registry import ModelRegistry
 from models.synthetic import publish_nudged_version
-from serving import holdout
+from batch import holdout
 from serving.app import create_app
 from serving.online_features import OnlineFeatureReader
 from streaming import stream_runner

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kafka import KafkaProducer
 
 from batch.backfill import compute as backfill
 from features import names
 from features.store import apply, feature_store
+from infra import kafka_clients
 from streaming import stream_runner
 from streaming.events import InvalidEvent, decode_event
-from streaming.feature_functions import metrics_dir
+from streaming.stream_metrics import metrics_dir
 from streaming.lake import read_events
 from streaming.producer import EventProducer
 from streaming.replay import load_events
@@ -48,7 +48,7 @@ def run(stack_settings, tmp_path_factory, ml100k_path):
     settings = isolated(stack_settings, tmp_path_factory.mktemp("stream"), checkpoint_interval_ms=1000, lake_flush_ms=1000)
     apply(settings)
     events = load_events(ml100k_path).events[:N_EVENTS]
-    raw = KafkaProducer(bootstrap_servers=settings.broker.bootstrap)
+    raw = kafka_clients.producer(settings, "test-raw")
     for i, bad in enumerate(MALFORMED):
         raw.send(settings.topics.events, key=f"bad{i}".encode(), value=bad)
     raw.flush()

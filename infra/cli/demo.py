@@ -16,17 +16,16 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from infra.report import topics_table
+from infra.cli.report import topics_table
 from infra.services import up
 from infra.settings import Settings
-from streaming.events import Event
+from streaming.events import DAY_MS, Event
 from streaming.ingest import send_events
 from streaming.pacing import Pacer
 from streaming.producer import EventProducer
 from streaming.replay import load_events
 from streaming.topics import scan_topic
 
-DAY_MS = 86_400_000
 SHOW_USERS = ("1", "42", "196")
 
 
@@ -93,9 +92,9 @@ def _caught_up(settings: Settings, console: Console, expected: int) -> None:
                   f"{metrics.get('dlq', 0):,} to the DLQ")
 
 
-def _prequential_replay(settings: Settings, console: Console, url: str, history: list[Event], held_out: list[Event]):  # noqa: ANN202 - serving.holdout.PrequentialResult
-    """The held-out events through the live system a minute at a time (serving.holdout.prequential)."""
-    from serving import holdout
+def _prequential_replay(settings: Settings, console: Console, url: str, history: list[Event], held_out: list[Event]):  # noqa: ANN202 - batch.holdout.PrequentialResult
+    """The held-out events through the live system a minute at a time (batch.holdout.prequential)."""
+    from batch import holdout
 
     already = scan_topic(settings, settings.topics.events, idle_ms=500).records
     with EventProducer(settings) as producer, console.status("recommend, send, wait for the features ...") as status:
@@ -196,7 +195,8 @@ def _versions_line(swaps: list[dict]) -> str:
 def _pipeline(settings: Settings, console: Console, speedup: float | None, holdout_days: int, started: float,
               online_every_s: float) -> int:
     from batch import learn_runner
-    from serving import holdout, runner
+    from batch import holdout
+    from serving import runner
     from streaming.lake import read_events
 
     loaded = load_events(settings.ml100k_path)

@@ -1,0 +1,5 @@
+"""The one console every `recsys` command prints to."""
+
+from rich.console import Console
+
+console = Console()

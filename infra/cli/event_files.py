@@ -1,0 +1,25 @@
+"""The event-file arguments shared by `recsys replay` and `recsys evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def load_event_file(args: argparse.Namespace):  # noqa: ANN202 - streaming.replay.LoadedEvents
+    from streaming.replay import load_events, parse_columns
+
+    return load_events(args.path, columns=parse_columns(args.columns), delimiter=args.delimiter,
+                       event_type=args.event_type, time_unit=args.time_unit)
+
+
+def event_file_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    """The replay formats: u.data, or any CSV mapped with --columns."""
+    help_path = "u.data (user item rating unix_ts, tab-separated) or a CSV with --columns"
+    if optional:
+        parser.add_argument("path", nargs="?", help=f"{help_path} (default: ml100k_path from the settings)")
+    else:
+        parser.add_argument("path", help=help_path)
+    parser.add_argument("--columns", help="CSV header mapping, e.g. user_id=userId,item_id=movieId,value=rating,event_time=timestamp")
+    parser.add_argument("--delimiter", help="field delimiter (default: tab for u.data, comma for CSV)")
+    parser.add_argument("--event-type", default="rating", help="event type when no column maps it")
+    parser.add_argument("--time-unit", default="s", choices=["s", "ms", "us"], help="unit of the time column")

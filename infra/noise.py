@@ -1,0 +1,27 @@
+"""Quiet output: third-party deprecation chatter is filtered at every entry point.
+
+fbgemm, torchrec and torch.fx warn at import time about things a user of the engine cannot act
+on; each entry point (the CLI, the background processes, the benchmarks) calls
+:func:`quiet_third_party_noise` first, and the child processes it starts inherit the filter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+CHILD_FILTERS = "ignore::DeprecationWarning,ignore::FutureWarning"
+
+
+def quiet_third_party_noise() -> None:
+    """Drop deprecation and future warnings here and in every Python child process."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torchrec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    if "PYTHONWARNINGS" not in os.environ:
+        os.environ["PYTHONWARNINGS"] = CHILD_FILTERS
+
+
+__all__ = ["quiet_third_party_noise"]
