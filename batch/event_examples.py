@@ -1,13 +1,13 @@
 """Training examples from single events, as the nightly job makes them from the events table.
 
-Same labels (``batch.training_data.label_of``, the rule the nightly job applies), features as of
+Same labels (``batch.nightly.training_data.label_of``, the rule the nightly job applies), features as of
 just before the event (``features.live``), negatives drawn with a seed derived from the event's
 position so a replay draws the same ones. Used by the streaming trainer and the prequential
 evaluation.
 
 ``training.objective = "pointwise"`` (the default): a labelled row per event plus uniform
 negatives for a positive. ``listwise``: each positive event makes one list
-(``batch.training_lists``: the item taken, hard negatives from the user's item-kNN list, uniform
+(``batch.nightly.training_lists``: the item taken, hard negatives from the user's item-kNN list, uniform
 draws); events with a negative label make none. With ``model.cross_features``
 the rows carry the neighbourhood features (``models.cross_features``) from ``similarity``: a
 version's fixed table (the streaming trainer), or a
@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from batch.training_data import label_of
+from batch.nightly.training_data import label_of
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
-from batch.training_lists import Popular, list_items, list_size
+from batch.nightly.training_lists import Popular, list_items, list_size
 from models.cross_features import cross_features
 from models.incremental import Row
 from models.list_ranker import ranker_inputs

@@ -86,7 +86,8 @@ def record(name: str, *, value: float, baseline: float, ratio: float, unit: str,
 def served_stack(events: int | None = None) -> Iterator[Settings]:
     """A local stack with ml-100k (or its first ``events``) in the lake and the online store, a
     trained and promoted model, and a free port for the API (start it with serving.runner)."""
-    from batch import backfill, retrain
+    from batch import backfill
+    from batch.nightly import retrain
     from features.store import apply
     from streaming.lake import append_events
     from streaming.replay import load_events

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import box_cpu_seconds, local_stack  # noqa: E402
 from bench.stream_features import bench_events, produce  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from streaming.feature_job import flink_config  # noqa: E402
+from streaming.job.feature_job import flink_config  # noqa: E402
 from infra.services import ensure_topics  # noqa: E402
 
 POPULARITY = """INSERT INTO popularity SELECT item_id, event_type, COUNT(*), CAST(NULL AS DOUBLE), MAX(event_time)

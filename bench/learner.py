@@ -29,7 +29,7 @@ from bench.common import BENCH_DIR, command_line, local_stack, record  # noqa: E
 
 
 def _consume_only(settings, start: dict[int, int], expected: int) -> float:  # noqa: ANN001
-    from batch.learn import _consumer
+    from batch.online.learn import _consumer
     from streaming.events import decode_event
 
     consumer = _consumer(settings, start)
@@ -57,8 +57,9 @@ def main() -> int:
     quiet_third_party_noise()
     import httpx
 
-    from batch import learn, retrain
-    from batch.online_learner import OnlineLearner
+    from batch.online import learn
+    from batch.nightly import retrain
+    from batch.online.online_learner import OnlineLearner
     from features.store import apply
     from infra.processes import free_port
     from models.registry import ModelRegistry

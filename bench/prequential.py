@@ -6,7 +6,7 @@ NDCG@10 of daily retrain only (same replay, same candidates, same features), wit
 model and popularity in the note; also fresh_features_vs_stale_ndcg10 = NDCG@10 of the daily
 model with streaming features ÷ the same model with features frozen at each retrain (what the
 stream job is worth). The plot goes to docs/img/prequential.png. With
-``--renew-items F`` the replay's catalogue moves (``batch.catalogue_churn``: a fraction F of items
+``--renew-items F`` the replay's catalogue moves (``batch.evaluate.catalogue_churn``: a fraction F of items
 relaunched under a new id every day of the evaluated period) and the ratio is recorded as
 online_vs_daily_ndcg10_churn (plot: docs/img/prequential_churn.png).
 
@@ -38,8 +38,8 @@ def main() -> int:
     from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
-    from batch.evaluation import evaluate, replay_window
-    from batch.prequential_report import write_report
+    from batch.evaluate.evaluation import evaluate, replay_window
+    from batch.evaluate.prequential_report import write_report
     from infra.settings import Settings
     from streaming.replay import load_events
 

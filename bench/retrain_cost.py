@@ -1,6 +1,6 @@
 """What the candidate ranker costs the nightly retrain, on ml-100k in the real lake and registry.
 
-The same stack and events; `recsys retrain` (``batch.retrain.run``) timed with the default recipe
+The same stack and events; `recsys retrain` (``batch.nightly.retrain.run``) timed with the default recipe
 (training lists folded with the similarity table, point-in-time join of 20,000 lists x 251 rows,
 the ranker's fit and its full-catalogue evaluation) and with ``ranker.enabled=false`` (the
 TorchRec model alone: the recipe before issue 19), alternating, best of ``--repeats`` each.
@@ -27,7 +27,7 @@ def main() -> int:
     from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
-    from batch import retrain
+    from batch.nightly import retrain
 
     seconds: dict[str, list[float]] = {"with": [], "without": []}
     with served_stack() as settings:  # (its own first retrain warms the caches and the lake)

@@ -1,6 +1,6 @@
 """stream_features_vs_python_push: events/s from the topic to features readable through Feast.
 
-Ours: the PyFlink feature job (streaming.feature_job) drains a backlog of N synthetic events
+Ours: the PyFlink feature job (streaming.job.feature_job) drains a backlog of N synthetic events
 from the events topic (it also lands them in Delta). Baseline: a plain kafka-python consumer
 that reads the same N events from its own topic in micro-batches (max_poll_records), validates
 them, computes the same features with the same code (features.compute.InMemoryFeatures, the
@@ -33,11 +33,11 @@ from features.definitions import TIMESTAMP_FIELD  # noqa: E402
 from features.store import apply, feature_store  # noqa: E402
 from infra import kafka_clients  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from streaming import stream_runner  # noqa: E402
+from streaming.job import stream_runner  # noqa: E402
 from streaming.events import InvalidEvent, decode_event  # noqa: E402
-from streaming.stream_metrics import metrics_dir  # noqa: E402
+from streaming.job.stream_metrics import metrics_dir  # noqa: E402
 from streaming.producer import EventProducer  # noqa: E402
-from streaming.stream_metrics import totals  # noqa: E402
+from streaming.job.stream_metrics import totals  # noqa: E402
 from streaming.synthetic import SyntheticEvents  # noqa: E402
 from infra.services import ensure_topics  # noqa: E402
 

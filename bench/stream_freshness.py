@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import local_stack, record  # noqa: E402
 from features.store import apply, feature_store  # noqa: E402
-from streaming import stream_runner  # noqa: E402
+from streaming.job import stream_runner  # noqa: E402
 from streaming.producer import EventProducer  # noqa: E402
 from streaming.synthetic import SyntheticEvents  # noqa: E402
 from infra.services import ensure_topics  # noqa: E402

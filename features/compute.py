@@ -1,6 +1,6 @@
 """How every streaming feature is computed from events: one implementation for stream and batch.
 
-The Flink job (streaming.feature_job) keeps one :class:`UserState` per user and one
+The Flink job (streaming.job.feature_job) keeps one :class:`UserState` per user and one
 :class:`ItemState` per item in Flink keyed state; the backfill (batch.backfill) folds the Delta
 ``events`` table through the same classes in the same per-partition order. Each state returns
 its features as ``{feature name: value}`` with the names of features.names.

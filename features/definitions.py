@@ -60,7 +60,7 @@ def _view(settings: Settings, name: str, entity: Entity, fields: list[str], desc
         ttl=timedelta(days=ttl) if ttl else timedelta(0),
         online=True,
         description=description,
-        tags={"computed_by": "streaming.feature_job", "backfill": "batch.backfill"},
+        tags={"computed_by": "streaming.job.feature_job", "backfill": "batch.backfill"},
     )
     return push, view
 

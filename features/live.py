@@ -100,7 +100,7 @@ class LiveFeatures:
 class LiveReader:
     """What ``serving.online_features.OnlineFeatureReader`` reads from Redis, read from the state
     the stream job would have written there: the serving code runs unchanged on a replay
-    (``batch.prequential``'s ``served`` strategy)."""
+    (``batch.evaluate.prequential``'s ``served`` strategy)."""
 
     def __init__(self, live: LiveFeatures, refs: Sequence[str], join_key: str) -> None:
         if join_key not in (names.USER_KEY, names.ITEM_KEY):

@@ -150,7 +150,7 @@ class FeatureSettings(BaseModel):
 
 
 class StreamSettings(BaseModel):
-    """The PyFlink feature job (streaming.feature_job)."""
+    """The PyFlink feature job (streaming.job.feature_job)."""
 
     job_name: str = "recsys-features"
     group_id: str = "recsys-stream"
@@ -182,7 +182,7 @@ class StreamSettings(BaseModel):
     writer_process: bool = Field(
         default=True, description="while the job is behind, compute and write feature values in a child process of "
         "each job subtask (another core; the job hands it encoded states); while it keeps up, and with this off, "
-        "the job's Python worker writes them itself (streaming.feature_writer)"
+        "the job's Python worker writes them itself (streaming.job.feature_writer)"
     )
     lake_flush_ms: int = Field(default=2000, ge=1)
     lake_flush_rows: int = Field(default=50_000, ge=1)
@@ -207,13 +207,13 @@ class StreamSettings(BaseModel):
 
 
 class TrainingSettings(BaseModel):
-    """How training examples are made from the events table (batch.training_data)."""
+    """How training examples are made from the events table (batch.nightly.training_data)."""
 
     rating_threshold: float = Field(default=4.0, description="rating >= this is a positive, below is a negative")
     positive_types: list[str] = ["click", "add_to_cart", "purchase", "like", "share"]
-    objective: str = Field(default="pointwise", pattern="^(listwise|pointwise)$", description="pointwise: binary cross-entropy per row; listwise: softmax over each positive with its hard and random negatives (batch.training_lists; not yet better on ml-100k: docs/quality.md)")
+    objective: str = Field(default="pointwise", pattern="^(listwise|pointwise)$", description="pointwise: binary cross-entropy per row; listwise: softmax over each positive with its hard and random negatives (batch.nightly.training_lists; not yet better on ml-100k: docs/quality.md)")
     hard_negatives: int = Field(default=15, ge=0, description="listwise: negatives drawn from the user's item-kNN list (what the candidate sources propose), per positive")
-    hard_pool: int = Field(default=200, ge=1, description="listwise: hard negatives are drawn from the user's best N item-kNN items (then the popular ones), weighted to the top and corrected for it (batch.training_lists)")
+    hard_pool: int = Field(default=200, ge=1, description="listwise: hard negatives are drawn from the user's best N item-kNN items (then the popular ones), weighted to the top and corrected for it (batch.nightly.training_lists)")
     hard_sampling: str = Field(default="zipf", pattern="^(zipf|full)$", description="zipf: hard_negatives drawn from the pool ~ 1/(rank + 10) with a log-q correction; full: the pool's first hard_negatives items, all of them (what the API ranks)")
     popular_pool: int = Field(default=50, ge=0, description="listwise: the most-labelled items join the pool of hard negatives (the API proposes them too)")
     negatives_per_positive: int = Field(default=4, ge=0, description="uniform negatives per positive (listwise: added to the hard ones; fill in when the neighbourhood has too few)")
@@ -270,7 +270,7 @@ class ServingSettings(BaseModel):
 
 
 class OnlineSettings(BaseModel):
-    """The streaming trainer (`recsys learn`, batch.online_learner): minute-level deltas."""
+    """The streaming trainer (`recsys learn`, batch.online.online_learner): minute-level deltas."""
 
     group_id: str = Field(default="recsys-learner", description="its own consumer group (offsets live with the model, not in Kafka)")
     publish_every_s: float = Field(default=60.0, gt=0, description="publish a delta at most this often ...")
@@ -317,7 +317,7 @@ class SASRecSettings(BaseModel):
 
 
 class EvaluationSettings(BaseModel):
-    """`recsys evaluate` (batch.prequential): which yardsticks run beside the engine, and their settings."""
+    """`recsys evaluate` (batch.evaluate.prequential): which yardsticks run beside the engine, and their settings."""
 
     baselines: list[str] = Field(default=["item_knn", "ease", "sasrec"],
                                  description="scored on the same events in the same run (item_knn, ease, sasrec)")

@@ -52,7 +52,7 @@ class RankerSettings(BaseModel):
     A small MLP over each candidate's entity features and its neighbourhood (cross) features,
     trained at each retrain with a softmax over lists of the item taken and everything else the
     candidate sources proposed with it: the pool is ``serving.similar_candidates`` +
-    ``serving.popular_candidates`` (batch.training_lists.ranker_list_settings), so it learns
+    ``serving.popular_candidates`` (batch.nightly.training_lists.ranker_list_settings), so it learns
     exactly the ranking the API asks of it."""
 
     enabled: bool = Field(default=True, description="rank served candidates with the list ranker (False: the TorchRec model's scores)")

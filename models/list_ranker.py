@@ -7,7 +7,7 @@ features: the registry's user and item features and the neighbourhood (cross) fe
 :mod:`models.cross_features`, standardised with the training set's mean and spread, through a
 small MLP. It is trained the way it is used: each positive the candidate sources proposed is a
 list of the item taken and every other candidate they proposed with it
-(``batch.training_lists.ranker_list_settings``), with a softmax cross-entropy over the list;
+(``batch.nightly.training_lists.ranker_list_settings``), with a softmax cross-entropy over the list;
 short lists are padded with rows whose :data:`PADDING` offset takes them out (every list design
 tried, with its numbers: docs/quality.md).
 
@@ -101,7 +101,7 @@ def ranker_inputs(*entity: np.ndarray, cross: np.ndarray) -> np.ndarray:
 
 def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0) -> ListRanker:
     """Train on ``len(x) // group`` lists of ``group`` consecutive rows, the first of each the
-    item taken; ``offsets`` are added to the logits during training only (``batch.training_lists``;
+    item taken; ``offsets`` are added to the logits during training only (``batch.nightly.training_lists``;
     :data:`PADDING` marks a row that is not there)."""
     if group < 2 or len(x) % group or not len(x):
         raise ValueError(f"{len(x)} rows do not make lists of {group} (one item taken and at least one other)")

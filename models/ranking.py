@@ -235,7 +235,7 @@ def train_step(model: DLRM, optimizer: torch.optim.Optimizer, batch: Batch, grou
     consecutive rows, each one positive and its negatives, and the loss is the softmax
     cross-entropy of the positive within its list (listwise: the model learns to put the item
     the user took above the ones they were likely to be shown, which is what a top-K list needs).
-    ``batch.offsets`` corrects for how the negatives were sampled (``batch.training_lists``)."""
+    ``batch.offsets`` corrects for how the negatives were sampled (``batch.nightly.training_lists``)."""
     if batch.labels is None:
         raise ValueError("train_step needs labels")
     optimizer.zero_grad()

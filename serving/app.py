@@ -306,7 +306,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                                     "age_s": round(time.time() - snap.read_at, 3), "trending": snap.trending[:10]}
             ctx.metrics.snapshot_age.set(time.time() - snap.read_at)
         try:
-            from streaming.stream_metrics import metrics_dir, totals
+            from streaming.job.stream_metrics import metrics_dir, totals
 
             counters = totals(metrics_dir(settings))
             out["stream"] = {k: v for k, v in counters.items() if not k.startswith("offset_p")} or None

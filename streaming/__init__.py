@@ -1,1 +1,3 @@
-"""Events in: the event contract, producers, validating consumers, replay and streaming jobs."""
+"""Events in: the event contract, lateness, producers, validating consumers, the DLQ, the lake, replay; job/ is the PyFlink feature job."""
+
+__all__ = ["events", "lateness", "producer", "consumer", "dlq", "lake", "topics", "replay", "ingest", "pacing", "synthetic", "job"]  # its public modules

@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from infra import kafka_clients
 from infra.settings import Settings
-from streaming.dlq import DeadLetter, now_ms
+from streaming.dlq import DeadLetterSender
 from streaming.events import Event, InvalidEvent, decode_event
-from streaming.producer import DeliveryFailed, DeliveryReport, send_dead_letter
+from streaming.producer import DeliveryFailed, DeliveryReport
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class EventConsumer:
         self._consumer.subscribe([self.topic])
         self.report = DeliveryReport()
         self._lock = threading.Lock()
+        self._dead_letters = DeadLetterSender(self._dlq, settings.topics.dlq, "consume", counts=self.report, lock=self._lock)
         self.valid = 0
 
     def poll(self, timeout_ms: int = 1000, max_records: int | None = None) -> list[ConsumedEvent]:
@@ -80,20 +81,8 @@ class EventConsumer:
             yield from self.poll()
 
     def _dead_letter(self, record: Any, exc: InvalidEvent) -> None:
-        letter = DeadLetter(
-            value=record.value or b"",
-            key=record.key,
-            reason=exc.reason,
-            detail=exc.detail,
-            stage="consume",
-            time_ms=now_ms(),
-            source=f"{record.topic}/{record.partition}/{record.offset}",
-        )
-        send_dead_letter(self._dlq, self.settings.topics.dlq, letter, self.report, self._lock, self._dlq_failed)
-
-    def _dlq_failed(self, letter: Any, exc: Exception) -> None:
-        with self._lock:
-            self.report.failed.append((letter, exc))
+        self._dead_letters.send(record.value or b"", record.key, exc.reason, exc.detail,
+                                f"{record.topic}/{record.partition}/{record.offset}")
 
     def commit(self) -> None:
         """Make dead letters durable, then commit the consumed offsets."""

@@ -8,9 +8,10 @@ convention), so nothing about the bad input is lost and it can be fixed and repl
 from __future__ import annotations
 
 import json
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 from streaming.events import Event
 
@@ -20,6 +21,8 @@ STAGE_HEADER = "dlq.stage"
 TIME_HEADER = "dlq.time_ms"
 SOURCE_HEADER = "dlq.source"
 MAX_DETAIL_CHARS = 1000
+Stage = Literal["produce", "consume", "stream"]  # the producer library, a validating consumer, the stream job
+STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class DeadLetter:
     key: bytes | None
     reason: str
     detail: str
-    stage: str  # "produce" or "consume"
+    stage: Stage
     time_ms: int
     source: str  # topic/partition/offset for consumed records, producer client id otherwise
 
@@ -77,3 +80,60 @@ def key_of(obj: Any) -> bytes | None:
     """Best-effort partition key (user_id) of a rejected object, to keep it near its user."""
     user = obj.get("user_id") if isinstance(obj, dict) else None
     return str(user).encode() if user is not None else None
+
+
+@dataclass
+class DeadLetterCounts:
+    """What a sender dead-lettered: by reason, acknowledged, and the sends that failed."""
+
+    rejected: int = 0
+    dlq_acked: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    failed: list[tuple[Any, Exception]] = field(default_factory=list)
+
+
+@dataclass
+class DeadLetterSender:
+    """The one way a record reaches the DLQ topic: built as a :class:`DeadLetter`, sent with its
+    headers, counted in ``counts`` (any object with ``rejected``, ``reasons``, ``dlq_acked``,
+    ``failed``: the producer's and consumer's delivery reports, or :class:`DeadLetterCounts`).
+    A send that fails is recorded in ``counts.failed`` and handed to ``on_failure``."""
+
+    producer: Any  # a kafka.KafkaProducer (infra.kafka_clients.producer)
+    topic: str
+    stage: Stage
+    counts: Any = field(default_factory=DeadLetterCounts)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    on_failure: Callable[[DeadLetter, Exception], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"dead-letter stage {self.stage!r}: choose from {', '.join(STAGES)}")
+
+    def send(self, value: bytes, key: bytes | None, reason: str, detail: str, source: str) -> Any:
+        """Send one rejected record; returns the Kafka future (None if the send itself failed)."""
+        from kafka.errors import KafkaError
+
+        letter = DeadLetter(value=value, key=key, reason=reason, detail=detail, stage=self.stage,
+                            time_ms=now_ms(), source=source)
+        with self.lock:
+            self.counts.rejected += 1
+            self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1
+        try:
+            future = self.producer.send(self.topic, key=letter.key, value=letter.value, headers=letter.headers())
+        except KafkaError as exc:
+            self._failed(letter, exc)
+            return None
+
+        def acked(_: Any) -> None:
+            self.counts.dlq_acked += 1
+
+        future.add_callback(acked)
+        future.add_errback(lambda exc: self._failed(letter, exc))
+        return future
+
+    def _failed(self, letter: DeadLetter, exc: Exception) -> None:
+        with self.lock:
+            self.counts.failed.append((letter, exc))
+        if self.on_failure is not None:
+            self.on_failure(letter, exc)

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from kafka.partitioner.default import DefaultPartitioner, murmur2
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError
 
 from infra import kafka_clients
 from infra.kafka_clients import broker_hint
 from infra.settings import Settings
-from streaming.dlq import DeadLetter, key_of, now_ms, original_bytes
+from streaming.dlq import DeadLetterSender, key_of, original_bytes
 from streaming.events import Event, InvalidEvent, decode_event, validate_and_encode
 
 DeliveryCallback = Callable[[Event, "Delivery"], None]
@@ -151,6 +151,8 @@ class EventProducer:
         )
         config.update(kafka_overrides)
         self._producer = kafka_clients.producer(settings, "producer", **config)
+        self._dlq = DeadLetterSender(self._producer, self.dlq_topic, "produce", counts=self.report, lock=self._lock,
+                                     on_failure=self._on_error)
 
     # -- sending -------------------------------------------------------------------------
     def send(self, obj: Event | dict[str, Any] | bytes | str) -> Any:
@@ -204,16 +206,7 @@ class EventProducer:
         return accepted
 
     def _dead_letter(self, obj: Any, exc: InvalidEvent) -> None:
-        letter = DeadLetter(
-            value=original_bytes(obj),
-            key=key_of(obj),
-            reason=exc.reason,
-            detail=exc.detail,
-            stage="produce",
-            time_ms=now_ms(),
-            source=self.settings.broker.client_id,
-        )
-        send_dead_letter(self._producer, self.dlq_topic, letter, self.report, self._lock, self._failed)
+        self._dlq.send(original_bytes(obj), key_of(obj), exc.reason, exc.detail, self.settings.broker.client_id)
 
     # -- delivery tracking ------------------------------------------------------------------
     def _reap(self, block_for_one: bool = False, event: Event | None = None) -> None:
@@ -280,29 +273,3 @@ class EventProducer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def send_dead_letter(
-    producer: Any,  # kafka.KafkaProducer
-    topic: str,
-    letter: DeadLetter,
-    report: DeliveryReport,
-    lock: threading.Lock,
-    on_failure: Callable[[Any, Exception], None],
-) -> Any:
-    """Send one dead letter and account for it in ``report`` (shared by producer and consumer)."""
-    with lock:
-        report.rejected += 1
-        report.reasons[letter.reason] = report.reasons.get(letter.reason, 0) + 1
-    try:
-        future = producer.send(topic, key=letter.key, value=letter.value, headers=letter.headers())
-    except KafkaError as exc:
-        on_failure(letter, exc)
-        return None
-
-    def acked(_: Any) -> None:
-        report.dlq_acked += 1
-
-    future.add_callback(acked)
-    future.add_errback(lambda exc: on_failure(letter, exc))
-    return future

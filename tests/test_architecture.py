@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("batch", ("batch",)),
     ("entry points: the CLI and the demo", ("infra.cli",)),
 ]
-PYFLINK_MODULES = {"streaming.feature_job", "streaming.feature_functions"}  # the stream job's own modules
+PYFLINK_MODULES = {"streaming.job.feature_job", "streaming.job.feature_functions"}  # the stream job's own modules
 KAFKA_FACTORY = "infra.kafka_clients"
 
 
@@ -156,7 +156,7 @@ def test_the_factory_gives_every_client_the_security_settings() -> None:
 
 def test_the_stream_job_reads_the_broker_through_the_factory() -> None:
     from infra.settings import Settings
-    from streaming.feature_job import source_ddl
+    from streaming.job.feature_job import source_ddl
 
     ddl = source_ddl(Settings(broker={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "svc",
                                       "sasl_password": "it's"}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batch.baselines import build_baselines
+from batch.evaluate.baselines import build_baselines
 from infra.settings import EvaluationSettings
 from models.baselines import EASE, ItemKNN, Popularity, SASRec
 

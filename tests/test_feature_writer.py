@@ -1,4 +1,4 @@
-"""streaming.feature_writer: the writer process writes what the in-process writer writes, keeps
+"""streaming.job.feature_writer: the writer process writes what the in-process writer writes, keeps
 pace by coalescing, and fails loudly (with its log) when it dies."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from features import names
 from features.compute import InMemoryFeatures
 from features.store import apply, feature_store
-from streaming.stream_metrics import metrics_dir
-from streaming.feature_writer import ChildProcessWriter, InProcessWriter
+from streaming.job.stream_metrics import metrics_dir
+from streaming.job.feature_writer import ChildProcessWriter, InProcessWriter
 from streaming.replay import load_events
-from streaming.stream_metrics import MetricsFile, read_all
+from streaming.job.stream_metrics import MetricsFile, read_all
 from tests.conftest import isolated
 
 USER_VIEWS = (names.USER_STATS, names.USER_RECENT)

@@ -8,8 +8,7 @@ import numpy as np
 
 from models.config import ModelSettings
 from models.id_table import SHARED_ROW, ManagedIds, ModelIds, model_ids
-
-DAY_MS = 86_400_000
+from streaming.events import DAY_MS
 
 
 def _churning_stream(days: int = 60, per_day: int = 3000, cohort: int = 400, seed: int = 0):

@@ -10,8 +10,9 @@ from collections import Counter
 
 import pytest
 
-from batch import learn, retrain
-from batch.online_learner import ONLINE, OnlineLearner
+from batch.online import learn
+from batch.nightly import retrain
+from batch.online.online_learner import ONLINE, OnlineLearner
 from features.store import apply
 from models.registry import ModelRegistry
 from streaming.events import Event, EventType
@@ -213,7 +214,7 @@ def test_managed_ids_admit_after_k_occurrences_and_expire(stack_settings, tmp_pa
 def test_learner_service_starts_publishes_and_stops_without_losing_events(nightly):
     import time
 
-    from batch import learn_runner
+    from batch.online import learn_runner
 
     s, events, _ = nightly
     s = s.model_copy(update={"online": s.online.model_copy(update={"publish_every_events": 100, "publish_every_s": 3600})})

@@ -8,8 +8,9 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from batch.prequential import STRATEGIES
-from batch.prequential_report import DAY_MS, day_of
+from batch.evaluate.prequential import STRATEGIES
+from batch.evaluate.prequential_report import day_of
+from streaming.events import DAY_MS
 from infra import cli
 from streaming.replay import load_events
 
@@ -99,7 +100,7 @@ def test_catalogue_churn_relaunches_items_under_new_ids(ml100k_path, tmp_path, m
     """--renew-items: the evaluated period's renewed items are new ids to every model trained
     before it; the report says how the replay was altered. (Run with model.ids=managed: the
     replay admits and looks ids up as the nightly job and the learner do.)"""
-    from batch.catalogue_churn import renew_items
+    from batch.evaluate.catalogue_churn import renew_items
 
     for k, v in {"RECSYS_DATA_DIR": str(tmp_path / "data"), "RECSYS_MODEL__USER_BUCKETS": "4000",
                  "RECSYS_MODEL__ITEM_BUCKETS": "4000", "RECSYS_MODEL__EMBEDDING_DIM": "16",
@@ -129,7 +130,7 @@ def test_managed_ids_in_the_replay_follow_the_admission_rule(ml100k_path, tmp_pa
     evaluated period's ids as they arrive."""
     from collections import Counter
 
-    from batch.prequential import Prequential
+    from batch.evaluate.prequential import Prequential
     from features.model_inputs import feature_spec
     from features.store import apply
     from infra.settings import Settings
@@ -138,7 +139,7 @@ def test_managed_ids_in_the_replay_follow_the_admission_rule(ml100k_path, tmp_pa
                  model={"ids": "managed", "id_min_count": 3, "user_buckets": 3000, "item_buckets": 3000,
                         "embedding_dim": 16}, training={"epochs": 1}, evaluation={"baselines": []})
     apply(s)
-    from batch.catalogue_churn import renew_items
+    from batch.evaluate.catalogue_churn import renew_items
 
     events = sorted(load_events(ml100k_path).events, key=lambda e: (e.event_time, e.event_id))[:HISTORY_EVENTS]
     start = events[-1].event_time - DAY_MS

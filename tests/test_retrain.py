@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from batch import retrain
+from batch.nightly import retrain
 from features.model_inputs import feature_spec, point_in_time
 from features.point_in_time import column, historical
 from features.store import apply

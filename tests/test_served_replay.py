@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from batch.backfill import Backfill, write_online
-from batch.served_replay import ServedReplay
+from batch.evaluate.served_replay import ServedReplay
 from features.live import LiveFeatures
 from features.model_inputs import feature_spec
 from features.store import apply

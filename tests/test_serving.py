@@ -20,8 +20,9 @@ import uvicorn
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
-from batch import retrain
-from batch.prequential_report import DAY_MS, Report, Scores, write_report
+from batch.nightly import retrain
+from batch.evaluate.prequential_report import Report, Scores, write_report
+from streaming.events import DAY_MS
 from features import names
 from features.store import apply, feature_store
 from infra.processes import free_port
@@ -29,10 +30,10 @@ from infra.settings import ServingSettings, TrainingSettings
 from models.config import ModelSettings
 from models.registry import ModelRegistry
 from models.synthetic import publish_nudged_version
-from batch import holdout
+from batch.evaluate import holdout
 from serving.app import create_app
 from serving.online_features import OnlineFeatureReader
-from streaming import stream_runner
+from streaming.job import stream_runner
 from streaming.producer import EventProducer
 from streaming.replay import load_events
 from streaming.topics import scan_topic
@@ -386,7 +387,7 @@ def test_no_generated_input_makes_the_api_fail(stack):
 
 def test_an_item_that_becomes_popular_is_recommended_after_the_next_online_delta(stack):
     """No nightly run: the streaming trainer's delta puts the new item in the served catalogue."""
-    from batch import learn
+    from batch.online import learn
 
     server, events = stack
     s = server.settings

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch.training_lists import CROSS_COLUMNS, fold, list_items, list_size
+from batch.nightly.training_lists import CROSS_COLUMNS, fold, list_items, list_size
 from infra.settings import Settings, TrainingSettings
 from models.cross_features import NAMES, cross_features
 from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable, top_similar
@@ -66,7 +66,7 @@ def test_cross_features_of_a_user_without_history_are_neutral():
 
 
 def test_a_list_is_the_target_then_sampled_pool_then_random_negatives():
-    from batch.training_lists import RANK_SMOOTHING
+    from batch.nightly.training_lists import RANK_SMOOTHING
 
     cfg = TrainingSettings(hard_negatives=3, negatives_per_positive=2, hard_pool=10)
     co = learned()  # x's neighbours: y, z

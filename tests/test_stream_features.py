@@ -20,13 +20,13 @@ from batch.backfill import compute as backfill
 from features import names
 from features.store import apply, feature_store
 from infra import kafka_clients
-from streaming import stream_runner
+from streaming.job import stream_runner
 from streaming.events import InvalidEvent, decode_event
-from streaming.stream_metrics import metrics_dir
+from streaming.job.stream_metrics import metrics_dir
 from streaming.lake import read_events
 from streaming.producer import EventProducer
 from streaming.replay import load_events
-from streaming.stream_metrics import read_all, records_read, totals
+from streaming.job.stream_metrics import read_all, records_read, totals
 from streaming.topics import scan_topic
 from tests.conftest import isolated
 
@@ -233,7 +233,7 @@ def test_feature_function_moves_old_objects_out_of_the_cyclic_gc(stack_settings)
     freezes survivors of a young collection instead, at most every gc_freeze_every_ms."""
     import gc
 
-    from streaming.feature_functions import PartitionFunction
+    from streaming.job.feature_functions import PartitionFunction
 
     fn = PartitionFunction(stack_settings)
     fn.stream, fn._frozen_at = stack_settings.stream.model_copy(update={"gc_freeze_every_ms": 1000}), 0.0
@@ -258,7 +258,7 @@ def test_feature_function_moves_old_objects_out_of_the_cyclic_gc(stack_settings)
 
 
 def test_writes_wait_longer_only_while_the_job_is_behind(stack_settings):
-    from streaming.feature_functions import PartitionFunction
+    from streaming.job.feature_functions import PartitionFunction
 
     fn = PartitionFunction(stack_settings)
     fn.stream = stack_settings.stream.model_copy(update={"online_flush_ms": 0, "catch_up_flush_ms": 500})
@@ -283,7 +283,7 @@ JOB_GRAPH_FILE = Path(__file__).parent / "data" / "feature_job_graph.json"
 def _job_graph(settings) -> list[list]:
     """(operator ids, parallelism, max parallelism) per task of the job graph, as Flink matches
     checkpoint state to operators on restore."""
-    from streaming.feature_job import build
+    from streaming.job.feature_job import build
 
     job_graph = build(settings)._j_stream_execution_environment.getStreamGraph(False).getJobGraph()
     vertices, it = [], job_graph.getVertices().iterator()

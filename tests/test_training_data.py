@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from batch.training_data import build
+from batch.nightly.training_data import build
 from infra.settings import Settings
 from streaming.lake import LakeWriter
 from streaming.replay import load_events

@@ -38,10 +38,10 @@ def split_at_day_boundary(events: list[Event], holdout_days: int = 1) -> tuple[l
 
 def run_demo(settings: Settings, console: Console, speedup: float | None = None, holdout_days: int = 1,
              screenshot: Path | None = None, online_every_s: float = 10.0) -> int:
-    from batch import learn_runner
+    from batch.online import learn_runner
     from features.store import apply
     from serving import runner
-    from streaming import stream_runner
+    from streaming.job import stream_runner
 
     started = time.monotonic()
     console.rule("[bold]1. local stack")
@@ -84,7 +84,7 @@ def _replay(settings: Settings, console: Console, events: list[Event], speedup: 
 
 
 def _caught_up(settings: Settings, console: Console, expected: int) -> None:
-    from streaming import stream_runner
+    from streaming.job import stream_runner
 
     with console.status("waiting for the stream job to catch up..."):
         metrics = stream_runner.wait_idle(settings, expected, timeout_s=600)
@@ -92,9 +92,9 @@ def _caught_up(settings: Settings, console: Console, expected: int) -> None:
                   f"{metrics.get('dlq', 0):,} to the DLQ")
 
 
-def _prequential_replay(settings: Settings, console: Console, url: str, history: list[Event], held_out: list[Event]):  # noqa: ANN202 - batch.holdout.PrequentialResult
-    """The held-out events through the live system a minute at a time (batch.holdout.prequential)."""
-    from batch import holdout
+def _prequential_replay(settings: Settings, console: Console, url: str, history: list[Event], held_out: list[Event]):  # noqa: ANN202 - batch.evaluate.holdout.PrequentialResult
+    """The held-out events through the live system a minute at a time (batch.evaluate.holdout.prequential)."""
+    from batch.evaluate import holdout
 
     already = scan_topic(settings, settings.topics.events, idle_ms=500).records
     with EventProducer(settings) as producer, console.status("recommend, send, wait for the features ...") as status:
@@ -113,8 +113,8 @@ def _prequential_replay(settings: Settings, console: Console, url: str, history:
     return result
 
 
-def _retrain(settings: Settings, console: Console, title: str):  # noqa: ANN202 - batch.retrain.RetrainResult
-    from batch import retrain
+def _retrain(settings: Settings, console: Console, title: str):  # noqa: ANN202 - batch.nightly.retrain.RetrainResult
+    from batch.nightly import retrain
 
     console.rule(f"[bold]{title}")
     result = retrain.run(settings, progress=True, console=console)
@@ -157,7 +157,7 @@ def _latency(url: str, users: list[str], n: int = 300) -> tuple[float, float]:
 
 
 def _start_learner(settings: Settings, console: Console, every_s: float) -> None:
-    from batch import learn_runner
+    from batch.online import learn_runner
 
     learning = settings.model_copy(update={"online": settings.online.model_copy(update={"publish_every_s": every_s})})
     with console.status("starting the online learner (folds the lake the served model was trained on)..."):
@@ -169,7 +169,7 @@ def _start_learner(settings: Settings, console: Console, every_s: float) -> None
 
 def _wait_for_rebase(settings: Settings, version: str, timeout_s: float = 120) -> dict:
     """The learner notices a newly served nightly version and restarts its training on top of it."""
-    from batch import learn_runner
+    from batch.online import learn_runner
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -194,8 +194,8 @@ def _versions_line(swaps: list[dict]) -> str:
 
 def _pipeline(settings: Settings, console: Console, speedup: float | None, holdout_days: int, started: float,
               online_every_s: float) -> int:
-    from batch import learn_runner
-    from batch import holdout
+    from batch.online import learn_runner
+    from batch.evaluate import holdout
     from serving import runner
     from streaming.lake import read_events
 

@@ -56,11 +56,11 @@ def cmd_lake(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
-    from streaming import stream_runner
+    from streaming.job import stream_runner
 
     if args.action == "start":
         if args.foreground:
-            from streaming.feature_job import main as job_main
+            from streaming.job.feature_job import main as job_main
 
             restore = None if args.fresh else stream_runner.latest_checkpoint(settings)
             return job_main(["--restore", str(restore)] if restore else [])

@@ -19,10 +19,10 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.learn_runner import stop as stop_learner
+    from batch.online.learn_runner import stop as stop_learner
     from infra.services import down
     from serving.runner import stop as stop_api
-    from streaming.stream_runner import stop as stop_stream
+    from streaming.job.stream_runner import stop as stop_stream
 
     stopped = (["learner"] if stop_learner(settings) else []) + (["API"] if stop_api(settings) else []) \
         + (["stream job"] if stop_stream(settings) else []) + down(settings)

@@ -12,7 +12,7 @@ from infra.settings import Settings
 
 
 def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
-    from batch import retrain
+    from batch.nightly import retrain
 
     if args.nproc:
         settings = settings.model_copy(update={"training": settings.training.model_copy(update={"nproc": args.nproc})})
@@ -22,7 +22,7 @@ def cmd_retrain(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
-    from batch import learn
+    from batch.online import learn
 
     o = settings.online
     update = {k: v for k, v in (("publish_every_s", args.every_s), ("publish_every_events", args.every_events)) if v}
@@ -34,7 +34,7 @@ def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
     console.print(f"[bold]learn[/]: training the served model on {settings.topics.events}; a delta every "
                   f"{o.publish_every_s:g} s or {o.publish_every_events:,} events (Ctrl-C stops after publishing)")
 
-    def published(r) -> None:  # noqa: ANN001 - batch.online_learner.PublishResult
+    def published(r) -> None:  # noqa: ANN001 - batch.online.online_learner.PublishResult
         rows = ", ".join(f"{k.split('.')[-2]} {n}" for k, n in r.rows_changed.items() if n) or "no rows"
         console.print(f"[green]{r.version}[/]: {r.events:,} events, {r.examples:,} examples, changed rows: {rows} "
                       f"({r.ms:.0f} ms)")
@@ -47,8 +47,8 @@ def cmd_learn(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.evaluation import evaluate, replay_window
-    from batch.prequential_report import write_report
+    from batch.evaluate.evaluation import evaluate, replay_window
+    from batch.evaluate.prequential_report import write_report
 
     args.path = args.path or settings.ml100k_path
     loaded = load_event_file(args)
@@ -131,7 +131,7 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _learn_service(settings: Settings, action: str) -> int:
-    from batch import learn_runner
+    from batch.online import learn_runner
 
     log = settings.paths.log_dir / "learn.log"
     if action == "start":
@@ -174,7 +174,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--k", type=int, default=10)
     evaluate.add_argument("--renew-items", type=float, default=0.0, metavar="FRACTION",
                           help="catalogue churn: relaunch this fraction of items under a new id every --renew-every-days "
-                               "of the evaluated period (batch.catalogue_churn; default 0: the file as it is)")
+                               "of the evaluated period (batch.evaluate.catalogue_churn; default 0: the file as it is)")
     evaluate.add_argument("--renew-every-days", type=float, default=1.0)
     evaluate.add_argument("--skip-last-days", type=float, default=0.0, metavar="DAYS",
                           help="drop the file's last DAYS first: --skip-last-days 14 evaluates a validation window "

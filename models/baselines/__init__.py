@@ -1,7 +1,7 @@
 """The yardsticks: simple, strong recommenders the engine's own recipe must beat on the same replay.
 
 Each one is a small estimator with the same three calls, so the prequential replay
-(``batch.prequential``) drives them all the same way:
+(``batch.evaluate.prequential``) drives them all the same way:
 
 * ``learn(user, item, t_ms)``: one interaction (``item`` is the catalogue index the replay gives
   each item on its first appearance: 0, 1, 2, ...);

@@ -93,8 +93,8 @@ class _FeatureFunction(KeyedProcessFunction):
         self.__dict__.update({**state, "settings": settings_from_snapshot(state["settings"], os.environ)})
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        from streaming.feature_writer import make_writer
-        from streaming.stream_metrics import MetricsFile, metrics_dir
+        from streaming.job.feature_writer import make_writer
+        from streaming.job.stream_metrics import MetricsFile, metrics_dir
 
         self.cfg = self.settings.features
         self.stream = self.settings.stream
@@ -451,7 +451,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self._after(ctx)
         self.metrics.inc("busy_s", time.perf_counter() - started)
         for shard, shard_updates in updates.items():
-            # keyed by shard in Java (streaming.feature_job.keyed); the Kafka time of the batch's
+            # keyed by shard in Java (streaming.job.feature_job.keyed); the Kafka time of the batch's
             # oldest record goes along, so the item stage knows when it is behind, as this one does
             yield Row(shard, (oldest_ms, shard_updates))
 
@@ -480,26 +480,18 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self.buffered_rows.update(0)
         self._lake_due_at.pop(key, None)
         if self._dlq is not None:
-            self._dlq.flush()
+            self._dlq.producer.flush()
         self.metrics.maybe_write(force=True)
 
     def _dead_letter(self, payload: bytes, partition: int, offset: int, reason: str, detail: str) -> None:
-        from streaming.dlq import DeadLetter, now_ms
-        from streaming.producer import DeliveryReport, send_dead_letter
-
         if self._dlq is None:
-            import threading
-
             from infra import kafka_clients
+            from streaming.dlq import DeadLetterSender
 
-            self._dlq = kafka_clients.producer(self.settings, "stream-dlq", acks="all", linger_ms=20)
-            self._dlq_report, self._dlq_lock = DeliveryReport(), threading.Lock()
-        letter = DeadLetter(
-            value=payload, key=None, reason=reason, detail=detail, stage="stream", time_ms=now_ms(),
-            source=f"{self.settings.topics.events}/{partition}/{offset}",
-        )
-        send_dead_letter(self._dlq, self.settings.topics.dlq, letter, self._dlq_report, self._dlq_lock,
-                         lambda obj, exc: self.metrics.inc("dlq_send_errors"))
+            self._dlq = DeadLetterSender(kafka_clients.producer(self.settings, "stream-dlq", acks="all", linger_ms=20),
+                                         self.settings.topics.dlq, "stream",
+                                         on_failure=lambda letter, exc: self.metrics.inc("dlq_send_errors"))
+        self._dlq.send(payload, None, reason, detail, f"{self.settings.topics.events}/{partition}/{offset}")
         self.metrics.inc("dlq")
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from batch.online_learner import OnlineLearner, PublishResult
+from batch.online.online_learner import OnlineLearner, PublishResult
 from infra import kafka_clients
 from infra.settings import Settings
 from streaming.events import InvalidEvent, decode_event

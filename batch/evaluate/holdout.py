@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from batch.training_data import label_of, labels
+from batch.nightly.training_data import label_of, labels
 from features import names
 from infra.settings import ItemKNNSettings, Settings, TrainingSettings
 from models.baselines import ItemKNN

@@ -4,7 +4,7 @@ A real stream is replayed in event-time order. Everything before ``eval_start`` 
 from there on, before each positive event every strategy ranks every catalogue item the
 user has not interacted with yet, and the event's item is looked up in their top K:
 
-* ``served``: what the API would have returned (``batch.served_replay``: the serving code
+* ``served``: what the API would have returned (``batch.evaluate.served_replay``: the serving code
   itself, with the candidate sources, trending slots and filters, over the daily + online model);
 * ``popularity``: the most interacted-with items so far (updated with every event);
 * ``static``: a model trained once on the history and never again;
@@ -17,7 +17,7 @@ user has not interacted with yet, and the event's item is looked up in their top
   ``online.sparse_lr``): a step whenever ``online.batch_size`` examples are waiting, and whatever
   is waiting once ``online.publish_every_s`` of event time has passed (the learner trains what
   it has before each minute-level publish);
-* the yardsticks of ``evaluation.baselines`` (``batch.baselines``): ``item_knn`` (updated after
+* the yardsticks of ``evaluation.baselines`` (``batch.evaluate.baselines``): ``item_knn`` (updated after
   every event), ``ease`` and ``sasrec`` (refit at every retrain boundary), fed every event.
 
 Then the event is fed: features (``features.live``: the stream job's state classes), examples
@@ -27,7 +27,7 @@ is simulated in-process (same features, labels, trainer; no Delta table or Feast
 which is what makes a day-by-day replay of months affordable.
 
 HR@K: the item is in the top K; NDCG@K: 1/log2(rank + 1) when it is. Reported overall and per
-day, as JSON, a table and a PNG (``batch.prequential_report``), with paired differences between strategies
+day, as JSON, a table and a PNG (``batch.evaluate.prequential_report``), with paired differences between strategies
 (same events: mean NDCG@K difference and a bootstrap 95% interval), which say whether a gap is
 bigger than what the particular events drawn would produce by chance.
 """
@@ -45,15 +45,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from batch.baselines import build_baselines
+from batch.evaluate.baselines import build_baselines
 from batch.event_examples import EventExamples
-from batch.prequential_report import Report, Scores
-from batch.served_replay import ServedReplay
-from batch.training_lists import ranker_list_settings
+from batch.evaluate.prequential_report import Report, Scores
+from batch.evaluate.served_replay import ServedReplay
+from batch.nightly.training_lists import ranker_list_settings
 from models.cross_features import cross_features
 from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable
-from batch.training_data import label_of
-from batch.online_learner import WARM_START_FROM
+from batch.nightly.training_data import label_of
+from batch.online.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import Settings

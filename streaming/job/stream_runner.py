@@ -18,7 +18,7 @@ from typing import Any
 from infra import processes
 from infra.processes import ServiceError, ServiceSpec
 from infra.settings import Settings
-from streaming.stream_metrics import merge, metrics_dir, read_all, records_read, totals
+from streaming.job.stream_metrics import merge, metrics_dir, read_all, records_read, totals
 
 STEM = "stream"  # run/stream.pid, logs/stream.log, run/stream.settings.json
 
@@ -31,7 +31,7 @@ def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = fro
         argv=argv,
         host="local",
         port=0,
-        binary_hint="streaming.feature_job",
+        binary_hint="streaming.job.feature_job",
         run_dir=paths.run_dir,
         log_dir=paths.log_dir,
         ready=lambda: bool(set(_job_dirs(settings)) - known_jobs),  # Flink created the new job's checkpoint dir
@@ -75,7 +75,7 @@ def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> 
         shutil.rmtree(settings.paths.checkpoint_dir, ignore_errors=True)
     settings.paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     epoch_file.write_text(epoch)
-    argv = [sys.executable, "-m", "streaming.feature_job"]
+    argv = [sys.executable, "-m", "streaming.job.feature_job"]
     if restore is not None:
         argv += ["--restore", str(restore)]
     env = processes.handoff_env(settings, STEM)  # the job runs with exactly these settings
@@ -131,7 +131,7 @@ def _lag(settings: Settings, metrics: dict[str, Any]) -> dict[int, int]:
 
 
 def expected_functions(settings: Settings) -> int:
-    """Python function instances of the job graph (streaming.feature_job.build): one fused
+    """Python function instances of the job graph (streaming.job.feature_job.build): one fused
     function at parallelism 1, else a partition and an item stage per subtask."""
     p = settings.stream.parallelism
     return 1 if p == 1 else 2 * p

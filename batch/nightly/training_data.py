@@ -2,7 +2,7 @@
 
 Labels by event type: a rating >= ``rating_threshold`` or any of ``positive_types`` is a
 positive; a lower rating is an explicit negative; views carry no label. With the listwise
-objective (the default) the training rows are the lists of ``batch.training_lists`` (one pass
+objective (the default) the training rows are the lists of ``batch.nightly.training_lists`` (one pass
 over every valid event); the labelled events and sampled negatives below remain the validation
 rows and the record of what was trained on. Each positive also gets
 ``negatives_per_positive`` sampled items the user had not interacted with, drawn with probability
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from batch.training_lists import Lists, fold, ranker_list_settings
+from batch.nightly.training_lists import Lists, fold, ranker_list_settings
 from infra.settings import Settings, TrainingSettings
 from streaming.lake import open_table
 from streaming.events import DAY_MS
@@ -30,8 +30,8 @@ from streaming.events import DAY_MS
 class TrainingData:
     table_version: int
     examples: pd.DataFrame  # user_id, item_id, label, event_time, split ("train" | "validation"), sampled
-    lists: Lists | None = None  # listwise objective: the model's training lists (batch.training_lists)
-    ranker_lists: Lists | None = None  # the candidate ranker's lists (batch.training_lists.ranker_list_settings)
+    lists: Lists | None = None  # listwise objective: the model's training lists (batch.nightly.training_lists)
+    ranker_lists: Lists | None = None  # the candidate ranker's lists (batch.nightly.training_lists.ranker_list_settings)
 
     @property
     def similarity(self) -> Lists | None:

@@ -28,8 +28,8 @@ def status_file(settings: Settings) -> Path:
 
 def _spec(settings: Settings, env: dict[str, str] | None = None, launched: float = 0.0) -> ServiceSpec:
     f = status_file(settings)
-    return ServiceSpec(name=STEM, argv=[sys.executable, "-m", "batch.learn_runner"], host="local", port=0,
-                       binary_hint="batch.learn_runner", run_dir=settings.paths.run_dir, log_dir=settings.paths.log_dir,
+    return ServiceSpec(name=STEM, argv=[sys.executable, "-m", "batch.online.learn_runner"], host="local", port=0,
+                       binary_hint="batch.online.learn_runner", run_dir=settings.paths.run_dir, log_dir=settings.paths.log_dir,
                        ready=lambda: f.is_file() and f.stat().st_mtime >= launched, cwd=Path.cwd(), env=env or {})
 
 
@@ -61,8 +61,8 @@ def main() -> int:
     from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
-    from batch import learn
-    from batch.online_learner import OnlineLearner
+    from batch.online import learn
+    from batch.online.online_learner import OnlineLearner
 
     settings = processes.received_settings()
     stopping = threading.Event()
@@ -80,7 +80,7 @@ def main() -> int:
                                    "updated_at": time.time()}))
         os.replace(tmp, f)
 
-    def published(result) -> None:  # noqa: ANN001 - batch.online_learner.PublishResult
+    def published(result) -> None:  # noqa: ANN001 - batch.online.online_learner.PublishResult
         totals["published"] += 1
         totals["events"] += result.events
         write("running")

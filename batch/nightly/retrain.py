@@ -22,11 +22,12 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from batch import backfill, training_data
+from batch import backfill
+from batch.nightly import training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import Settings, TrainingSettings
 from models.config import ModelSettings
-from batch.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
+from batch.nightly.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
 from models.cross_features import N_CROSS, cross_features
 from models.evaluate import auc, logloss, paired_worse, top_k
 from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, ranker_inputs
@@ -122,7 +123,7 @@ class RetrainResult:
 
 
 def _examples(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame, group: int = 1) -> Examples:
-    """Point-in-time rows; a lists frame (``batch.training_lists``) also brings its cross features."""
+    """Point-in-time rows; a lists frame (``batch.nightly.training_lists``) also brings its cross features."""
     dense, recent = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
     if group > 1 and settings.model.cross_features:
         dense = np.hstack([dense, frame[CROSS_COLUMNS].to_numpy(dtype=np.float32)])
@@ -183,7 +184,7 @@ def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: boo
                           ids=ids)
     if ids.managed:
         raise ValueError("model.ids=managed trains in one process for now: set training.nproc=1 (or model.ids=hashed)")
-    from batch.train_worker import save_examples
+    from batch.nightly.train_worker import save_examples
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -191,11 +192,11 @@ def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: boo
         (work / "job.json").write_text(json.dumps({"model": cfg.model_dump(), "n_dense": spec.n_dense, "epochs": tcfg.epochs,
                                                    "batch_size": tcfg.batch_size, "seed": tcfg.seed}))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={tcfg.nproc}",
-                   "-m", "batch.train_worker", "--examples", str(work / "examples.npz"), "--job", str(work / "job.json"),
+                   "-m", "batch.nightly.train_worker", "--examples", str(work / "examples.npz"), "--job", str(work / "job.json"),
                    "--out", str(work / "state.safetensors")]
         console.print(f"training with {tcfg.nproc} processes (torchrun + gloo, DistributedModelParallel) ...")
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+        done = subprocess.run(command, cwd=Path(__file__).resolve().parents[2], env={**os.environ, "OMP_NUM_THREADS": "1"},
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"distributed training failed (exit {done.returncode}): {done.stderr[-2000:]}\n"

@@ -5,7 +5,7 @@ The retrain builds the examples once and saves them; every rank trains the DMP-w
 of rows, with the same number of steps on every rank (DDP needs that), and rank 0 writes the
 gathered state dict in the single-process format.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m batch.train_worker \\
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m batch.nightly.train_worker \\
         --examples ex.npz --job job.json --out state.safetensors
 """
 

@@ -13,7 +13,7 @@ The nightly job is the floor; between two nightly runs the learner keeps the mod
   (``streaming.lake.topic_epoch``; a restarted in-memory broker starts a new one at offset 0):
   the lake tags each row with it, and a checkpoint from an earlier incarnation means every
   record of the current topic is new to the model.
-* **Examples.** The same labels as the nightly job (``batch.training_data.labels``), features read
+* **Examples.** The same labels as the nightly job (``batch.nightly.training_data.labels``), features read
   from the state just before the event is folded in (what the point-in-time join gives a training
   row), and ``training.negatives_per_positive`` uniform negatives per positive from the catalogue
   (seeded by the event's partition and offset, so a replay draws the same ones).
@@ -45,7 +45,7 @@ from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import Settings
 from models.config import ModelSettings
-from batch.training_lists import list_size
+from batch.nightly.training_lists import list_size
 from models.id_table import IDS_FILE, model_ids
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
 from models.incremental import IncrementalModel

@@ -43,7 +43,7 @@ from typing import Any, BinaryIO, Callable
 from features.compute import ItemState, UserState, view_values
 from features.online_writer import OnlineWriter
 from infra.settings import Settings, secret_env, settings_from_snapshot, settings_snapshot
-from streaming.stream_metrics import MetricsFile
+from streaming.job.stream_metrics import MetricsFile
 
 DECODERS: dict[str, Callable[[bytes], Any]] = {"user": UserState.from_bytes, "item": ItemState.from_bytes}
 _HEADER = struct.Struct("<Q")
@@ -126,7 +126,7 @@ class ChildProcessWriter:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **secret_env(settings), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with self.log.open("ab") as log:
-            self._proc = subprocess.Popen([sys.executable, "-m", "streaming.feature_writer", name],
+            self._proc = subprocess.Popen([sys.executable, "-m", "streaming.job.feature_writer", name],
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env)
         _widen_pipe(self._proc.stdin)
         self._frames: queue.Queue[bytes | None] = queue.Queue(maxsize=1)
@@ -277,7 +277,7 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 
 def serve(stream: BinaryIO, name: str) -> None:
     """The child: decode each write's states, write their views, record it; until end of input."""
-    from streaming.stream_metrics import metrics_dir
+    from streaming.job.stream_metrics import metrics_dir
 
     first = _read_frame(stream)
     if first is None:

@@ -3,11 +3,11 @@
 Run locally (a Flink mini-cluster inside this process) by `recsys stream start`, or submit the
 same file to a Flink session cluster:
 
-    flink run -py streaming/feature_job.py -pyexec /path/to/venv/bin/python [--config recsys.yaml]
+    flink run -py streaming/job/feature_job.py -pyexec /path/to/venv/bin/python [--config recsys.yaml]
 
 Source: the Kafka SQL connector (raw bytes + partition/offset metadata), grouped by the Java
 runtime into per-partition micro-batches; event time, watermarks and lateness are handled per
-partition in streaming.feature_functions. Checkpoints are on and retained on cancel, and
+partition in streaming.job.feature_functions. Checkpoints are on and retained on cancel, and
 `--restore PATH` (what `recsys stream start` passes) resumes from the latest one.
 """
 
@@ -129,7 +129,7 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     from pyflink.table import StreamTableEnvironment
 
     from features.store import registered_views
-    from streaming.feature_functions import PICKLED, ItemShardFunction, PartitionFunction
+    from streaming.job.feature_functions import PICKLED, ItemShardFunction, PartitionFunction
 
     registered_views(settings)  # fail here, with the fix in the message, if `features apply` never ran
     conf = Configuration()

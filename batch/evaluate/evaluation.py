@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.prequential import Prequential
-from batch.prequential_report import Report
+from batch.evaluate.prequential import Prequential
+from batch.evaluate.prequential_report import Report
 from infra.settings import Settings
 from streaming.events import DAY_MS, Event
 
@@ -42,7 +42,7 @@ def replay_window(events: list[Event], eval_days: float, skip_last_days: float =
         scenario["skip_last_days"] = skip_last_days
     start = events[-1].event_time - int(eval_days * DAY_MS)
     if renew_items:
-        from batch.catalogue_churn import renew_items as relaunch
+        from batch.evaluate.catalogue_churn import renew_items as relaunch
 
         events = relaunch(events, start, int(renew_every_days * DAY_MS), renew_items)
         scenario.update(renew_items=renew_items, renew_every_days=renew_every_days)
