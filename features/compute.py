@@ -390,6 +390,11 @@ _VIEW_VALUES: dict[str, Callable[[Any, FeatureSettings], dict[str, Any]]] = {
 }
 
 
+if set(_VIEW_VALUES) != {v.name for v in names.VIEWS}:  # the computation covers exactly the declared views
+    raise RuntimeError(f"features.compute computes {sorted(_VIEW_VALUES)}, features.names declares "
+                       f"{sorted(v.name for v in names.VIEWS)}")
+
+
 def view_values(cfg: FeatureSettings, view: str, state: "UserState | ItemState") -> dict[str, Any]:
     """One feature view's values from its entity's state: a ``user_*`` view reads a
     :class:`UserState`, an ``item_*`` view an :class:`ItemState` (what the job writes for it)."""

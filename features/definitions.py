@@ -70,14 +70,8 @@ def feature_views(settings: Settings) -> dict[str, FeatureView]:
 
 
 def _sources_and_views(settings: Settings) -> list[tuple[PushSource, FeatureView]]:
-    cfg = settings.features
-    return [
-        _view(settings, names.USER_STATS, user, names.stats_fields(), "per-user counts by event type, rating average, last seen"),
-        _view(settings, names.ITEM_STATS, item, names.stats_fields(), "per-item counts by event type, rating average, last seen"),
-        _view(settings, names.USER_RECENT, user, names.recent_fields(), f"the user's last {cfg.recent_items} events, newest first"),
-        _view(settings, names.ITEM_POPULARITY, item, names.popularity_fields(cfg), "event counts in sliding event-time windows, trending score"),
-        _view(settings, names.ITEM_COVISIT, item, names.covisit_fields(), f"top {cfg.covisit_top_k} items seen by the same users within {cfg.covisit_window_s}s"),
-    ]
+    cfg, entities = settings.features, {"user": user, "item": item}
+    return [_view(settings, v.name, entities[v.entity], v.fields(cfg), v.about(cfg)) for v in names.VIEWS]
 
 
 def registry_objects(settings: Settings) -> list:

@@ -1,14 +1,20 @@
-"""Feature view and feature names, derived once from the settings.
+"""The feature views: one table (``VIEWS``) of names, entities, fields and descriptions.
 
-The Feast definitions (features.definitions) and the computation (features.compute) both take
-their names from here, so a feature cannot exist in one and not the other.
+The Feast definitions (features.definitions), the computation (features.compute), the stream
+job and the backfill all take the views from here, so a feature cannot exist in one and not the
+other.
 
 >>> from infra.settings import FeatureSettings
 >>> popularity_fields(FeatureSettings())[:3]
 ['pop_1h', 'pop_1h_view', 'pop_1h_click']
+>>> views_of("user")
+('user_stats', 'user_recent')
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 from infra.settings import FeatureSettings
 from streaming.events import EventType
@@ -44,3 +50,26 @@ def popularity_fields(cfg: FeatureSettings) -> list[str]:
 
 def covisit_fields() -> list[str]:
     return ["covisit_items", "covisit_counts"]
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    entity: str  # "user" (keyed by USER_KEY) or "item" (ITEM_KEY)
+    fields: Callable[[FeatureSettings], list[str]]
+    about: Callable[[FeatureSettings], str]
+
+
+VIEWS: tuple[View, ...] = (
+    View(USER_STATS, "user", lambda cfg: stats_fields(), lambda cfg: "per-user counts by event type, rating average, last seen"),
+    View(USER_RECENT, "user", lambda cfg: recent_fields(), lambda cfg: f"the user's last {cfg.recent_items} events, newest first"),
+    View(ITEM_STATS, "item", lambda cfg: stats_fields(), lambda cfg: "per-item counts by event type, rating average, last seen"),
+    View(ITEM_POPULARITY, "item", popularity_fields, lambda cfg: "event counts in sliding event-time windows, trending score"),
+    View(ITEM_COVISIT, "item", lambda cfg: covisit_fields(),
+         lambda cfg: f"top {cfg.covisit_top_k} items seen by the same users within {cfg.covisit_window_s}s"),
+)
+
+
+def views_of(entity: str) -> tuple[str, ...]:
+    """The names of an entity's views, in table order."""
+    return tuple(v.name for v in VIEWS if v.entity == entity)

@@ -1,8 +1,7 @@
 """Batched writes of feature values into the Feast online store (Redis), in Feast's layout.
 
-Keys, hash fields and values are made by Feast's own helpers (``_redis_key`` over the
-serialised entity key, ``_mmh3("view:feature")`` fields, ``_ts:view`` timestamps, ``Value``
-protos), exactly as ``RedisOnlineStore.online_write_batch`` does, so
+Keys and hash fields come from features.redis_layout and values are Feast ``Value`` protos,
+exactly as ``RedisOnlineStore.online_write_batch`` does, so
 ``FeatureStore.get_online_features`` reads what the job wrote. Two things differ: the field
 hashes and entity keys are computed once and cached (Feast recomputes a murmur3 per feature per
 row), and between flushes only the latest value per (view, entity) is kept, so a hot item updated
@@ -17,13 +16,12 @@ from typing import Any, Callable
 
 import redis
 from feast import FeatureView
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List, StringList, Value
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from features.store import registered_views, repo_config
+from features.redis_layout import EntityKeys, feature_field, timestamp_field
+from features.store import registered_views
 from infra.settings import Settings
 
 ValuesFn = Callable[[], dict[str, Any]]
@@ -62,10 +60,8 @@ class OnlineWriter:
     """Stage feature updates per entity, write them to Redis in batches."""
 
     def __init__(self, settings: Settings, views: dict[str, FeatureView] | None = None) -> None:
-        config = repo_config(settings)
-        self._project = config.project
-        self._key_version = config.entity_key_serialization_version
-        self._key_ttl = config.online_store.key_ttl_seconds
+        self._entity_keys = EntityKeys(settings, MAX_CACHED_KEYS)
+        self._key_ttl = self._entity_keys.key_ttl_s
         r = settings.redis
         self._redis = redis.Redis(host=r.host, port=r.port, password=r.secret)
         self.views = views if views is not None else registered_views(settings)
@@ -74,9 +70,8 @@ class OnlineWriter:
             for name, view in self.views.items()
         }
         self._hash_keys = {
-            name: {f.name: _mmh3(f"{name}:{f.name}") for f in view.features} for name, view in self.views.items()
+            name: {f.name: feature_field(f"{name}:{f.name}") for f in view.features} for name, view in self.views.items()
         }
-        self._keys: dict[tuple[str, str], bytes] = {}
         self._join_key = {name: view.join_keys[0] for name, view in self.views.items()}
         self._pending: dict[str, dict[str, tuple[ValuesFn, int]]] = {name: {} for name in self.views}
         self.pending_rows = 0
@@ -109,15 +104,6 @@ class OnlineWriter:
             raise ConnectionError(f"Redis at {kw.get('host')}:{kw.get('port')} is unreachable ({exc}): start it "
                                   "(`recsys up`) or fix settings.redis") from exc
 
-    def _redis_key(self, join_key: str, entity_id: str) -> bytes:
-        cached = self._keys.get((join_key, entity_id))
-        if cached is None:
-            if len(self._keys) >= MAX_CACHED_KEYS:
-                self._keys.clear()
-            proto = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=entity_id)])
-            cached = self._keys[(join_key, entity_id)] = _redis_key(self._project, proto, self._key_version)
-        return cached
-
     def flush(self) -> int:
         """Write every staged entity once (one pipelined round trip); returns the rows written."""
         written = 0
@@ -128,12 +114,12 @@ class OnlineWriter:
                 fields = self._fields[view_name]
                 hash_keys = self._hash_keys[view_name]
                 join_key = self._join_key[view_name]
-                ts_field = f"_ts:{view_name}"
+                ts_field = timestamp_field(view_name)
                 for entity_id, (values_fn, ts_ms) in pending.items():
                     values = values_fn()
                     mapping = {hash_keys[name]: conv(values[name]) for name, conv in fields}
                     mapping[ts_field] = Timestamp(seconds=ts_ms // 1000, nanos=(ts_ms % 1000) * 1_000_000).SerializeToString()
-                    key = self._redis_key(join_key, entity_id)
+                    key = self._entity_keys.key(join_key, entity_id)
                     pipe.hset(key, mapping=mapping)
                     if self._key_ttl:
                         pipe.expire(key, self._key_ttl)

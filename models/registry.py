@@ -27,17 +27,46 @@ import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from models.config import ModelSettings
 
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 MANIFEST = "manifest.json"
 SERVING = "serving.json"
 CATALOGUE = "catalogue.json"
+
+
+def delta_dir_name(base: str) -> str:
+    """The directory of a version's delta to ``base`` (``delta-from-v0002``)."""
+    return f"delta-from-{base}"
+
+
+class VersionMeta(dict):
+    """A version's ``model.json``: the stored dict (every key as written), with typed reads of
+    what readers need, so no reader re-spells a key or rebuilds the model config by hand."""
+
+    @property
+    def model_settings(self) -> "ModelSettings":
+        from models.config import ModelSettings
+
+        return ModelSettings.from_meta(self["model"])
+
+    @property
+    def base_version(self) -> str | None:
+        """The version this one's delta applies to (None: no delta; load the full weights)."""
+        return self.get("base_version")
+
+    @property
+    def table_version(self) -> int | None:
+        value = self.get("table_version")
+        return None if value is None else int(value)
 
 
 class ModelIntegrityError(ValueError):
@@ -135,7 +164,7 @@ class ModelRegistry:
                 try:
                     d = model_delta.compute_delta(base_state, state, delta_threshold)
                     model_delta.write_delta(Path(tmp) / "delta", d, base_state, base_version, target)
-                    dirs[f"delta-from-{base_version}"] = Path(tmp) / "delta"
+                    dirs[delta_dir_name(base_version)] = Path(tmp) / "delta"
                     delta_rows = d.row_counts
                     meta["base_version"] = base_version
                 except model_delta.DeltaError as e:  # e.g. a new embedding size: servers load the full version
@@ -180,10 +209,18 @@ class ModelRegistry:
                                           "re-run `recsys retrain` or restore the version from a backup")
         return manifest
 
-    def meta(self, version: str) -> dict:
-        return json.loads((self.path(version) / META).read_text())
+    def meta(self, version: str) -> VersionMeta:
+        return VersionMeta(json.loads((self.path(version) / META).read_text()))
 
-    def load(self, version: str) -> tuple[dict[str, torch.Tensor], dict]:
+    def delta_dir(self, version: str, base: str) -> Path:
+        return self.path(version) / delta_dir_name(base)
+
+    def has_delta(self, version: str, base: str) -> bool:
+        from models.delta import MANIFEST_FILE
+
+        return (self.delta_dir(version, base) / MANIFEST_FILE).is_file()
+
+    def load(self, version: str) -> tuple[dict[str, torch.Tensor], VersionMeta]:
         """Verified weights and metadata of one version."""
         self.verify(version)
         try:

@@ -27,11 +27,10 @@ from typing import Callable
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, check_compatible
 from models import delta as model_delta
 from infra.periodic import Periodic
-from models.config import ModelSettings
 from models.id_table import IDS_FILE, model_ids
 from models.list_ranker import RANKER_FILE, ListRanker
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
-from models.registry import META, ModelIntegrityError, ModelRegistry
+from models.registry import CATALOGUE, META, ModelIntegrityError, ModelRegistry, VersionMeta, delta_dir_name
 from serving.served_model import Lineage, ServedModel, SmokeTestFailed
 
 LOAD_ERRORS = (ModelIntegrityError, model_delta.DeltaError, FeatureSpecMismatch, SmokeTestFailed, OSError,
@@ -67,10 +66,10 @@ class ModelLoader:
             if len(chain) >= self.max_chain or v in skip:
                 return None
             try:
-                base = self.registry.meta(v).get("base_version")
+                base = self.registry.meta(v).base_version
             except (OSError, ValueError):
                 return None
-            if not base or not (self.registry.path(v) / f"delta-from-{base}" / model_delta.MANIFEST_FILE).is_file():
+            if not base or not self.registry.has_delta(v, base):
                 return None
             chain.append((v, base))
             v = base
@@ -90,20 +89,20 @@ class ModelLoader:
         state, digest = served.state, served.digest
         for version, base in chain:
             # the delta and the small files, not the full weights: that is the point of a delta
-            self.registry.verify(version, only=(f"delta-from-{base}/", META, "catalogue.json", IDS_FILE))
-            state, digest = model_delta.merge_with_digest(self.registry.path(version) / f"delta-from-{base}", state,
+            self.registry.verify(version, only=(f"{delta_dir_name(base)}/", META, CATALOGUE, IDS_FILE))
+            state, digest = model_delta.merge_with_digest(self.registry.delta_dir(version, base), state,
                                                           base, base_digest=digest)
         target = chain[-1][0]
         meta = self.registry.meta(target)
         self._check_features(meta)
         items, counts = self.registry.catalogue(target)
         return ServedModel.build(target, state, meta, items, counts, Lineage(
-            "delta", tuple(f"{v}/delta-from-{b}" for v, b in chain), served.version,
+            "delta", tuple(f"{v}/{delta_dir_name(b)}" for v, b in chain), served.version,
             load_ms=(time.perf_counter() - started) * 1000), warm_up=False, digest=digest, ids=self._ids(target, meta),
             **self._nightly_parts(target, meta, served))
 
-    def _ids(self, version: str, meta: dict):  # noqa: ANN202 - models.id_table.ModelIds
-        return model_ids(ModelSettings.from_meta(meta["model"]), self.registry.path(version))
+    def _ids(self, version: str, meta: VersionMeta):  # noqa: ANN202 - models.id_table.ModelIds
+        return model_ids(meta.model_settings, self.registry.path(version))
 
     def _nightly_parts(self, version: str, meta: dict, served: ServedModel | None = None) -> dict:
         """The version's item similarity and candidate ranker: its own files, or (an online

@@ -17,11 +17,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import redis
 from feast import FeatureView
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from features.store import registered_views, repo_config
+from features.redis_layout import EntityKeys, feature_field, timestamp_field
+from features.store import registered_views
 from infra.settings import Settings
 
 MAX_CACHED_KEYS = 200_000
@@ -50,9 +49,7 @@ class OnlineFeatureReader:
 
     def __init__(self, settings: Settings, refs: Sequence[str], join_key: str,
                  views: dict[str, FeatureView] | None = None, client: redis.Redis | None = None) -> None:
-        config = repo_config(settings)
-        self._project = config.project
-        self._key_version = config.entity_key_serialization_version
+        self._entity_keys = EntityKeys(settings, MAX_CACHED_KEYS)
         views = views if views is not None else registered_views(settings)
         self.refs = list(refs)
         self.join_key = join_key
@@ -62,21 +59,14 @@ class OnlineFeatureReader:
         wrong_key = [r for r in self.refs if join_key not in views[r.split(":", 1)[0]].join_keys]
         if wrong_key:
             raise ValueError(f"{wrong_key} are not keyed by {join_key}: read them with a reader for their entity")
-        self._fields = [_mmh3(r) for r in self.refs]
+        self._fields = [feature_field(r) for r in self.refs]
         self.views = sorted({r.split(":", 1)[0] for r in self.refs})
-        self._ts_fields = [f"_ts:{v}".encode() for v in self.views]
+        self._ts_fields = [timestamp_field(v).encode() for v in self.views]
         r = settings.redis
         self._redis = client or redis.Redis(host=r.host, port=r.port, password=r.secret)
-        self._keys: dict[str, bytes] = {}  # request threads share it: only atomic dict operations
 
     def _key(self, entity_id: str) -> bytes:
-        key = self._keys.get(entity_id)
-        if key is None:
-            if len(self._keys) >= MAX_CACHED_KEYS:
-                self._keys = {}
-            proto = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity_id)])
-            key = self._keys[entity_id] = _redis_key(self._project, proto, self._key_version)
-        return key
+        return self._entity_keys.key(self.join_key, entity_id)
 
     def read_raw(self, entity_ids: Sequence[str]) -> list[list[bytes | None]]:
         """The stored bytes of every ref per entity: one round trip."""

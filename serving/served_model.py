@@ -18,6 +18,7 @@ import torch
 from features.model_inputs import FeatureSpec
 from models.config import ModelSettings
 from models.delta import state_digest
+from models.registry import VersionMeta
 from models.id_table import ModelIds, id_rows
 from models.cross_features import DECAY, RECENT, cross_features
 from models.ranking import Batch, build_model, dense_width, item_embeddings, predict
@@ -74,7 +75,7 @@ class ServedModel:
               similarity: SimilarityTable | None = None, ranker: ListRanker | None = None) -> "ServedModel":
         """``warm_up=False`` when a model of the same architecture already ran in this process
         (a merged delta): its batch shapes are planned already."""
-        cfg = ModelSettings.from_meta(meta["model"])
+        cfg = VersionMeta(meta).model_settings
         spec = FeatureSpec.from_dict(meta["features"])
         model = build_model(cfg, spec.n_dense, table_device="meta")  # tables come from ``state``, not a random init
         model.load_state_dict(dict(state), strict=True, assign=True)

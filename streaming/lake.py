@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -26,34 +26,46 @@ from streaming.events import DAY_MS
 if TYPE_CHECKING:
     from streaming.events import Event
 
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event_type", pa.string()),
-        ("value", pa.float64()),
-        ("event_time", pa.int64()),  # ms since epoch, event time
-        ("context", pa.string()),  # JSON object or null
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-        ("late", pa.bool_()),  # beyond the allowed lateness: in the lake, in no streaming feature
-        ("ingest_time", pa.int64()),  # ms, when the job read it
-        ("topic_epoch", pa.string()),  # the topic incarnation the offsets belong to (written by LakeWriter)
-        ("event_date", pa.string()),  # partition column, UTC date of event_time
-    ]
-)
-PARTITION_BY = ["event_date"]
+class LakeRow(NamedTuple):
+    """One row of the ``events`` table as a writer hands it over (the LakeWriter adds
+    ``topic_epoch`` and ``event_date``). Rows restored from an older checkpoint are plain tuples
+    in this order, so code reads a field by position (``KAFKA_OFFSET``, ``EVENT_TIME``)."""
 
-LakeRow = tuple  # values in EVENTS_SCHEMA order up to ingest_time; topic_epoch and event_date are the writer's
+    event_id: str
+    user_id: str
+    item_id: str
+    event_type: str
+    value: float
+    event_time: int  # ms since epoch, event time
+    context: str | None  # JSON object or null
+    kafka_partition: int
+    kafka_offset: int
+    late: bool  # beyond the allowed lateness: in the lake, in no streaming feature
+    ingest_time: int  # ms, when the job read it
+
+    @classmethod
+    def of(cls, e: "Event", partition: int, offset: int, late: bool = False, ingest_time: int = 0,
+           context: str | None = None) -> "LakeRow":
+        return cls(e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time, context, partition,
+                   offset, late, ingest_time)
+
+
+EVENT_TIME = LakeRow._fields.index("event_time")
+KAFKA_OFFSET = LakeRow._fields.index("kafka_offset")
+_ROW_TYPES = (pa.string(), pa.string(), pa.string(), pa.string(), pa.float64(), pa.int64(), pa.string(), pa.int32(),
+              pa.int64(), pa.bool_(), pa.int64())  # LakeRow's fields, in order
+EVENTS_SCHEMA = pa.schema([
+    *zip(LakeRow._fields, _ROW_TYPES, strict=True),
+    ("topic_epoch", pa.string()),  # the topic incarnation the offsets belong to (written by LakeWriter)
+    ("event_date", pa.string()),  # partition column, UTC date of event_time
+])
+PARTITION_BY = ["event_date"]
 
 
 def append_events(settings: Settings, events: Sequence["Event"], first_offset: int = 0) -> int:
     """Write events straight into the lake, as partition 0 from ``first_offset`` on (imports, tests and
     benchmarks that skip the topic; the stream job writes its own rows)."""
-    return LakeWriter.for_settings(settings).append(0, [
-        (e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time, None, 0, first_offset + i, False, 0)
-        for i, e in enumerate(events)])
+    return LakeWriter.for_settings(settings).append(0, [LakeRow.of(e, 0, first_offset + i) for i, e in enumerate(events)])
 
 
 def land_topic(settings: Settings) -> int:
@@ -70,8 +82,7 @@ def land_topic(settings: Settings) -> int:
             e = decode_event(r.value or b"", settings.producer.max_event_bytes)
         except InvalidEvent:
             return
-        rows.setdefault(r.partition, []).append((e.event_id, e.user_id, e.item_id, e.event_type.value, e.value,
-                                                 e.event_time, None, r.partition, r.offset, False, r.timestamp))
+        rows.setdefault(r.partition, []).append(LakeRow.of(e, r.partition, r.offset, ingest_time=r.timestamp))
 
     scan_topic(settings, settings.topics.events, visit=visit)
     return LakeWriter.for_settings(settings).append_many(rows)
@@ -168,17 +179,17 @@ class LakeWriter:
         for partition, rows in sorted(rows_by_partition.items()):
             total += len(rows)
             done = self.committed_offset(partition, existing)
-            new = [r for r in rows if r[8] > done]
+            new = [r for r in rows if r[KAFKA_OFFSET] > done]
             if new:
                 fresh.extend(new)
-                transactions.append(Transaction(app_id=self.app_id(partition), version=max(r[8] for r in new)))
+                transactions.append(Transaction(app_id=self.app_id(partition), version=max(r[KAFKA_OFFSET] for r in new)))
         self.skipped += total - len(fresh)
         if not fresh:
             return 0
         columns = list(zip(*fresh))
         arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EVENTS_SCHEMA)]
         arrays.append(pa.array([self.epoch] * len(fresh), type=pa.string()))
-        arrays.append(pa.array([event_date(t) for t in columns[5]], type=pa.string()))
+        arrays.append(pa.array([event_date(t) for t in columns[EVENT_TIME]], type=pa.string()))
         table = pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)
         older = existing is not None and "topic_epoch" not in {f.name for f in existing.schema().fields}
         write_deltalake(

@@ -222,7 +222,7 @@ def build_ids(settings: Settings, train: "pd.DataFrame") -> ModelIds:
 def load_model(registry: ModelRegistry, version: str) -> tuple[torch.nn.Module, dict]:
     """A registry version as a ready model (weights verified against the manifest)."""
     state, meta = registry.load(version)
-    model = build_model(ModelSettings.from_meta(meta["model"]), FeatureSpec.from_dict(meta["features"]).n_dense)
+    model = build_model(meta.model_settings, FeatureSpec.from_dict(meta["features"]).n_dense)
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, meta
@@ -292,7 +292,7 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
             if compared != served:
                 served_model, served_meta = load_model(registry, compared)
             check_compatible(FeatureSpec.from_dict(served_meta["features"]), spec)
-            served_cfg = ModelSettings.from_meta(served_meta["model"])
+            served_cfg = served_meta.model_settings
             served_ids = model_ids(served_cfg, registry.path(compared))
             served_metrics, served_per_user = evaluation.metrics(served_model, served_ids, tcfg.eval_k, tcfg.batch_size,
                                                                  served_cfg.cross_features)

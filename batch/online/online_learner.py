@@ -44,7 +44,6 @@ from features.compute import InMemoryFeatures
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import Settings
-from models.config import ModelSettings
 from batch.nightly.training_lists import list_size
 from models.id_table import IDS_FILE, model_ids
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
@@ -134,7 +133,7 @@ class OnlineLearner:
         self.base_nightly = meta.get(ONLINE, {}).get("nightly_version", served)
         o = self.settings.online
         self.spec = FeatureSpec.from_dict(meta["features"])
-        cfg = ModelSettings.from_meta(meta["model"])
+        cfg = meta.model_settings
         group = list_size(self.settings.training) if self.settings.training.objective == "listwise" else 1
         self.learning = IncrementalModel(state, cfg, self.spec.n_dense, o.sparse_lr, o.train_dense, o.batch_size,
                                          model_ids(cfg, self.registry.path(served)), group)

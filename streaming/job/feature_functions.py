@@ -24,6 +24,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
 from infra.settings import Settings, settings_from_snapshot, settings_snapshot
+from streaming.lake import KAFKA_OFFSET, LakeRow
 from streaming.lateness import Lateness
 from models.ids import bucket  # stable across processes (unlike hash()): restored state keeps its shard
 
@@ -256,7 +257,7 @@ class _ItemUpdates:
     """Applying item updates to item state (used by the item stage, or fused into one stage)."""
 
     def _open_items(self, runtime_context: RuntimeContext) -> None:
-        from features.compute import ItemState
+        from features.compute import ItemState, view_values
 
         self.new_item = ItemState
         self.items = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), STATE_BYTES))
@@ -268,9 +269,8 @@ class _ItemUpdates:
             (True, True): (names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT), (False, False): (),
         }
         probe = ItemState(len(self.cfg.windows))
-        self.writer.require(self.names.ITEM_STATS, probe.stats.features())
-        self.writer.require(self.names.ITEM_POPULARITY, probe.popularity_features(self.cfg))
-        self.writer.require(self.names.ITEM_COVISIT, probe.covisit_features(self.cfg))
+        for view in names.views_of("item"):
+            self.writer.require(view, view_values(self.cfg, view, probe))
 
     def _apply_items(self, key: int, updates: Iterable[tuple]) -> int:
         """Routed item updates (the item stage of the two-stage graph)."""
@@ -351,7 +351,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         super().open(runtime_context)
         from features import names
-        from features.compute import UserState
+        from features.compute import UserState, view_values
         from streaming.lake import LakeWriter
 
         self.names = names
@@ -363,10 +363,10 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
         self.user_cache = LocalStateCache(self.stream.local_state_entries, UserState.from_bytes)
         self._stores.append(("user", self.user_cache, self.users))
         self.new_user = UserState
-        self._user_views = (names.USER_STATS, names.USER_RECENT)  # a user's views: all change together
+        self._user_views = names.views_of("user")  # a user's views: all change together
         probe = UserState()
-        self.writer.require(names.USER_STATS, probe.stats.features())
-        self.writer.require(names.USER_RECENT, probe.recent_features())
+        for view in self._user_views:
+            self.writer.require(view, view_values(self.cfg, view, probe))
         self._dlq = None
         self._lake_due_at: dict[int, float] = {}
         if self.fused:
@@ -409,7 +409,8 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             is_late = lateness.observe(partition, t)
             event_type = e.event_type.value
             context = None if e.context is None else _json(e.context)
-            rows.append((e.event_id, e.user_id, e.item_id, event_type, e.value, t, context, partition, offset, is_late, ingest))
+            rows.append(LakeRow(e.event_id, e.user_id, e.item_id, event_type, e.value, t, context, partition, offset,
+                                is_late, ingest))
             if is_late:
                 late += 1
                 continue
@@ -470,7 +471,7 @@ class PartitionFunction(_ItemUpdates, _FeatureFunction):
             by_partition[partition].extend(rows)
         if by_partition:
             for rows in by_partition.values():
-                rows.sort(key=lambda r: r[8])
+                rows.sort(key=lambda r: r[KAFKA_OFFSET])
             buffered = sum(len(rows) for rows in by_partition.values())
             written = self.lake.append_many(by_partition)
             self.metrics.inc("lake_rows", written)
