@@ -99,8 +99,15 @@ def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small):
     assert registry.rollback() == "v0002" and registry.served() == "v0002"
 
 
-def test_point_in_time_rows_never_see_the_event_itself_or_later(small):
-    retrain.run(_with(small, epochs=1), progress=False, promote=False)  # writes the feature history
+@pytest.fixture(scope="module")
+def history(small) -> Settings:
+    """``small`` after one retrain has written its feature history (shared: a retrain is most of a minute)."""
+    retrain.run(_with(small, epochs=1), progress=False, promote=False)
+    return small
+
+
+def test_point_in_time_rows_never_see_the_event_itself_or_later(history):
+    small = history
     events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]])
     probe = events.sample(400, random_state=1)
     spec = feature_spec(small)
@@ -121,8 +128,8 @@ def _comparable(value):  # noqa: ANN001, ANN202 - Feast and DuckDB spell "missin
     return value if isinstance(value, str) else float(value)
 
 
-def test_asof_engine_returns_exactly_what_feast_returns(small):
-    retrain.run(_with(small, epochs=1), progress=False, promote=False)  # writes the feature history
+def test_asof_engine_returns_exactly_what_feast_returns(history):
+    small = history
     events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]]).sample(1500, random_state=2)
     spec = feature_spec(small)
     late = pd.Series([int(events["event_time"].max()) + 10**9] * 20)  # after all history, and before all of it
