@@ -18,7 +18,7 @@ import pytest
 
 from batch.backfill import compute as backfill
 from features import names
-from features.store import apply, feature_store
+from features.store import apply
 from infra import kafka_clients
 from streaming.job import stream_runner
 from streaming.events import InvalidEvent, decode_event
@@ -29,18 +29,11 @@ from streaming.replay import load_events
 from streaming.job.stream_metrics import read_all, records_read, totals
 from streaming.topics import scan_topic
 from tests.conftest import isolated
+from tests.feature_checks import assert_online_equals_backfill, read_online
 
 N_EVENTS = 12_000
 MALFORMED = [b"not json {", b'{"event_id": "x1", "user_id": "1"}', b"\xff\xfe\x00"]
 pytestmark = pytest.mark.timeout(900)
-
-
-def _read_online(settings, view: str, key: str, ids: list[str]) -> pd.DataFrame:
-    store = feature_store(settings)
-    fv = store.get_feature_view(view)
-    refs = [f"{view}:{f.name}" for f in fv.features]
-    out = store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_df()
-    return out.set_index(key)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +122,7 @@ def test_late_event_is_counted_kept_in_lake_and_out_of_features(run):
     assert run["metrics"].get("late") == 1
     lake = read_events(s.paths.events_table).to_pandas().set_index("event_id")
     assert bool(lake.loc["late-1", "late"]) and not bool(lake.loc["ooo-1", "late"])
-    users = _read_online(s, names.USER_STATS, "user_id", ["late-user", "ooo-user"])
+    users = read_online(s, names.USER_STATS, "user_id", ["late-user", "ooo-user"])
     assert users.loc["ooo-user", "n_click"] == 1
     assert pd.isna(users.loc["late-user", "n_click"])
 
@@ -139,7 +132,7 @@ def test_features_equal_an_independent_pandas_computation(run):
     df = pd.DataFrame([e.model_dump() for e in run["events"]])
     df["event_type"] = df["event_type"].astype(str)
     users = sorted(df["user_id"].unique())
-    online = _read_online(s, names.USER_STATS, "user_id", users)
+    online = read_online(s, names.USER_STATS, "user_id", users)
     by_user = df.groupby("user_id")
     assert (online.loc[users, "n_events"].astype(int) == by_user.size().loc[users]).all()
     assert (online.loc[users, "n_rating"].astype(int) == by_user.size().loc[users]).all()
@@ -147,7 +140,7 @@ def test_features_equal_an_independent_pandas_computation(run):
     pd.testing.assert_series_equal(online.loc[users, "avg_rating"].astype(float), by_user["value"].mean().loc[users],
                                    check_names=False, rtol=1e-9)
 
-    recent = _read_online(s, names.USER_RECENT, "user_id", users)
+    recent = read_online(s, names.USER_RECENT, "user_id", users)
     n = s.features.recent_items
     for user, group in by_user:
         want = group.sort_values(["event_time", "event_id"], ascending=False).head(n)
@@ -155,10 +148,10 @@ def test_features_equal_an_independent_pandas_computation(run):
         assert list(recent.loc[user, "recent_times_ms"]) == list(want["event_time"]), user
 
     items = sorted(df["item_id"].unique())
-    item_stats = _read_online(s, names.ITEM_STATS, "item_id", items)
+    item_stats = read_online(s, names.ITEM_STATS, "item_id", items)
     assert (item_stats.loc[items, "n_events"].astype(int) == df.groupby("item_id").size().loc[items]).all()
 
-    popularity = _read_online(s, names.ITEM_POPULARITY, "item_id", items)
+    popularity = read_online(s, names.ITEM_POPULARITY, "item_id", items)
     latest = df.groupby("item_id")["event_time"].max()
     for w in s.features.windows:
         end = (latest // (w.slide_s * 1000) + 1) * (w.slide_s * 1000)
@@ -200,22 +193,6 @@ def test_two_stage_graph_for_parallelism_above_one(stack_settings, tmp_path, ml1
     assert item_writes and all(0 <= m["write_delay_ms"] < 600_000 for m in item_writes)
     assert metrics["lake_rows"] == len(events)
     assert_online_equals_backfill(s, backfill(s, progress=False))
-
-
-def assert_online_equals_backfill(s, result) -> None:
-    for view, frame in result.frames(s).items():
-        key = names.USER_KEY if view.startswith("user") else names.ITEM_KEY
-        frame = frame.set_index(key).drop(columns=["event_timestamp"])
-        online = _read_online(s, view, key, list(frame.index))[frame.columns]
-        for column in frame.columns:
-            for entity, want in frame[column].items():
-                got = online.loc[entity, column]
-                if isinstance(want, list):
-                    assert got is not None and list(got) == want, (view, column, entity)
-                elif want is None or (isinstance(want, float) and pd.isna(want)):
-                    assert got is None or pd.isna(got), (view, column, entity)
-                else:
-                    assert got == pytest.approx(want), (view, column, entity)
 
 
 def test_status_reports_metrics_and_checkpoint(run):
