@@ -47,9 +47,60 @@ def _with(s: Settings, **training) -> Settings:
     return s.model_copy(update={"training": s.training.model_copy(update=training)})
 
 
-def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small):
+@pytest.fixture(scope="module")
+def first(small) -> retrain.RetrainResult:
+    """The first retrain of ``small`` (shared: a retrain is most of a minute)."""
+    return retrain.run(small, progress=False)
+
+
+@pytest.fixture
+def history(small, first) -> Settings:
+    """``small`` with the feature history of its first 20k events (written by the first retrain).
+    The tests that read it come before the one that adds events and retrains again."""
+    return small
+
+
+def test_point_in_time_rows_never_see_the_event_itself_or_later(history):
+    small = history
+    events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]])
+    probe = events.sample(400, random_state=1)
+    spec = feature_spec(small)
+    dense, recent = point_in_time(small, spec, probe["user_id"], probe["item_id"], probe["event_time"])
+    n_events = spec.user_refs.index("user_stats:n_events")
+    for row, value, bag in zip(probe.itertuples(), dense[:, n_events], recent):
+        before = events[(events["user_id"] == row.user_id) & (events["event_time"] < row.event_time)]
+        assert value == pytest.approx(np.log1p(len(before)), abs=1e-5)  # everything earlier, nothing at or after
+        later = set(events[(events["user_id"] == row.user_id) & (events["event_time"] >= row.event_time)]["item_id"])
+        assert not (set(bag) & later - set(before["item_id"]))
+
+
+def _comparable(value):  # noqa: ANN001, ANN202 - Feast and DuckDB spell "missing" and lists differently
+    if isinstance(value, (list, np.ndarray)):
+        return [str(v) for v in value]
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value if isinstance(value, str) else float(value)
+
+
+def test_asof_engine_returns_exactly_what_feast_returns(history):
+    small = history
+    events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]]).sample(1500, random_state=2)
+    spec = feature_spec(small)
+    late = pd.Series([int(events["event_time"].max()) + 10**9] * 20)  # after all history, and before all of it
+    early = pd.Series([0] * 20)
+    for key, refs in [("user_id", [*spec.user_refs, spec.recent_ref]), ("item_id", list(spec.item_refs))]:
+        keys = pd.concat([events[key], events[key].iloc[:20], events[key].iloc[:20], pd.Series(["unknown"])])
+        times = pd.concat([events["event_time"] - 1, late, early, pd.Series([5 * 10**12])])
+        asof, feast = (historical(small, key, keys, times, refs, engine=e).sort_values([key, "t"]).reset_index(drop=True)
+                       for e in ("asof", "feast"))
+        assert len(asof) == len(feast) == len(pd.DataFrame({"k": keys.to_numpy(), "t": times.to_numpy()}).drop_duplicates())
+        for col in feast.columns:
+            assert [_comparable(v) for v in asof[col]] == [_comparable(v) for v in feast[col]], col
+        assert asof[column(refs[0])].isna().any() and asof[column(refs[0])].notna().any()
+
+
+def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small, first):
     registry = ModelRegistry(small.paths.models_dir)
-    first = retrain.run(small, progress=False)
     assert first.promoted and first.version == "v0001" and registry.served() == "v0001"
     again = retrain.run(small, progress=False)  # same Delta version + seed -> same metrics
     assert again.metrics | {"train_samples_per_s": 0} == first.metrics | {"train_samples_per_s": 0}
@@ -97,52 +148,6 @@ def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small):
 
     # rollback is one command and returns to the previous promotion
     assert registry.rollback() == "v0002" and registry.served() == "v0002"
-
-
-@pytest.fixture(scope="module")
-def history(small) -> Settings:
-    """``small`` after one retrain has written its feature history (shared: a retrain is most of a minute)."""
-    retrain.run(_with(small, epochs=1), progress=False, promote=False)
-    return small
-
-
-def test_point_in_time_rows_never_see_the_event_itself_or_later(history):
-    small = history
-    events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]])
-    probe = events.sample(400, random_state=1)
-    spec = feature_spec(small)
-    dense, recent = point_in_time(small, spec, probe["user_id"], probe["item_id"], probe["event_time"])
-    n_events = spec.user_refs.index("user_stats:n_events")
-    for row, value, bag in zip(probe.itertuples(), dense[:, n_events], recent):
-        before = events[(events["user_id"] == row.user_id) & (events["event_time"] < row.event_time)]
-        assert value == pytest.approx(np.log1p(len(before)), abs=1e-5)  # everything earlier, nothing at or after
-        later = set(events[(events["user_id"] == row.user_id) & (events["event_time"] >= row.event_time)]["item_id"])
-        assert not (set(bag) & later - set(before["item_id"]))
-
-
-def _comparable(value):  # noqa: ANN001, ANN202 - Feast and DuckDB spell "missing" and lists differently
-    if isinstance(value, (list, np.ndarray)):
-        return [str(v) for v in value]
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value if isinstance(value, str) else float(value)
-
-
-def test_asof_engine_returns_exactly_what_feast_returns(history):
-    small = history
-    events = pd.DataFrame([e.model_dump() for e in load_events(ML100K).events[:SMALL]]).sample(1500, random_state=2)
-    spec = feature_spec(small)
-    late = pd.Series([int(events["event_time"].max()) + 10**9] * 20)  # after all history, and before all of it
-    early = pd.Series([0] * 20)
-    for key, refs in [("user_id", [*spec.user_refs, spec.recent_ref]), ("item_id", list(spec.item_refs))]:
-        keys = pd.concat([events[key], events[key].iloc[:20], events[key].iloc[:20], pd.Series(["unknown"])])
-        times = pd.concat([events["event_time"] - 1, late, early, pd.Series([5 * 10**12])])
-        asof, feast = (historical(small, key, keys, times, refs, engine=e).sort_values([key, "t"]).reset_index(drop=True)
-                       for e in ("asof", "feast"))
-        assert len(asof) == len(feast) == len(pd.DataFrame({"k": keys.to_numpy(), "t": times.to_numpy()}).drop_duplicates())
-        for col in feast.columns:
-            assert [_comparable(v) for v in asof[col]] == [_comparable(v) for v in feast[col]], col
-        assert asof[column(refs[0])].isna().any() and asof[column(refs[0])].notna().any()
 
 
 def test_a_worse_model_is_not_promoted_and_the_served_one_stays(small):
