@@ -27,7 +27,7 @@ from batch.nightly.training_data import label_of
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
 from batch.nightly.training_lists import Popular, list_items, list_size
-from models.cross_features import cross_features
+from models.cross_features import cross_features, item_age
 from models.incremental import Row
 from models.list_ranker import ranker_inputs
 from models.similarity import DailySimilarity, Neighbours
@@ -81,7 +81,8 @@ class EventExamples:
         if not items:
             return None
         dense, recent = self.features.rows(event.user_id, items)
-        return ranker_inputs(dense, cross=cross_features(sim, recent, items)), np.asarray(offsets, dtype=np.float32)
+        x = ranker_inputs(dense, cross=cross_features(sim, recent, items), age=item_age(sim, items, event.event_time))
+        return x, np.asarray(offsets, dtype=np.float32)
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""

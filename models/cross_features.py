@@ -17,6 +17,11 @@ examples, the replay, the API's ranker), from a user's recent items (newest firs
                     (log1p of 1 + the list's length when the list does not reach it)
 =================  =====================================================================
 
+Beside them, :func:`item_age` (``log_item_age_days``): how long the candidate has been in the
+catalogue, from the table's first interaction times; an item the table has not seen is newer
+than it and reads 0. (An item's age is the single signal that added most to the prototype
+ranker: docs/quality.md.)
+
 >>> from models.similarity import CoOccurrence
 >>> co = CoOccurrence(pair_with=None)
 >>> for user, item in [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "z")]:
@@ -36,6 +41,7 @@ import numpy as np
 
 from models.similarity import Neighbours, distinct_indices
 
+AGE_NAME = "log_item_age_days"
 NAMES = ("sim_last", "sim_last5", "sim_recent", "sim_max", "log_cooccur", "log_item_users", "log_knn_rank")
 N_CROSS = len(NAMES)
 DECAY = 0.8  # chosen on the validation window with the item-kNN yardstick (docs/quality.md)
@@ -86,3 +92,23 @@ def cross_features(sim: Neighbours, recent: Sequence[Hashable], candidates: Sequ
     rank = len(scores) - np.searchsorted(scores, mine, side="right")  # items scored strictly higher
     out[:, 6] = np.log1p(np.where(mine > 0, rank + 1, len(scores) + 1))
     return out
+
+
+def item_age(sim: Neighbours, candidates: Sequence[Hashable], now_ms: int) -> np.ndarray:
+    """(len(candidates), 1) float32: log1p of the days from each candidate's first interaction to ``now_ms``.
+
+    >>> from models.similarity import CoOccurrence
+    >>> co = CoOccurrence()
+    >>> co.learn("a", "old", 0); co.learn("b", "young", 86_400_000 * 6)
+    >>> np.expm1(item_age(co, ["old", "young", "unseen"], 86_400_000 * 7)).round(3).ravel().tolist()
+    [7.0, 1.0, 0.0]
+    """
+    from models.similarity import UNSEEN
+
+    n = len(candidates)
+    idx = np.fromiter((sim.index.get(c, -1) for c in candidates), dtype=np.int64, count=n)
+    first = np.full(n, UNSEEN, dtype=np.int64)
+    known = idx >= 0
+    first[known] = sim.first_seen(idx[known])
+    days = np.where(first == UNSEEN, 0.0, np.maximum(now_ms - first, 0) / 86_400_000)
+    return np.log1p(days).astype(np.float32).reshape(n, 1)

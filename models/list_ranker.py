@@ -86,17 +86,34 @@ class ListRanker(nn.Module):
         return ranker
 
 
-def ranker_inputs(*entity: np.ndarray, cross: np.ndarray) -> np.ndarray:
+def ranker_inputs(*entity: np.ndarray, cross: np.ndarray, age: np.ndarray | None = None) -> np.ndarray:
     """The one row layout the ranker is trained and served on: each candidate's entity feature
     blocks (user's, then item's, as the feature spec orders them; a one-row block is repeated for
-    every candidate), then its cross features.
+    every candidate), then its cross features, then (``ranker.item_age``) its item age
+    (``models.cross_features.item_age``).
 
     >>> ranker_inputs(np.array([[1.0, 2.0]]), np.array([[3.0], [4.0]]), cross=np.array([[5.0], [6.0]])).tolist()
     [[1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 6.0]]
     """
     n = len(cross)
     blocks = [np.broadcast_to(np.atleast_2d(np.asarray(b, dtype=np.float32)), (n, b.shape[-1])) for b in entity]
-    return np.concatenate([*blocks, np.asarray(cross, dtype=np.float32)], axis=1)
+    tail = [np.asarray(cross, dtype=np.float32)] + ([] if age is None else [np.asarray(age, dtype=np.float32)])
+    return np.concatenate([*blocks, *tail], axis=1)
+
+
+def for_ranker(ranker: "ListRanker", x: np.ndarray) -> np.ndarray:
+    """Rows built with the item age, for ``ranker``: a ranker trained without it (before it
+    existed, or with ``ranker.item_age`` off) reads the rows without their last column.
+
+    >>> for_ranker(ListRanker(2, [4]), np.ones((3, 3), np.float32)).shape
+    (3, 2)
+    """
+    if x.shape[1] == ranker.n_in:
+        return x
+    if x.shape[1] == ranker.n_in + 1:
+        return x[:, :-1]
+    raise ValueError(f"the ranker takes {ranker.n_in} inputs, these rows have {x.shape[1]}: the feature "
+                     "registry changed since it was trained; retrain (`recsys retrain`)")
 
 
 def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0) -> ListRanker:

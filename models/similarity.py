@@ -10,6 +10,9 @@ simple recommender on most interaction logs, so the engine owns it as a model co
   ``pair_with`` updates.
 * :meth:`CoOccurrence.freeze` keeps each item's ``top_k`` most similar items as a
   :class:`SimilarityTable` (CSR arrays), which a model version saves beside its weights.
+* Each item's first interaction time (``first_seen_ms``, when ``learn`` is given event times)
+  goes into the table too: how long an item has been in the catalogue is a signal of its own
+  (the ranker's item age, :mod:`models.cross_features`).
 * :func:`neighbourhood` scores items for a user from their newest items (newest weighted most):
   the item-kNN recommender, the ``similar`` candidate source and the ranker's cross features
   (:mod:`models.cross_features`) all read it.
@@ -35,6 +38,7 @@ from typing import Hashable, Protocol, Sequence
 import numpy as np
 
 SIMILARITY_FILE = "similarity.npz"
+UNSEEN = -1  # first_seen_ms of an item whose first interaction time is not known
 SIMILARITY_SOURCE = "similarity_version"  # meta key: the version whose file holds this one's table (online versions)
 
 
@@ -51,6 +55,8 @@ class Neighbours(Protocol):
     @property
     def alpha(self) -> float: ...
 
+    def first_seen(self, items: np.ndarray) -> np.ndarray: ...
+
 
 class CoOccurrence:
     """Co-occurrence counts, updated after every interaction (the live, unbounded form)."""
@@ -61,6 +67,7 @@ class CoOccurrence:
         self.index: dict[Hashable, int] = {}
         self.counts: list[dict[int, float]] = []
         self._users = np.zeros(1024)
+        self._first_seen = np.full(1024, UNSEEN, dtype=np.int64)
         self.history: dict[Hashable, list[int]] = {}  # distinct items per user, oldest first
         self._touched: dict[Hashable, set[int]] = {}
         self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -78,10 +85,15 @@ class CoOccurrence:
             self.counts.append({})
             if i >= len(self._users):
                 self._users = np.concatenate([self._users, np.zeros(len(self._users))])
+                self._first_seen = np.concatenate([self._first_seen, np.full(len(self._first_seen), UNSEEN)])
         return i
 
-    def learn(self, user: Hashable, item_id: Hashable) -> None:
+    def learn(self, user: Hashable, item_id: Hashable, t_ms: int | None = None) -> None:
+        """``user`` interacted with ``item_id`` (at event time ``t_ms``, if known: the item's
+        first time is kept; events come in time order)."""
         item = self.item(item_id)
+        if t_ms is not None and self._first_seen[item] == UNSEEN:
+            self._first_seen[item] = t_ms
         touched = self._touched.setdefault(user, set())
         if item in touched:
             return
@@ -109,6 +121,10 @@ class CoOccurrence:
     def users(self, items: np.ndarray) -> np.ndarray:
         return self._users[np.asarray(items, dtype=np.int64)]
 
+    def first_seen(self, items: np.ndarray) -> np.ndarray:
+        """Each item's first interaction time, ms (:data:`UNSEEN` where not known)."""
+        return self._first_seen[np.asarray(items, dtype=np.int64)]
+
     def freeze(self, top_k: int = 200) -> "SimilarityTable":
         """Each item's ``top_k`` most similar items (by ``sim``), as immutable arrays."""
         n = self._users[:len(self.ids)]
@@ -124,7 +140,8 @@ class CoOccurrence:
             indptr.append(indptr[-1] + len(cols))
         return SimilarityTable(np.asarray(self.ids, dtype=object), np.asarray(indptr, dtype=np.int64),
                                np.concatenate(neighbours) if neighbours else np.zeros(0, np.int64),
-                               np.concatenate(counts) if counts else np.zeros(0), n.copy(), self.alpha)
+                               np.concatenate(counts) if counts else np.zeros(0), n.copy(), self.alpha,
+                               first_seen_ms=self._first_seen[:len(self.ids)].copy())
 
 
 class DailySimilarity:
@@ -140,7 +157,7 @@ class DailySimilarity:
 
     def learn(self, user: Hashable, item_id: Hashable, t_ms: int) -> None:
         self.table(t_ms)
-        self.counts.learn(user, item_id)
+        self.counts.learn(user, item_id, t_ms)
 
     def table(self, t_ms: int) -> "SimilarityTable":
         """The table as of the last boundary at or before ``t_ms``."""
@@ -166,12 +183,15 @@ class SimilarityTable:
     """Top-K neighbours per item (CSR): what a model version ships and the API reads."""
 
     def __init__(self, ids: np.ndarray, indptr: np.ndarray, neighbours: np.ndarray, counts: np.ndarray,
-                 n_users: np.ndarray, alpha: float, source: str | None = None) -> None:
+                 n_users: np.ndarray, alpha: float, source: str | None = None,
+                 first_seen_ms: np.ndarray | None = None) -> None:
         self.ids = ids
         self.source = source  # the registry version it was loaded from
         self.index = {item: i for i, item in enumerate(ids.tolist())}
         self.indptr, self.neighbours, self.counts, self.n_users = indptr, neighbours, counts, n_users
         self._alpha = alpha
+        # (tables saved before item times were kept have none: every item reads as UNSEEN)
+        self.first_seen_ms = np.full(len(ids), UNSEEN, np.int64) if first_seen_ms is None else first_seen_ms
 
     @property
     def alpha(self) -> float:
@@ -187,10 +207,14 @@ class SimilarityTable:
     def users(self, items: np.ndarray) -> np.ndarray:
         return self.n_users[np.asarray(items, dtype=np.int64)]
 
+    def first_seen(self, items: np.ndarray) -> np.ndarray:
+        return self.first_seen_ms[np.asarray(items, dtype=np.int64)]
+
     def save(self, directory: Path) -> Path:
         path = Path(directory) / SIMILARITY_FILE
         np.savez(path, ids=self.ids.astype(str), indptr=self.indptr, neighbours=self.neighbours.astype(np.int32),
-                 counts=self.counts.astype(np.float32), n_users=self.n_users.astype(np.float32), alpha=np.array(self.alpha))
+                 counts=self.counts.astype(np.float32), n_users=self.n_users.astype(np.float32), alpha=np.array(self.alpha),
+                 first_seen_ms=self.first_seen_ms.astype(np.int64))
         return path
 
     @classmethod
@@ -199,7 +223,8 @@ class SimilarityTable:
         try:
             with np.load(path, allow_pickle=False) as f:
                 return cls(f["ids"].astype(object), f["indptr"], f["neighbours"].astype(np.int64),
-                           f["counts"].astype(np.float64), f["n_users"].astype(np.float64), float(f["alpha"]), source)
+                           f["counts"].astype(np.float64), f["n_users"].astype(np.float64), float(f["alpha"]), source,
+                           f["first_seen_ms"].astype(np.int64) if "first_seen_ms" in f.files else None)
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"{path} is not a readable similarity table ({e}): retrain to rewrite it") from e
 

@@ -54,6 +54,13 @@ class Recommendation:
     candidates: dict[str, int] = field(default_factory=dict)
 
 
+def event_clock(snapshot: ItemSnapshot | None) -> int | None:
+    """The time candidates' ages are measured at: the stream's event-time clock (the newest
+    update the item snapshot saw), so a replayed log and a live one read alike and training
+    (which measures at each event's time) matches; wall clock when there is no snapshot yet."""
+    return snapshot.event_time_ms if snapshot is not None and snapshot.event_time_ms > 0 else None
+
+
 def _with_trending_slots(order: np.ndarray, k: int, items: list[str], trending: list[str], slots: int) -> list[int]:
     """The ranked top ``k`` (indices into ``items``), where the ``slots`` most active trending
     candidates are always present: any the ranking left out take the last places. A burst of
@@ -146,7 +153,7 @@ class Recommender:
         item_dense = self._item_dense(model, snapshot, items)
         t3 = time.perf_counter()
         timings["item_features"] = (t3 - t2) * 1000
-        scores = model.score(user_id, recent, user_dense, items, item_dense)
+        scores = model.score(user_id, recent, user_dense, items, item_dense, event_clock(snapshot))
         trending = snapshot.trending if snapshot is not None and cfg.trending_candidates else []
         top = _with_trending_slots(np.argsort(-scores, kind="stable"), k, items, trending, cfg.trending_slots)
         timings["ranking"] = (time.perf_counter() - t3) * 1000

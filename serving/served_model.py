@@ -20,9 +20,9 @@ from models.config import ModelSettings
 from models.delta import state_digest
 from models.registry import VersionMeta
 from models.id_table import ModelIds, id_rows
-from models.cross_features import DECAY, RECENT, cross_features
+from models.cross_features import DECAY, RECENT, cross_features, item_age
 from models.ranking import Batch, build_model, dense_width, item_embeddings, predict
-from models.list_ranker import ListRanker, ranker_inputs
+from models.list_ranker import ListRanker, for_ranker, ranker_inputs
 from models.similarity import SimilarityTable, top_similar
 
 
@@ -100,15 +100,19 @@ class ServedModel:
         return self.ids.items.rows(items)
 
     def score(self, user_id: str, recent: Sequence[str], user_dense: np.ndarray, items: Sequence[str],
-              item_dense: np.ndarray) -> np.ndarray:
+              item_dense: np.ndarray, now_ms: int | None = None) -> np.ndarray:
         """Each item's score for this user, in (0, 1), higher is better (features already
         transformed): the candidate ranker's when the version has one (a ranking score), else the
-        TorchRec model's positive-interaction probability."""
+        TorchRec model's positive-interaction probability. ``now_ms``: the time the items' ages
+        are taken at (default: now; a replay passes its event time)."""
         n = len(items)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         if self.ranker is not None:
-            x = ranker_inputs(user_dense.reshape(1, -1), item_dense, cross=cross_features(self.similarity, recent, items))
+            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            x = ranker_inputs(user_dense.reshape(1, -1), item_dense, cross=cross_features(self.similarity, recent, items),
+                              age=item_age(self.similarity, items, now_ms))
+            x = for_ranker(self.ranker, x)
             return (1.0 / (1.0 + np.exp(-self.ranker.score(x).astype(np.float64)))).astype(np.float32)
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.config import RankerSettings
-from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker
+from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, for_ranker, ranker_inputs
 
 
 def lists(n: int = 300, group: int = 6, seed: int = 0) -> np.ndarray:
@@ -55,3 +55,12 @@ def test_an_unreadable_ranker_file_names_itself(tmp_path):
 def test_list_sizes_that_do_not_make_lists_are_refused():
     with pytest.raises(ValueError, match="lists of 4"):
         fit_ranker(RankerSettings(), np.zeros((10, 2), np.float32), np.zeros(10, np.float32), group=4)
+
+
+def test_a_ranker_trained_before_the_item_age_reads_rows_without_it():
+    old = fit_ranker(RankerSettings(epochs=2), lists(), np.zeros(300 * 6, np.float32), group=6)
+    x = ranker_inputs(np.ones((1, 1)), np.zeros((4, 1)), cross=np.ones((4, 0)), age=np.arange(4.0).reshape(4, 1))
+    assert x.shape == (4, 3) and for_ranker(old, x).tolist() == x[:, :2].tolist()
+    assert old.score(for_ranker(old, x)).shape == (4,)
+    with pytest.raises(ValueError, match="retrain"):
+        for_ranker(old, np.ones((4, 5), np.float32))

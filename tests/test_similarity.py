@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch.nightly.training_lists import CROSS_COLUMNS, fold, list_items, list_size
+from batch.nightly.training_lists import AGE_COLUMN, CROSS_COLUMNS, fold, list_items, list_size
 from infra.settings import Settings, TrainingSettings
-from models.cross_features import NAMES, cross_features
-from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable, top_similar
+from models.cross_features import NAMES, cross_features, item_age
+from models.similarity import UNSEEN, CoOccurrence, DailySimilarity, SimilarityTable, top_similar
 
 DAY = 86_400_000
 STREAM = [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "z"), ("d", "y"), ("d", "z")]
@@ -33,6 +33,20 @@ def test_frozen_table_keeps_the_most_similar_neighbours_and_survives_a_round_tri
         assert np.array_equal(loaded.row(i)[0], table.row(i)[0]) and np.allclose(loaded.row(i)[1], table.row(i)[1])
     # the full table and the live counts give the same cross features
     assert np.allclose(cross_features(co.freeze(top_k=10), ["z", "x"], ["y", "q"]), cross_features(co, ["z", "x"], ["y", "q"]))
+
+
+def test_an_item_s_first_time_survives_freezing_and_saving_and_old_tables_have_none(tmp_path):
+    daily = DailySimilarity(CoOccurrence(), top_k=10, every_ms=DAY)
+    for t, (user, item) in enumerate(STREAM):
+        daily.learn(user, item, t * DAY)
+    table = SimilarityTable.load(daily.freeze().save(tmp_path))
+    assert dict(zip(table.ids, table.first_seen_ms.tolist())) == {"x": 0, "y": DAY, "z": 5 * DAY}
+    assert np.expm1(item_age(table, ["x", "z", "new"], 7 * DAY)).round(6).ravel().tolist() == [7.0, 2.0, 0.0]
+    old = tmp_path / "old.npz"  # as versions saved before item times were kept
+    with np.load(tmp_path / "similarity.npz") as f:
+        np.savez(old, **{k: f[k] for k in f.files if k != "first_seen_ms"})
+    legacy = SimilarityTable.load(old)
+    assert (legacy.first_seen_ms == UNSEEN).all() and (item_age(legacy, ["x"], 7 * DAY) == 0).all()
 
 
 def test_a_corrupt_table_file_says_which_file(tmp_path):
@@ -111,6 +125,11 @@ def test_fold_makes_lists_without_look_ahead(tmp_path):
     mine = frame[frame["list"] == first["list"]]
     expected = cross_features(table, recent, mine["item_id"].tolist())
     assert np.allclose(mine[CROSS_COLUMNS].to_numpy(), expected, atol=1e-6)
+    # each candidate's age at the list's time, from the first times the same table knows
+    first_seen = before.groupby("item_id")["event_time"].min()
+    known = [table.index.get(i) is not None for i in mine["item_id"]]
+    want = [np.log1p((t - first_seen[i]) / DAY) if k else 0.0 for i, k in zip(mine["item_id"], known)]
+    assert np.allclose(mine[AGE_COLUMN].to_numpy(), want, atol=1e-5)
     assert lists.at_cutoff.index.keys() == set(events.loc[events["event_time"] < cutoff, "item_id"])
 
 

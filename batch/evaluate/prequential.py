@@ -179,8 +179,8 @@ class Prequential:
         if not rcfg.enabled or not self.lists.times:
             return None
         started = time.perf_counter()
-        x, offsets, group = self.lists.recent(rcfg)
-        ranker = fit_ranker(rcfg, x, offsets, group, self.settings.training.seed)
+        x, offsets, group = self.lists.recent(rcfg)  # (rows carry the item age last: batch.event_examples)
+        ranker = fit_ranker(rcfg, x if rcfg.item_age else x[:, :-1], offsets, group, self.settings.training.seed)
         self.fit_seconds["ranker"] += time.perf_counter() - started
         return ranker
 

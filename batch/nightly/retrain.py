@@ -27,10 +27,10 @@ from batch.nightly import training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import Settings, TrainingSettings
 from models.config import ModelSettings
-from batch.nightly.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
-from models.cross_features import N_CROSS, cross_features
+from batch.nightly.training_lists import AGE_COLUMN, CROSS_COLUMNS, list_size, ranker_list_settings
+from models.cross_features import N_CROSS, cross_features, item_age
 from models.evaluate import auc, logloss, paired_worse, top_k
-from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, ranker_inputs
+from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, for_ranker, ranker_inputs
 from models.similarity import SIMILARITY_FILE, SimilarityTable
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.id_table import IDS_FILE, ModelIds, model_ids, training_ids
@@ -76,9 +76,10 @@ class Evaluation:
     def ranker_metrics(self, ranker: ListRanker, k: int) -> dict[str, float]:
         """The candidate ranker over the whole catalogue (its features as of the cutoff)."""
         def score(u: int, candidates: np.ndarray) -> np.ndarray:
-            cross = cross_features(self.similarity or SimilarityTable.empty(), self.user_recent[u],
-                                   self.catalogue[candidates].tolist())
-            return ranker.score(ranker_inputs(self.user_dense[u:u + 1], self.item_dense[candidates], cross=cross))
+            table, items = self.similarity or SimilarityTable.empty(), self.catalogue[candidates].tolist()
+            x = ranker_inputs(self.user_dense[u:u + 1], self.item_dense[candidates],
+                              cross=cross_features(table, self.user_recent[u], items), age=item_age(table, items, self.cutoff_ms))
+            return ranker.score(for_ranker(ranker, x))
 
         ranked = top_k(score, self.users, self.catalogue, self.relevant, self.seen, k)
         return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
@@ -152,7 +153,8 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     frame = data.ranker_lists.frame
     frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]  # (the fold kept the last train_days)
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
-    x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32))
+    x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
+                      age=frame[[AGE_COLUMN]].to_numpy(dtype=np.float32) if rcfg.item_age else None)
     return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
                       settings.training.seed)
 

@@ -24,12 +24,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from infra.settings import Settings, TrainingSettings
-from models.cross_features import DECAY, NAMES, RECENT, cross_features
+from models.cross_features import AGE_NAME, DECAY, NAMES, RECENT, cross_features, item_age
 from models.list_ranker import PADDING
 from models.similarity import CoOccurrence, DailySimilarity, Neighbours, SimilarityTable, distinct_indices, neighbourhood
 from streaming.events import DAY_MS
 
 CROSS_COLUMNS = [f"cross_{n}" for n in NAMES]
+AGE_COLUMN = AGE_NAME  # the list row's item age (the candidate ranker reads it; the DLRM does not)
 
 
 RANK_SMOOTHING = 10.0  # hard negatives are drawn with q(r) ~ 1 / (r + this) over the pool's ranks r
@@ -175,7 +176,7 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
             if len(chosen) == size:
                 lid = len(cross)
                 rows.extend((lid, p, user, c, t, 1.0 if p == 0 else 0.0, o) for p, (c, o) in enumerate(zip(chosen, offsets)))
-                cross.append(cross_features(table, newest, chosen))
+                cross.append(np.hstack([cross_features(table, newest, chosen), item_age(table, chosen, t)]))
         history.appendleft(item)
         mine.add(item)
         if labelled[n]:
@@ -183,9 +184,9 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
                 items.append(item)
             catalogue[item] = catalogue.get(item, 0) + 1
             popular.add(item)
-        counts.learn(user, item)  # (the table as of this event's day boundary was read above)
+        counts.learn(user, item, t)  # (the table as of this event's day boundary was read above)
     frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset"])
-    values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS)), dtype=np.float32)
-    frame = pd.concat([frame, pd.DataFrame(values, columns=CROSS_COLUMNS)], axis=1)
+    values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS) + 1), dtype=np.float32)
+    frame = pd.concat([frame, pd.DataFrame(values, columns=[*CROSS_COLUMNS, AGE_COLUMN])], axis=1)
     final = daily.freeze()
     return Lists(frame, at_cutoff if at_cutoff is not None else final, final)
