@@ -62,6 +62,7 @@ class RankerSettings(BaseModel):
     batch_lists: int = Field(default=256, ge=1, description="lists per step")
     train_days: float | None = Field(default=90.0, gt=0, description="train on the lists of the last N days of event time (None: all)")
     max_lists: int = Field(default=20_000, ge=1, description="and at most the newest N lists (each is as long as the served candidate pool: bounds the retrain's memory)")
+    half_life_days: float | None = Field(default=None, gt=0, description="weight each training list by 0.5 ** (its age in days / this) at the retrain (None: all lists alike)")
     item_age: bool = Field(default=False, description="the candidate's days since its first interaction is an input (models.cross_features.item_age; lost on the validation window: docs/quality.md)")
 
 

@@ -116,10 +116,12 @@ def for_ranker(ranker: "ListRanker", x: np.ndarray) -> np.ndarray:
                      "registry changed since it was trained; retrain (`recsys retrain`)")
 
 
-def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0) -> ListRanker:
+def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0,
+               age_days: np.ndarray | None = None) -> ListRanker:
     """Train on ``len(x) // group`` lists of ``group`` consecutive rows, the first of each the
     item taken; ``offsets`` are added to the logits during training only (``batch.nightly.training_lists``;
-    :data:`PADDING` marks a row that is not there)."""
+    :data:`PADDING` marks a row that is not there). ``age_days``: each list's age at this
+    retrain, which weighs it when ``cfg.half_life_days`` is set."""
     if group < 2 or len(x) % group or not len(x):
         raise ValueError(f"{len(x)} rows do not make lists of {group} (one item taken and at least one other)")
     torch.manual_seed(seed)
@@ -132,12 +134,16 @@ def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: i
     shift = torch.from_numpy(np.ascontiguousarray(offsets, dtype=np.float32)).reshape(-1, group)
     optimizer = torch.optim.Adam(ranker.parameters(), lr=cfg.lr)
     target = torch.zeros(cfg.batch_lists, dtype=torch.long)
+    weight = torch.ones(len(lists))
+    if cfg.half_life_days and age_days is not None:
+        weight = torch.from_numpy(0.5 ** (np.asarray(age_days, dtype=np.float64) / cfg.half_life_days)).float()
     generator = torch.Generator().manual_seed(seed)
     ranker.train()
     for _ in range(cfg.epochs):
         for batch in torch.randperm(len(lists), generator=generator).split(cfg.batch_lists):
             logits = ranker(lists[batch]) + shift[batch]
-            loss = nn.functional.cross_entropy(logits, target[:len(batch)])
+            w = weight[batch]
+            loss = (nn.functional.cross_entropy(logits, target[:len(batch)], reduction="none") * w).sum() / w.sum()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -64,3 +64,20 @@ def test_a_ranker_trained_before_the_item_age_reads_rows_without_it():
     assert old.score(for_ranker(old, x)).shape == (4,)
     with pytest.raises(ValueError, match="retrain"):
         for_ranker(old, np.ones((4, 5), np.float32))
+
+
+def test_a_half_life_makes_the_ranker_follow_the_newer_lists():
+    """Old lists reward feature 0, new ones feature 1 (taste drift): weighted by age, the ranker
+    goes with the new; unweighted, with the majority (the old)."""
+    rng = np.random.default_rng(3)
+    old, new, group = 600, 200, 5
+    x = rng.normal(size=((old + new) * group, 2)).astype(np.float32)
+    x[:old * group:group] += [3.0, -3.0]  # then, what was taken was high on 0 and low on 1
+    x[old * group::group] += [-3.0, 3.0]  # now the reverse
+    ages = np.concatenate([np.full(old, 60.0), np.zeros(new)])
+    offsets = np.zeros(len(x), np.float32)
+    probe = np.array([[3.0, -3.0], [-3.0, 3.0]], np.float32)  # the old taste / the new
+    flat = fit_ranker(RankerSettings(epochs=10), x, offsets, group, age_days=ages)
+    recent = fit_ranker(RankerSettings(epochs=10, half_life_days=10.0), x, offsets, group, age_days=ages)
+    assert flat.score(probe)[0] > flat.score(probe)[1]
+    assert recent.score(probe)[1] > recent.score(probe)[0]

@@ -102,14 +102,16 @@ class _ListLog:
         if len(self.times) > self.keep + self.keep // 4:
             del self.times[:-self.keep], self.x[:-self.keep], self.offsets[:-self.keep]
 
-    def recent(self, cfg: RankerSettings) -> tuple[np.ndarray, np.ndarray, int]:
+    def recent(self, cfg: RankerSettings) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
         """What a retrain now trains on (the newest ``max_lists`` of the last ``train_days``),
-        stacked: features, offsets, rows per list. Older lists are dropped: no retrain reads them again."""
+        stacked: features, offsets, rows per list, each list's age in days. Older lists are
+        dropped: no retrain reads them again."""
         first = max(0, len(self.times) - cfg.max_lists)
         if cfg.train_days:
             first = max(first, int(np.searchsorted(np.asarray(self.times), self.times[-1] - int(cfg.train_days * DAY_MS))))
         del self.times[:first], self.x[:first], self.offsets[:first]
-        return np.concatenate(self.x), np.concatenate(self.offsets), len(self.offsets[0])
+        ages = (self.times[-1] - np.asarray(self.times, dtype=np.float64)) / DAY_MS
+        return np.concatenate(self.x), np.concatenate(self.offsets), len(self.offsets[0]), ages
 
 
 @dataclass(frozen=True)
@@ -179,8 +181,8 @@ class Prequential:
         if not rcfg.enabled or not self.lists.times:
             return None
         started = time.perf_counter()
-        x, offsets, group = self.lists.recent(rcfg)  # (rows carry the item age last: batch.event_examples)
-        ranker = fit_ranker(rcfg, x if rcfg.item_age else x[:, :-1], offsets, group, self.settings.training.seed)
+        x, offsets, group, ages = self.lists.recent(rcfg)  # (rows carry the item age last: batch.event_examples)
+        ranker = fit_ranker(rcfg, x if rcfg.item_age else x[:, :-1], offsets, group, self.settings.training.seed, ages)
         self.fit_seconds["ranker"] += time.perf_counter() - started
         return ranker
 

@@ -27,6 +27,7 @@ from batch.nightly import training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import Settings, TrainingSettings
 from models.config import ModelSettings
+from streaming.events import DAY_MS
 from batch.nightly.training_lists import AGE_COLUMN, CROSS_COLUMNS, list_size, ranker_list_settings
 from models.cross_features import N_CROSS, cross_features, item_age
 from models.evaluate import auc, logloss, paired_worse, top_k
@@ -155,8 +156,9 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
                       age=frame[[AGE_COLUMN]].to_numpy(dtype=np.float32) if rcfg.item_age else None)
+    times = frame.groupby("list", sort=True)["event_time"].first().to_numpy(dtype=np.float64)  # lists in frame order
     return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
-                      settings.training.seed)
+                      settings.training.seed, (times.max() - times) / DAY_MS)
 
 
 def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Evaluation:
