@@ -16,6 +16,7 @@ downstream sinks can de-duplicate.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -32,6 +33,30 @@ class LoadedEvents:
 
     events: list[Event]
     rejected: list[tuple[Any, InvalidEvent]] = field(default_factory=list)
+
+    def rejection_summary(self, examples: int = 3) -> str:
+        """The bad rows counted by reason, each with the values that caused it and what is accepted.
+
+        >>> bad = [({"event_type": t}, InvalidEvent("unknown_event_type", "event_type: Input should be 'view' or 'click'"))
+        ...        for t in ["pv", "pv", "fav"]]
+        >>> LoadedEvents([], bad).rejection_summary()
+        "3 bad rows: 3 unknown_event_type (event_type 'pv' x2, 'fav'; event_type: Input should be 'view' or 'click')"
+        """
+        if not self.rejected:
+            return "no bad rows"
+        by_reason: dict[str, list[tuple[Any, InvalidEvent]]] = {}
+        for row, exc in self.rejected:
+            by_reason.setdefault(exc.reason, []).append((row, exc))
+        parts = []
+        for reason, rows in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            detail = rows[0][1].detail
+            field_name = detail.split(":", 1)[0].strip()
+            values = Counter(repr(row[field_name]) for row, _ in rows if isinstance(row, dict) and field_name in row)
+            shown = ", ".join(f"{v} x{n}" if n > 1 else v for v, n in values.most_common(examples))
+            more = ", ..." if len(values) > examples else ""
+            about = f"{field_name} {shown}{more}; {detail}" if values else detail
+            parts.append(f"{len(rows):,} {reason} ({about})")
+        return f"{len(self.rejected):,} bad rows: " + "; ".join(parts)
 
 
 def _to_time_ms(raw: str, unit: str) -> int | str:

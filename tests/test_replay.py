@@ -99,3 +99,22 @@ def test_pacer_max_rate_caps_throughput() -> None:
     for _ in range(21):
         pacer.wait()
     assert time.monotonic() - start >= 0.19
+
+
+def test_a_log_in_another_vocabulary_is_refused_with_the_values_and_the_counts(tmp_path: Path, capsys) -> None:
+    """The common e-commerce layout (user,item,category,behavior,timestamp; pv/cart/fav/buy):
+    until its behaviours are mapped, the error names them, counts them and lists what is accepted."""
+    from infra import cli
+
+    log = tmp_path / "behaviour.csv"
+    rows = [f"{u},{i},7,{b},{1_511_000_000 + n}" for n, (u, i, b) in
+            enumerate([(1, 10, "pv"), (1, 11, "pv"), (2, 10, "cart"), (2, 12, "buy"), (3, 11, "pv")])]
+    log.write_text("user,item,category,behavior,timestamp\n" + "\n".join(rows) + "\n")
+    columns = "user_id=user,item_id=item,event_type=behavior,event_time=timestamp"
+    loaded = load_events(log, columns=parse_columns(columns))
+    assert loaded.events == [] and len(loaded.rejected) == 5
+    summary = loaded.rejection_summary()
+    assert summary.startswith("5 bad rows: 5 unknown_event_type (event_type 'pv' x3, 'cart', 'buy'")
+    assert "'view'" in summary and "'purchase'" in summary  # what is accepted
+    assert cli.main(["evaluate", str(log), "--columns", columns, "--quiet"]) == 2
+    assert "'pv' x3" in " ".join(capsys.readouterr().out.split())  # (rich wraps long lines)

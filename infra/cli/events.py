@@ -16,7 +16,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streaming.producer import EventProducer
 
     loaded = load_event_file(args)
-    console.print(f"loaded {len(loaded.events):,} events from {args.path} ({len(loaded.rejected)} bad rows)")
+    console.print(f"loaded {len(loaded.events):,} events from {args.path} ({loaded.rejection_summary()})")
     with EventProducer(settings) as producer:
         result = send_events(
             producer,

@@ -53,7 +53,8 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     args.path = args.path or settings.ml100k_path
     loaded = load_event_file(args)
     if not loaded.events:
-        raise ValueError(f"{args.path} has no valid events ({len(loaded.rejected)} bad rows): check --columns/--time-unit")
+        raise ValueError(f"{args.path} has no valid events: {loaded.rejection_summary()}; check --columns/--time-unit "
+                         "(and that event types are among the accepted ones)")
     if args.baselines is not None:
         chosen = [b for b in args.baselines.split(",") if b and b != "none"]
         settings = settings.model_copy(update={"evaluation": settings.evaluation.model_validate(
