@@ -39,7 +39,8 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from models.similarity import Neighbours, distinct_indices
+from models.similarity import UNSEEN, Neighbours, distinct_indices
+from streaming.events import DAY_MS
 
 AGE_NAME = "log_item_age_days"
 NAMES = ("sim_last", "sim_last5", "sim_recent", "sim_max", "log_cooccur", "log_item_users", "log_knn_rank")
@@ -103,12 +104,10 @@ def item_age(sim: Neighbours, candidates: Sequence[Hashable], now_ms: int) -> np
     >>> np.expm1(item_age(co, ["old", "young", "unseen"], 86_400_000 * 7)).round(3).ravel().tolist()
     [7.0, 1.0, 0.0]
     """
-    from models.similarity import UNSEEN
-
     n = len(candidates)
     idx = np.fromiter((sim.index.get(c, -1) for c in candidates), dtype=np.int64, count=n)
     first = np.full(n, UNSEEN, dtype=np.int64)
     known = idx >= 0
     first[known] = sim.first_seen(idx[known])
-    days = np.where(first == UNSEEN, 0.0, np.maximum(now_ms - first, 0) / 86_400_000)
+    days = np.where(first == UNSEEN, 0.0, np.maximum(now_ms - first, 0) / DAY_MS)
     return np.log1p(days).astype(np.float32).reshape(n, 1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -101,17 +102,19 @@ def ranker_inputs(*entity: np.ndarray, cross: np.ndarray, age: np.ndarray | None
     return np.concatenate([*blocks, *tail], axis=1)
 
 
-def for_ranker(ranker: "ListRanker", x: np.ndarray) -> np.ndarray:
-    """Rows built with the item age, for ``ranker``: a ranker trained without it (before it
-    existed, or with ``ranker.item_age`` off) reads the rows without their last column.
+def for_ranker(ranker: "ListRanker", x: np.ndarray, age: Callable[[], np.ndarray]) -> np.ndarray:
+    """Rows without the item age (entity + cross features), completed for ``ranker``: ``age()``
+    is computed and appended only for a ranker trained with it (``ranker.item_age``); one trained
+    without it (before it existed, or with the setting off) reads them as they are.
 
-    >>> for_ranker(ListRanker(2, [4]), np.ones((3, 3), np.float32)).shape
-    (3, 2)
+    >>> rows = np.ones((3, 2), np.float32)
+    >>> for_ranker(ListRanker(2, [4]), rows, lambda: 1 / 0).shape, for_ranker(ListRanker(3, [4]), rows, lambda: np.zeros((3, 1))).shape
+    ((3, 2), (3, 3))
     """
     if x.shape[1] == ranker.n_in:
         return x
-    if x.shape[1] == ranker.n_in + 1:
-        return x[:, :-1]
+    if x.shape[1] + 1 == ranker.n_in:
+        return np.concatenate([x, np.asarray(age(), dtype=np.float32)], axis=1)
     raise ValueError(f"the ranker takes {ranker.n_in} inputs, these rows have {x.shape[1]}: the feature "
                      "registry changed since it was trained; retrain (`recsys retrain`)")
 

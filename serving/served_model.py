@@ -104,15 +104,15 @@ class ServedModel:
         """Each item's score for this user, in (0, 1), higher is better (features already
         transformed): the candidate ranker's when the version has one (a ranking score), else the
         TorchRec model's positive-interaction probability. ``now_ms``: the time the items' ages
-        are taken at (default: now; a replay passes its event time)."""
+        are taken at, for a ranker trained with them (the recommender passes the stream's event
+        clock; default: now)."""
         n = len(items)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         if self.ranker is not None:
-            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-            x = ranker_inputs(user_dense.reshape(1, -1), item_dense, cross=cross_features(self.similarity, recent, items),
-                              age=item_age(self.similarity, items, now_ms))
-            x = for_ranker(self.ranker, x)
+            x = ranker_inputs(user_dense.reshape(1, -1), item_dense, cross=cross_features(self.similarity, recent, items))
+            x = for_ranker(self.ranker, x, lambda: item_age(self.similarity, items,
+                                                            int(time.time() * 1000) if now_ms is None else now_ms))
             return (1.0 / (1.0 + np.exp(-self.ranker.score(x).astype(np.float64)))).astype(np.float32)
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD

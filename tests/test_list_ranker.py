@@ -59,11 +59,15 @@ def test_list_sizes_that_do_not_make_lists_are_refused():
 
 def test_a_ranker_trained_before_the_item_age_reads_rows_without_it():
     old = fit_ranker(RankerSettings(epochs=2), lists(), np.zeros(300 * 6, np.float32), group=6)
-    x = ranker_inputs(np.ones((1, 1)), np.zeros((4, 1)), cross=np.ones((4, 0)), age=np.arange(4.0).reshape(4, 1))
-    assert x.shape == (4, 3) and for_ranker(old, x).tolist() == x[:, :2].tolist()
-    assert old.score(for_ranker(old, x)).shape == (4,)
+    x = ranker_inputs(np.ones((1, 1)), np.zeros((4, 1)), cross=np.ones((4, 0)))
+    no_age = lambda: pytest.fail("a ranker trained without the item age must not compute it")  # noqa: E731
+    assert x.shape == (4, 2) and for_ranker(old, x, no_age).tolist() == x.tolist()
+    assert old.score(for_ranker(old, x, no_age)).shape == (4,)
+    ages = np.arange(4.0).reshape(4, 1)
+    with_age = for_ranker(ListRanker(3, [4]), x, lambda: ages)
+    assert with_age.shape == (4, 3) and with_age[:, 2].tolist() == ages.ravel().tolist()
     with pytest.raises(ValueError, match="retrain"):
-        for_ranker(old, np.ones((4, 5), np.float32))
+        for_ranker(old, np.ones((4, 5), np.float32), no_age)
 
 
 def test_a_half_life_makes_the_ranker_follow_the_newer_lists():

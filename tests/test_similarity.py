@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batch.nightly.training_lists import AGE_COLUMN, CROSS_COLUMNS, fold, list_items, list_size
+from batch.nightly.training_lists import CROSS_COLUMNS, fold, list_items, list_size
 from infra.settings import Settings, TrainingSettings
-from models.cross_features import NAMES, cross_features, item_age
+from models.cross_features import AGE_NAME, NAMES, cross_features, item_age
 from models.similarity import UNSEEN, CoOccurrence, DailySimilarity, SimilarityTable, top_similar
 
 DAY = 86_400_000
@@ -129,7 +129,7 @@ def test_fold_makes_lists_without_look_ahead(tmp_path):
     first_seen = before.groupby("item_id")["event_time"].min()
     known = [table.index.get(i) is not None for i in mine["item_id"]]
     want = [np.log1p((t - first_seen[i]) / DAY) if k else 0.0 for i, k in zip(mine["item_id"], known)]
-    assert np.allclose(mine[AGE_COLUMN].to_numpy(), want, atol=1e-5)
+    assert np.allclose(mine[AGE_NAME].to_numpy(), want, atol=1e-5)
     assert lists.at_cutoff.index.keys() == set(events.loc[events["event_time"] < cutoff, "item_id"])
 
 

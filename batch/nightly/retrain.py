@@ -28,8 +28,8 @@ from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check
 from infra.settings import Settings, TrainingSettings
 from models.config import ModelSettings
 from streaming.events import DAY_MS
-from batch.nightly.training_lists import AGE_COLUMN, CROSS_COLUMNS, list_size, ranker_list_settings
-from models.cross_features import N_CROSS, cross_features, item_age
+from batch.nightly.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
+from models.cross_features import AGE_NAME, N_CROSS, cross_features, item_age
 from models.evaluate import auc, logloss, paired_worse, top_k
 from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, for_ranker, ranker_inputs
 from models.similarity import SIMILARITY_FILE, SimilarityTable
@@ -79,8 +79,8 @@ class Evaluation:
         def score(u: int, candidates: np.ndarray) -> np.ndarray:
             table, items = self.similarity or SimilarityTable.empty(), self.catalogue[candidates].tolist()
             x = ranker_inputs(self.user_dense[u:u + 1], self.item_dense[candidates],
-                              cross=cross_features(table, self.user_recent[u], items), age=item_age(table, items, self.cutoff_ms))
-            return ranker.score(for_ranker(ranker, x))
+                              cross=cross_features(table, self.user_recent[u], items))
+            return ranker.score(for_ranker(ranker, x, lambda: item_age(table, items, self.cutoff_ms)))
 
         ranked = top_k(score, self.users, self.catalogue, self.relevant, self.seen, k)
         return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
@@ -155,7 +155,7 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]  # (the fold kept the last train_days)
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
-                      age=frame[[AGE_COLUMN]].to_numpy(dtype=np.float32) if rcfg.item_age else None)
+                      age=frame[[AGE_NAME]].to_numpy(dtype=np.float32) if rcfg.item_age else None)
     times = frame.groupby("list", sort=True)["event_time"].first().to_numpy(dtype=np.float64)  # lists in frame order
     return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
                       settings.training.seed, (times.max() - times) / DAY_MS)

@@ -30,7 +30,6 @@ from models.similarity import CoOccurrence, DailySimilarity, Neighbours, Similar
 from streaming.events import DAY_MS
 
 CROSS_COLUMNS = [f"cross_{n}" for n in NAMES]
-AGE_COLUMN = AGE_NAME  # the list row's item age (the candidate ranker reads it; the DLRM does not)
 
 
 RANK_SMOOTHING = 10.0  # hard negatives are drawn with q(r) ~ 1 / (r + this) over the pool's ranks r
@@ -176,6 +175,7 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
             if len(chosen) == size:
                 lid = len(cross)
                 rows.extend((lid, p, user, c, t, 1.0 if p == 0 else 0.0, o) for p, (c, o) in enumerate(zip(chosen, offsets)))
+                # the item age rides along in its own column (the candidate ranker may read it; the DLRM does not)
                 cross.append(np.hstack([cross_features(table, newest, chosen), item_age(table, chosen, t)]))
         history.appendleft(item)
         mine.add(item)
@@ -187,6 +187,6 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
         counts.learn(user, item, t)  # (the table as of this event's day boundary was read above)
     frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset"])
     values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS) + 1), dtype=np.float32)
-    frame = pd.concat([frame, pd.DataFrame(values, columns=[*CROSS_COLUMNS, AGE_COLUMN])], axis=1)
+    frame = pd.concat([frame, pd.DataFrame(values, columns=[*CROSS_COLUMNS, AGE_NAME])], axis=1)
     final = daily.freeze()
     return Lists(frame, at_cutoff if at_cutoff is not None else final, final)

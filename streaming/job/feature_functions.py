@@ -267,8 +267,7 @@ class PartitionFunction(_FeatureFunction):
             self._timer(ctx, timer_ms)
         routed = None
         if self.items is not None:
-            self.items.apply_events(key, item_events)
-            self.metrics.inc("updates", len(item_events))
+            self.metrics.inc("updates", self.items.apply_events(key, item_events))
         else:
             routed = route(item_events, self.stream.item_shards)
         self._after(ctx)
