@@ -14,6 +14,7 @@ line still matches the process, so a recycled PID is never hit.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -83,11 +84,30 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+_FREE_PORT_RANGE = range(20_000, 32_000)  # below Linux's ephemeral range (32768-60999)
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (for throwaway stacks in tests and benchmarks)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nobody listens on right now (for throwaway stacks in tests and benchmarks).
+
+    Why not ``bind(0)``: the kernel may give the same ephemeral port to two calls in a row (a
+    broker and a Redis then race for it), and an outgoing client connection may take it before
+    the service binds. So ports come from below the ephemeral range and never twice per process.
+    """
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.choice(_FREE_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ServiceError(f"no free port found on {host} in {_FREE_PORT_RANGE}")
 
 
 def settings_file(settings: Settings, stem: str) -> Path:

@@ -151,3 +151,16 @@ def test_production_manifests_are_valid_yaml() -> None:
     for f in files:
         docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
         assert docs, f
+
+
+def test_free_port_never_repeats_and_skips_listening_ports() -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)  # a broker and a Redis never get the same port
+    assert taken not in ports and all(20_000 <= p < 32_000 for p in ports)
+    assert not any(port_open("127.0.0.1", p) for p in ports[:20])
