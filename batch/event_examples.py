@@ -1,6 +1,6 @@
 """Training examples from single events, as the nightly job makes them from the events table.
 
-Same labels (``batch.nightly.training_data.label_of``, the rule the nightly job applies), features as of
+Same labels (the event vocabulary's, ``streaming.vocabulary``, as the nightly job applies them), features as of
 just before the event (``features.live``), negatives drawn with a seed derived from the event's
 position so a replay draws the same ones. Used by the streaming trainer and the prequential
 evaluation.
@@ -23,7 +23,6 @@ from typing import Callable
 
 import numpy as np
 
-from batch.nightly.training_data import label_of
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
 from batch.nightly.training_lists import Popular, list_items, list_size
@@ -32,16 +31,18 @@ from models.incremental import Row
 from models.list_ranker import ranker_inputs
 from models.similarity import DailySimilarity, Neighbours
 from streaming.events import Event
+from streaming.vocabulary import EventVocabulary
 
 
 class EventExamples:
     """Makes one event's examples and keeps the catalogue (item -> labelled events) current."""
 
-    def __init__(self, cfg: TrainingSettings, features: LiveFeatures, catalogue: dict[str, int],
+    def __init__(self, cfg: TrainingSettings, vocabulary: EventVocabulary, features: LiveFeatures, catalogue: dict[str, int],
                  on_new_item: Callable[[str], None] = lambda item: None,
                  similarity: "Neighbours | DailySimilarity | None" = None, cross: bool = True,
                  ranker_lists: TrainingSettings | None = None) -> None:
         self.cfg = cfg
+        self.vocabulary = vocabulary
         self.features = features
         self.catalogue = catalogue
         self.items = list(catalogue)  # most trained-on first, then in order of arrival
@@ -71,7 +72,7 @@ class EventExamples:
         """A positive event's list for the candidate ranker (``models.list_ranker``): every row's
         entity and cross features (the item taken first) and its logit offset; None for any other
         event. Call before :meth:`make`, which folds the event in."""
-        if self.ranker_lists is None or label_of(self.cfg, event.event_type.value, event.value) != 1.0:
+        if self.ranker_lists is None or self.vocabulary.label(event.event_type.value, event.value) != 1.0:
             return None
         sim = self._table(event)
         _, recent = self.features.user(event.user_id)
@@ -86,7 +87,7 @@ class EventExamples:
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""
-        label = label_of(self.cfg, event.event_type.value, event.value)
+        label = self.vocabulary.label(event.event_type.value, event.value)
         rows: list[Row] = []
         sim = self._table(event)
         if not math.isnan(label):

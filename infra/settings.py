@@ -19,7 +19,7 @@ import os
 import typing
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar, Iterator, Mapping
+from typing import ClassVar, Iterator, Literal, Mapping
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -206,11 +206,32 @@ class StreamSettings(BaseModel):
     flink_config: dict[str, str] = Field(default_factory=dict, description="extra Flink configuration, passed through")
 
 
+class EventTypeSettings(BaseModel):
+    """What one event type means: overrides of its default in ``streaming.vocabulary``."""
+
+    label: Literal["positive", "negative", "unlabelled", "rating"] | None = Field(
+        default=None, description="positive / negative: always that label; unlabelled: features only (like a view); "
+        "rating: positive when value >= training.rating_threshold, else negative. None = the type's default")
+    weight: float | None = Field(default=None, gt=0, description="how much a labelled event of this type counts in "
+                                 "training (its rows' and lists' loss weight); None = 1")
+
+
+class EventSettings(BaseModel):
+    """The event vocabulary: the names a log may use and what each type means (``streaming.vocabulary``
+    owns the engine's types and their defaults; validation, labels, features and the DLQ read it)."""
+
+    aliases: dict[str, str] = Field(default_factory=dict, description="your event names -> the engine's types, "
+                                    "e.g. {pv: view, buy: purchase, cart: add_to_cart, fav: like}")
+    types: dict[str, EventTypeSettings] = Field(default_factory=dict, description="per engine type: its label "
+                                                "and weight, e.g. {purchase: {weight: 3}, view: {label: unlabelled}}")
+
+
 class TrainingSettings(BaseModel):
     """How training examples are made from the events table (batch.nightly.training_data)."""
 
     rating_threshold: float = Field(default=4.0, description="rating >= this is a positive, below is a negative")
-    positive_types: list[str] = ["click", "add_to_cart", "purchase", "like", "share"]
+    positive_types: list[str] | None = Field(default=None, description="deprecated (use events.types.<type>.label): "
+                                             "when set, exactly these types are positives, other unrated types unlabelled")
     objective: str = Field(default="pointwise", pattern="^(listwise|pointwise)$", description="pointwise: binary cross-entropy per row; listwise: softmax over each positive with its hard and random negatives (batch.nightly.training_lists; not yet better on ml-100k: docs/quality.md)")
     hard_negatives: int = Field(default=15, ge=0, description="listwise: negatives drawn from the user's item-kNN list (what the candidate sources propose), per positive")
     hard_pool: int = Field(default=200, ge=1, description="listwise: hard negatives are drawn from the user's best N item-kNN items (then the popular ones), weighted to the top and corrected for it (batch.nightly.training_lists)")
@@ -398,6 +419,7 @@ class Settings(BaseSettings):
     ml100k_path: Path = Path("../shared/data/ml-100k/u.data")
     broker: BrokerSettings = BrokerSettings()
     topics: TopicSettings = TopicSettings()
+    events: EventSettings = EventSettings()
     redis: RedisSettings = RedisSettings()
     producer: ProducerSettings = ProducerSettings()
     consumer: ConsumerSettings = ConsumerSettings()

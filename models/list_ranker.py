@@ -120,11 +120,12 @@ def for_ranker(ranker: "ListRanker", x: np.ndarray, age: Callable[[], np.ndarray
 
 
 def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0,
-               age_days: np.ndarray | None = None) -> ListRanker:
+               age_days: np.ndarray | None = None, list_weights: np.ndarray | None = None) -> ListRanker:
     """Train on ``len(x) // group`` lists of ``group`` consecutive rows, the first of each the
     item taken; ``offsets`` are added to the logits during training only (``batch.nightly.training_lists``;
     :data:`PADDING` marks a row that is not there). ``age_days``: each list's age at this
-    retrain, which weighs it when ``cfg.half_life_days`` is set."""
+    retrain, which weighs it when ``cfg.half_life_days`` is set. ``list_weights``: each list's own
+    weight (its event type's, ``streaming.vocabulary``), multiplied in."""
     if group < 2 or len(x) % group or not len(x):
         raise ValueError(f"{len(x)} rows do not make lists of {group} (one item taken and at least one other)")
     torch.manual_seed(seed)
@@ -140,6 +141,8 @@ def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: i
     weight = torch.ones(len(lists))
     if cfg.half_life_days and age_days is not None:
         weight = torch.from_numpy(0.5 ** (np.asarray(age_days, dtype=np.float64) / cfg.half_life_days)).float()
+    if list_weights is not None:
+        weight = weight * torch.from_numpy(np.asarray(list_weights, dtype=np.float32))
     generator = torch.Generator().manual_seed(seed)
     ranker.train()
     for _ in range(cfg.epochs):

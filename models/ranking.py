@@ -187,6 +187,7 @@ class Batch:
     sparse: KeyedJaggedTensor
     labels: torch.Tensor | None = None  # (B,) float32
     offsets: torch.Tensor | None = None  # (B,) added to the logits in a listwise loss (sampled softmax's log-q correction)
+    weights: torch.Tensor | None = None  # (B,) loss weight per row (listwise: per list, read from its first row)
 
     @classmethod
     def build(cls, mapping: "ModelSettings | ModelIds", users: Sequence[str], items: Sequence[str],
@@ -235,16 +236,24 @@ def train_step(model: DLRM, optimizer: torch.optim.Optimizer, batch: Batch, grou
     consecutive rows, each one positive and its negatives, and the loss is the softmax
     cross-entropy of the positive within its list (listwise: the model learns to put the item
     the user took above the ones they were likely to be shown, which is what a top-K list needs).
-    ``batch.offsets`` corrects for how the negatives were sampled (``batch.nightly.training_lists``)."""
+    ``batch.offsets`` corrects for how the negatives were sampled (``batch.nightly.training_lists``);
+    ``batch.weights`` (the event vocabulary's type weights) make a weighted mean of the losses."""
     if batch.labels is None:
         raise ValueError("train_step needs labels")
     optimizer.zero_grad()
     logits = model(batch.dense, batch.sparse).squeeze(-1)
     if group > 1:
         lists = (logits if batch.offsets is None else logits + batch.offsets).reshape(-1, group)
-        loss = nn.functional.cross_entropy(lists, batch.labels.reshape(-1, group).argmax(dim=1))
-    else:
+        target = batch.labels.reshape(-1, group).argmax(dim=1)
+        if batch.weights is None:
+            loss = nn.functional.cross_entropy(lists, target)
+        else:
+            w = batch.weights.reshape(-1, group)[:, 0]
+            loss = (nn.functional.cross_entropy(lists, target, reduction="none") * w).sum() / w.sum()
+    elif batch.weights is None:
         loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    else:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.labels, weight=batch.weights, reduction="sum") / batch.weights.sum()
     loss.backward()
     optimizer.step()
     return float(loss.detach())

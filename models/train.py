@@ -28,6 +28,7 @@ class Examples:
     labels: np.ndarray | None = None  # (n,) float32
     group: int = 1  # rows per list (listwise training: a positive, then its negatives); 1 = independent rows
     offsets: np.ndarray | None = None  # (n,) float32: listwise logit corrections of sampled negatives
+    weights: np.ndarray | None = None  # (n,) float32 loss weight of each row (a list's: its first row's); None = all 1
 
     def __len__(self) -> int:
         return len(self.users)
@@ -35,7 +36,8 @@ class Examples:
     def take(self, index: np.ndarray) -> "Examples":
         return Examples(self.users[index], self.items[index], [self.recent[i] for i in index], self.dense[index],
                         None if self.labels is None else self.labels[index], self.group,
-                        None if self.offsets is None else self.offsets[index])
+                        None if self.offsets is None else self.offsets[index],
+                        None if self.weights is None else self.weights[index])
 
     def batches(self, mapping: "ModelSettings | ModelIds", batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         """Mini-batches in a seeded random order (``rng``) or in row order (``rng=None``); ids are
@@ -58,6 +60,8 @@ class Examples:
                                     torch.from_numpy(self.dense[index]), labels)
             if self.offsets is not None:
                 batch.offsets = torch.from_numpy(self.offsets[index])
+            if self.weights is not None:
+                batch.weights = torch.from_numpy(self.weights[index].astype(np.float32))
             yield batch
 
     def _rows(self, ids: ModelIds) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from infra import kafka_clients
 from infra.settings import Settings
 from streaming.dlq import DeadLetterSender
 from streaming.events import Event, InvalidEvent, decode_event
+from streaming.vocabulary import EventVocabulary
 from streaming.producer import DeliveryFailed, DeliveryReport
 
 
@@ -42,6 +43,7 @@ class EventConsumer:
         self.settings = settings
         self.topic = topic or settings.topics.events
         self.max_event_bytes = settings.producer.max_event_bytes
+        self.aliases = EventVocabulary.from_settings(settings).aliases
         c = settings.consumer
         config: dict[str, Any] = dict(
             group_id=group_id or c.group_id,
@@ -68,7 +70,7 @@ class EventConsumer:
         for tp, records in batch.items():
             for r in records:
                 try:
-                    event = decode_event(r.value or b"", self.max_event_bytes)
+                    event = decode_event(r.value or b"", self.max_event_bytes, self.aliases)
                 except InvalidEvent as exc:
                     self._dead_letter(r, exc)
                     continue

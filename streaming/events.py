@@ -21,8 +21,9 @@ from enum import StrEnum
 import orjson
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
-from pydantic import model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo
+from pydantic import field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 DAY_MS = 86_400_000  # event times are epoch milliseconds (UTC); the one spelling of a day
@@ -37,6 +38,10 @@ class EventType(StrEnum):
     RATING = "rating"
     LIKE = "like"
     SHARE = "share"
+
+
+TYPE_NAMES = tuple(t.value for t in EventType)
+Aliases = dict[str, str]  # a log's event names -> EventType values (``streaming.vocabulary`` builds it from the settings)
 
 
 def _int_id_to_str(value: Any) -> Any:
@@ -65,6 +70,24 @@ class Event(BaseModel):
     event_time: Annotated[StrictInt, Field(ge=0, le=MAX_EVENT_TIME_MS)]
     context: dict[str, str] | None = None
 
+    @field_validator("event_type", mode="before")
+    @classmethod
+    def _known_type(cls, value: Any, info: ValidationInfo) -> Any:
+        """A log's own name is mapped through the aliases in the validation context; an unknown
+        name is rejected with the accepted ones and how to map it."""
+        if not isinstance(value, str) or value in TYPE_NAMES:
+            return value
+        aliases: Aliases = (info.context or {}).get("aliases") or {}
+        if value in aliases:
+            return aliases[value]
+        accepted = ", ".join(repr(t) for t in (*TYPE_NAMES, *aliases))
+        raise PydanticCustomError(
+            "unknown_event_type",
+            "{quoted} is not an event type (accepted: {accepted}); map it with --event-types {name}=<type> "
+            "or the events.aliases setting",
+            {"quoted": repr(value[:64]), "name": value[:64], "accepted": accepted},
+        )
+
     @model_validator(mode="after")
     def _rating_has_value(self) -> "Event":
         if self.event_type is EventType.RATING and self.value is None:
@@ -90,6 +113,7 @@ _ERROR_REASONS = {
     "missing": "missing_field",
     "extra_forbidden": "unknown_field",
     "enum": "unknown_event_type",
+    "unknown_event_type": "unknown_event_type",
     "literal_error": "unsupported_schema_version",
 }
 
@@ -110,8 +134,9 @@ def _reason_from(error: ValidationError) -> InvalidEvent:
     return InvalidEvent(reason, detail)
 
 
-def decode_event(data: bytes, max_bytes: int | None = None) -> Event:
-    """Parse and validate wire bytes; raises :class:`InvalidEvent` with a reason code."""
+def decode_event(data: bytes, max_bytes: int | None = None, aliases: Aliases | None = None) -> Event:
+    """Parse and validate wire bytes; raises :class:`InvalidEvent` with a reason code. ``aliases``:
+    the log's own event names (``streaming.vocabulary``); the event carries the engine's type."""
     if max_bytes is not None and len(data) > max_bytes:
         raise InvalidEvent("oversize", f"{len(data)} bytes > limit {max_bytes}")
     try:
@@ -119,22 +144,31 @@ def decode_event(data: bytes, max_bytes: int | None = None) -> Event:
     except UnicodeDecodeError as exc:
         raise InvalidEvent("not_utf8", str(exc)) from None
     try:
-        return Event.model_validate_json(text)
+        return Event.model_validate_json(text, context=_context(aliases))
     except ValidationError as exc:
         raise _reason_from(exc) from None
 
 
-def coerce_event(obj: Event | dict[str, Any] | bytes | str) -> Event:
-    """Accept what a producer may hand us (model, dict, JSON bytes/str) as a valid Event."""
+def _context(aliases: Aliases | None) -> dict[str, Aliases] | None:
+    return {"aliases": aliases} if aliases else None
+
+
+def coerce_event(obj: Event | dict[str, Any] | bytes | str, aliases: Aliases | None = None) -> Event:
+    """Accept what a producer may hand us (model, dict, JSON bytes/str) as a valid Event.
+
+    >>> coerce_event({"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "pv", "event_time": 1},
+    ...              aliases={"pv": "view"}).event_type
+    <EventType.VIEW: 'view'>
+    """
     if isinstance(obj, Event):
         return obj
     if isinstance(obj, (bytes, bytearray)):
-        return decode_event(bytes(obj))
+        return decode_event(bytes(obj), aliases=aliases)
     if isinstance(obj, str):
-        return decode_event(obj.encode("utf-8", errors="surrogatepass"))
+        return decode_event(obj.encode("utf-8", errors="surrogatepass"), aliases=aliases)
     if isinstance(obj, dict):
         try:
-            return Event.model_validate(obj)
+            return Event.model_validate(obj, context=_context(aliases))
         except ValidationError as exc:
             raise _reason_from(exc) from None
     raise InvalidEvent("not_an_object", f"cannot make an event from {type(obj).__name__}")
@@ -148,21 +182,24 @@ def encode_event(event: Event) -> bytes:
     return _serializer.to_json(event, exclude_none=True)
 
 
-def validate_and_encode(obj: Event | dict[str, Any] | bytes | str) -> tuple[Event, bytes]:
-    """The producer's hot path: a valid event and its wire bytes.
+def validate_and_encode(obj: Event | dict[str, Any] | bytes | str, aliases: Aliases | None = None) -> tuple[Event, bytes]:
+    """The producer's hot path: a valid event and its wire bytes (which carry the engine's type
+    name, never an alias, so every reader of the topic agrees).
 
     A dict with string ids (what backends usually send) is serialised once with orjson and
     validated from those bytes, which is cheaper than building the model and re-serialising;
     everything else takes the canonical path.
     """
     if type(obj) is dict and type(obj.get("user_id")) is str and type(obj.get("item_id")) is str:
+        if aliases and obj.get("event_type") in aliases:
+            obj = {**obj, "event_type": aliases[obj["event_type"]]}
         try:
             payload = orjson.dumps(obj)
         except TypeError:
             pass  # not JSON-serialisable: the canonical path gives the precise reason
         else:
             return decode_event(payload), payload
-    event = coerce_event(obj)
+    event = coerce_event(obj, aliases)
     return event, encode_event(event)
 
 

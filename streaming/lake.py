@@ -74,12 +74,15 @@ def land_topic(settings: Settings) -> int:
     tests, benchmarks and one-off imports without a running job; returns rows written."""
     from streaming.events import InvalidEvent, decode_event
     from streaming.topics import scan_topic
+    from streaming.vocabulary import EventVocabulary
+
+    aliases = EventVocabulary.from_settings(settings).aliases
 
     rows: dict[int, list] = {}
 
     def visit(r) -> None:  # noqa: ANN001 - a kafka ConsumerRecord
         try:
-            e = decode_event(r.value or b"", settings.producer.max_event_bytes)
+            e = decode_event(r.value or b"", settings.producer.max_event_bytes, aliases)
         except InvalidEvent:
             return
         rows.setdefault(r.partition, []).append(LakeRow.of(e, r.partition, r.offset, ingest_time=r.timestamp))

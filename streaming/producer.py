@@ -31,6 +31,7 @@ from infra.kafka_clients import broker_hint
 from infra.settings import Settings
 from streaming.dlq import DeadLetterSender, key_of, original_bytes
 from streaming.events import Event, InvalidEvent, decode_event, validate_and_encode
+from streaming.vocabulary import EventVocabulary
 
 DeliveryCallback = Callable[[Event, "Delivery"], None]
 ErrorCallback = Callable[[Any, Exception], None]
@@ -126,6 +127,7 @@ class EventProducer:
         self.dlq_topic = settings.topics.dlq
         self.strict = strict
         self.max_event_bytes = settings.producer.max_event_bytes
+        self.aliases = EventVocabulary.from_settings(settings).aliases  # the topic carries the engine's type names
         self._on_delivery = on_delivery
         self._on_error = on_error
         self._lock = threading.Lock()
@@ -166,7 +168,7 @@ class EventProducer:
 
     def _send(self, obj: Event | dict[str, Any] | bytes | str) -> tuple[Any, InvalidEvent | None]:
         try:
-            event, payload = validate_and_encode(obj)
+            event, payload = validate_and_encode(obj, self.aliases)
             if len(payload) > self.max_event_bytes:
                 raise InvalidEvent(
                     "oversize", f"{len(payload)} bytes > limit {self.max_event_bytes}"

@@ -5,7 +5,8 @@ Formats:
   each row becomes a ``rating`` event with ``value`` = rating.
 - CSV with a header: ``columns`` maps event fields to header names, e.g.
   ``{"user_id": "userId", "item_id": "movieId", "value": "rating", "event_time": "timestamp"}``;
-  ``event_type`` comes from a mapped column or the ``event_type`` argument.
+  ``event_type`` comes from a mapped column or the ``event_type`` argument; a log's own names
+  (``pv``, ``buy``) map onto the engine's types through ``aliases`` (``--event-types pv=view``).
 
 Rows that cannot become events (wrong column count, non-numeric time, ...) are not dropped:
 they go through the producer's validation and land in the DLQ with the reason.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from streaming.events import Event, InvalidEvent, coerce_event
+from streaming.events import Aliases, Event, InvalidEvent, coerce_event
 
 ML_COLUMNS = ("user_id", "item_id", "value", "event_time")
 TIME_UNITS = {"s": 1000, "ms": 1, "us": 0.001}
@@ -112,8 +113,10 @@ def load_events(
     delimiter: str | None = None,
     event_type: str = "rating",
     time_unit: str = "s",
+    aliases: Aliases | None = None,
 ) -> LoadedEvents:
-    """Read a file into validated events, sorted by event time (ties keep file order)."""
+    """Read a file into validated events, sorted by event time (ties keep file order); the file's
+    own event names are mapped through ``aliases`` (``streaming.vocabulary``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -131,7 +134,7 @@ def load_events(
             continue
         candidate = _row_to_event(row, event_id, event_type, time_unit)
         try:
-            loaded.events.append(coerce_event(candidate))
+            loaded.events.append(coerce_event(candidate, aliases))
         except InvalidEvent as exc:
             loaded.rejected.append((candidate, exc))
     loaded.events.sort(key=lambda e: e.event_time)

@@ -3,6 +3,7 @@
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 from infra.settings import Settings
@@ -11,6 +12,7 @@ from streaming.ingest import send_events
 from streaming.pacing import Pacer
 from streaming.producer import EventProducer
 from streaming.replay import load_events, parse_columns
+from streaming.vocabulary import parse_event_types
 from streaming.topics import scan_topic
 
 
@@ -118,3 +120,25 @@ def test_a_log_in_another_vocabulary_is_refused_with_the_values_and_the_counts(t
     assert "'view'" in summary and "'purchase'" in summary  # what is accepted
     assert cli.main(["evaluate", str(log), "--columns", columns, "--quiet"]) == 2
     assert "'pv' x3" in " ".join(capsys.readouterr().out.split())  # (rich wraps long lines)
+    assert "--event-types pv=<type>" in summary  # and how to map it
+
+    mapped = load_events(log, columns=parse_columns(columns),
+                         aliases=parse_event_types("pv=view,cart=add_to_cart,buy=purchase,fav=like"))
+    assert not mapped.rejected
+    assert [e.event_type.value for e in mapped.events] == ["view", "view", "add_to_cart", "purchase", "view"]
+
+
+def test_the_producer_puts_the_engines_type_on_the_topic(settings: Settings) -> None:
+    """A backend that sends its own names (events.aliases) never puts them on the topic: every
+    reader of it (the stream job, the learner, the lake) sees the engine's types."""
+    settings = settings.model_copy(update={"events": settings.events.model_validate({"aliases": {"pv": "view", "buy": "purchase"}})})
+    sent = [{"event_id": f"e{n}", "user_id": "u", "item_id": str(n), "event_type": t, "event_time": 1_000 + n}
+            for n, t in enumerate(["pv", "buy", "click", "teleport"])]
+    with EventProducer(settings) as producer:
+        problems = [producer.send_or_reason(e) for e in sent]
+        producer.flush(timeout=10)
+    assert [p.reason if p else None for p in problems] == [None, None, None, "unknown_event_type"]
+    types: list[str] = []
+    scan_topic(settings, settings.topics.events, visit=lambda r: types.append(orjson.loads(r.value)["event_type"]))
+    assert sorted(types) == ["click", "purchase", "view"]
+    assert scan_topic(settings, settings.topics.dlq).records == 1

@@ -92,3 +92,16 @@ def test_point_in_time_join_never_sees_a_later_value(lake_settings, tmp_path):
         assert row.last_seen_ms <= t  # nothing from the future
         before = history[(history["user_id"] == row.user_id) & (history["event_time"] <= t)]
         assert row.n_events == len(before)  # everything from the past (a snapshot after every event)
+
+
+def test_event_type_weights_reach_the_examples_and_the_lists(lake_settings):
+    """events.types.<type>.weight: the type's rows and the lists it heads carry it into the loss;
+    sampled negatives weigh 1."""
+    from batch.nightly.retrain import _weights
+
+    weighted = lake_settings.model_copy(update={"events": lake_settings.events.model_validate({"types": {"rating": {"weight": 2.5}}})})
+    data = build(weighted)
+    real, sampled = data.examples[~data.examples["sampled"]], data.examples[data.examples["sampled"]]
+    assert (real["weight"] == 2.5).all() and (sampled["weight"] == 1.0).all()
+    assert (data.ranker_lists.frame["weight"] == 2.5).all()
+    assert _weights(data.examples) is not None and _weights(data.examples.assign(weight=1.0)) is None

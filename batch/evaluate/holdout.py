@@ -23,14 +23,13 @@ from typing import Callable
 
 import httpx
 import numpy as np
-import pandas as pd
 
-from batch.nightly.training_data import label_of, labels
 from features import names
-from infra.settings import ItemKNNSettings, Settings, TrainingSettings
+from infra.settings import ItemKNNSettings, Settings
 from models.baselines import ItemKNN
 from serving.online_features import OnlineFeatureReader
 from streaming.events import Event
+from streaming.vocabulary import EventVocabulary
 
 
 class KnnYardstick:
@@ -73,18 +72,17 @@ class HoldoutResult:
                 f"popularity {self.hr_popularity:.3f} ({self.users} users, model {self.model_version})")
 
 
-def relevant_items(cfg: TrainingSettings, holdout: list[Event]) -> dict[str, set[str]]:
+def relevant_items(vocabulary: EventVocabulary, holdout: list[Event]) -> dict[str, set[str]]:
     """Positive items per user in the held-out events."""
-    frame = pd.DataFrame([{"user_id": e.user_id, "item_id": e.item_id, "event_type": e.event_type.value,
-                           "value": e.value} for e in holdout])
-    if frame.empty:
-        return {}
-    positives = frame[labels(cfg, frame) == 1.0]
-    return {u: set(g) for u, g in positives.groupby("user_id")["item_id"]}
+    relevant: dict[str, set[str]] = {}
+    for e in holdout:
+        if vocabulary.label(e.event_type.value, e.value) == 1.0:
+            relevant.setdefault(e.user_id, set()).add(e.item_id)
+    return relevant
 
 
 def evaluate(base_url: str, settings: Settings, history: list[Event], holdout: list[Event], k: int = 10) -> HoldoutResult:
-    relevant = relevant_items(settings.training, holdout)
+    relevant = relevant_items(EventVocabulary.from_settings(settings), holdout)
     before: dict[str, set[str]] = {}
     knn = KnnYardstick(settings.evaluation.item_knn)
     for e in history:
@@ -134,7 +132,7 @@ def prequential(base_url: str, settings: Settings, history: list[Event], holdout
     sent and the stream job's features for its users are awaited, so the next minute's requests
     see them. Item-kNN learns each minute after it is scored, as the API's features do. All exclude
     what the user interacted with before (as in :func:`evaluate`)."""
-    cfg = settings.training
+    vocabulary = EventVocabulary.from_settings(settings)
     reader = OnlineFeatureReader(settings, (f"{names.USER_RECENT}:recent_times_ms",), names.USER_KEY)
     seen: dict[str, set[str]] = defaultdict(set)
     counts: Counter[str] = Counter()
@@ -142,14 +140,14 @@ def prequential(base_url: str, settings: Settings, history: list[Event], holdout
     for e in history:
         knn.learn(e.user_id, e.item_id, e.event_time)
         seen[e.user_id].add(e.item_id)
-        if not math.isnan(label_of(cfg, e.event_type.value, e.value)):
+        if not math.isnan(vocabulary.label(e.event_type.value, e.value)):
             counts[e.item_id] += 1
     hits_api = hits_pop = hits_knn = scored = groups = 0
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for _, group in groupby(holdout, key=lambda e: e.event_time // group_ms):
             group = list(group)
             groups += 1
-            positives = [e for e in group if label_of(cfg, e.event_type.value, e.value) == 1.0
+            positives = [e for e in group if vocabulary.label(e.event_type.value, e.value) == 1.0
                          and e.item_id in counts and e.item_id not in seen[e.user_id]]
             tops = _api_tops(client, sorted({e.user_id for e in positives}), seen, k, settings.serving.max_batch_users)
             ranked = [i for i, _ in counts.most_common()]
@@ -163,7 +161,7 @@ def prequential(base_url: str, settings: Settings, history: list[Event], holdout
             for e in group:
                 knn.learn(e.user_id, e.item_id, e.event_time)
                 seen[e.user_id].add(e.item_id)
-                if not math.isnan(label_of(cfg, e.event_type.value, e.value)):
+                if not math.isnan(vocabulary.label(e.event_type.value, e.value)):
                     counts[e.item_id] += 1
     return PrequentialResult(k, scored, *(hits / scored if scored else float("nan") for hits in (hits_api, hits_pop, hits_knn)),
                              groups)

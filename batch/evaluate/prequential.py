@@ -52,7 +52,6 @@ from batch.evaluate.served_replay import ServedReplay
 from batch.nightly.training_lists import ranker_list_settings
 from models.cross_features import cross_features
 from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable
-from batch.nightly.training_data import label_of
 from batch.online.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
@@ -65,6 +64,7 @@ from models.list_ranker import ListRanker, fit_ranker
 from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.train import Examples, fit
 from streaming.events import DAY_MS, Event
+from streaming.vocabulary import EventVocabulary
 
 ENGINE = ("served", "popularity", "static", "daily_stale", "daily", "online")
 STRATEGIES = ENGINE  # the engine's own strategies; ``evaluation.baselines`` adds the yardsticks
@@ -137,6 +137,7 @@ class Prequential:
     def __init__(self, settings: Settings, spec: FeatureSpec, k: int = 10, retrain_every_days: float = 1.0,
                  progress: bool = True) -> None:
         self.settings = settings
+        self.vocabulary = EventVocabulary.from_settings(settings)
         self.spec = spec
         self.k = k
         self.every_ms = int(retrain_every_days * DAY_MS)
@@ -146,7 +147,7 @@ class Prequential:
         cfg = settings.model
         self.similarity = (DailySimilarity(CoOccurrence(cfg.similarity_pair_with), cfg.similarity_top_k, self.every_ms)
                            if cfg.cross_features or settings.ranker.enabled else None)
-        self.examples = EventExamples(settings.training, self.features, {}, self._new_item, self.similarity,
+        self.examples = EventExamples(settings.training, self.vocabulary, self.features, {}, self._new_item, self.similarity,
                                       cross=cfg.cross_features,
                                       ranker_lists=ranker_list_settings(settings) if settings.ranker.enabled else None)
         self.lists = _ListLog(settings.ranker.max_lists)
@@ -214,7 +215,7 @@ class Prequential:
             self.lists.add(event.event_time, *listed)
         rows = self.examples.make(event, (index,))
         self.log.rows.extend(rows)
-        labelled = not math.isnan(label_of(self.settings.training, event.event_type.value, event.value))
+        labelled = not math.isnan(self.vocabulary.label(event.event_type.value, event.value))
         if labelled:
             self.log.events.append((event.user_id, event.item_id, event.event_time))
         if online is not None:
@@ -274,7 +275,7 @@ class Prequential:
                 online.expire(e.event_time)  # ... and expires managed ids at each publish
                 self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
                 last_publish = e.event_time
-            label = label_of(self.settings.training, e.event_type.value, e.value)
+            label = self.vocabulary.label(e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):
                 ranks = self._ranks(e, {"static": static, "daily": daily,
                                         "online": Version(online.model, online.ids, daily.similarity)})

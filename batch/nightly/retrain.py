@@ -131,7 +131,14 @@ def _examples(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame, group:
         dense = np.hstack([dense, frame[CROSS_COLUMNS].to_numpy(dtype=np.float32)])
     return Examples(frame["user_id"].to_numpy(dtype=object), frame["item_id"].to_numpy(dtype=object), recent, dense,
                     frame["label"].to_numpy(dtype=np.float32), group,
-                    frame["offset"].to_numpy(dtype=np.float32) if "offset" in frame else None)
+                    frame["offset"].to_numpy(dtype=np.float32) if "offset" in frame else None, _weights(frame))
+
+
+def _weights(frame: pd.DataFrame) -> np.ndarray | None:
+    """The rows' loss weights (event types' weights, ``streaming.vocabulary``); None when all are 1."""
+    if "weight" not in frame or (frame["weight"] == 1.0).all():
+        return None
+    return frame["weight"].to_numpy(dtype=np.float32)
 
 
 def _training_examples(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Examples:
@@ -156,9 +163,12 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
                       age=frame[[AGE_NAME]].to_numpy(dtype=np.float32) if rcfg.item_age else None)
-    times = frame.groupby("list", sort=True)["event_time"].first().to_numpy(dtype=np.float64)  # lists in frame order
+    heads = frame.groupby("list", sort=True)  # lists in frame order
+    times = heads["event_time"].first().to_numpy(dtype=np.float64)
+    weights = _weights(frame)
     return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
-                      settings.training.seed, (times.max() - times) / DAY_MS)
+                      settings.training.seed, (times.max() - times) / DAY_MS,
+                      None if weights is None else heads["weight"].first().to_numpy(dtype=np.float32))
 
 
 def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Evaluation:

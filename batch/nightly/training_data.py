@@ -1,7 +1,8 @@
 """Training examples from the Delta ``events`` table at a pinned version.
 
-Labels by event type: a rating >= ``rating_threshold`` or any of ``positive_types`` is a
-positive; a lower rating is an explicit negative; views carry no label. With the listwise
+Labels and weights by event type come from the event vocabulary (``streaming.vocabulary``: by
+default a rating >= ``rating_threshold`` or a click, cart, purchase, like or share is a positive, a
+lower rating an explicit negative, a view carries no label). With the listwise
 objective (the default) the training rows are the lists of ``batch.nightly.training_lists`` (one pass
 over every valid event); the labelled events and sampled negatives below remain the validation
 rows and the record of what was trained on. Each positive also gets
@@ -13,23 +14,23 @@ labelled interactions do. Same table version + seed -> the same examples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from batch.nightly.training_lists import Lists, fold, ranker_list_settings
-from infra.settings import Settings, TrainingSettings
+from infra.settings import Settings
 from streaming.lake import open_table
 from streaming.events import DAY_MS
+from streaming.vocabulary import EventVocabulary
 
 
 
 @dataclass
 class TrainingData:
     table_version: int
-    examples: pd.DataFrame  # user_id, item_id, label, event_time, split ("train" | "validation"), sampled
+    examples: pd.DataFrame  # user_id, item_id, label, weight, event_time, split ("train" | "validation"), sampled
     lists: Lists | None = None  # listwise objective: the model's training lists (batch.nightly.training_lists)
     ranker_lists: Lists | None = None  # the candidate ranker's lists (batch.nightly.training_lists.ranker_list_settings)
 
@@ -47,41 +48,19 @@ class TrainingData:
         return self.examples[self.examples["split"] == "validation"]
 
 
-def label_of(cfg: TrainingSettings, event_type: str, value: float | None) -> float:
-    """1 for a positive (a positive type, or a rating >= threshold), 0 for a low rating, NaN for
-    an event without a label (a view). The one labelling rule: :func:`labels` applies it to a
-    frame, and the streaming trainer, the prequential evaluation and the holdout to single events.
-
-    >>> cfg = TrainingSettings()
-    >>> [label_of(cfg, t, v) for t, v in [("rating", 5.0), ("rating", 2.0), ("view", None), ("click", None)]]
-    [1.0, 0.0, nan, 1.0]
-    """
-    if event_type in cfg.positive_types:
-        return 1.0
-    if event_type == "rating" and value is not None and not math.isnan(value):
-        return float(value >= cfg.rating_threshold)
-    return math.nan
-
-
-def labels(cfg: TrainingSettings, events: pd.DataFrame) -> pd.Series:
-    """:func:`label_of` for each row of ``events`` (columns ``event_type``, ``value``).
-
-    >>> cfg = TrainingSettings()
-    >>> labels(cfg, pd.DataFrame({"event_type": ["rating", "view"], "value": [4.0, None]})).tolist()
-    [1.0, nan]
-    """
-    values = events["value"].astype(float)
-    return pd.Series([label_of(cfg, t, v) for t, v in zip(events["event_type"], values)], index=events.index, dtype=float)
-
-
 def valid_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
-    """Valid, non-late events with their label (NaN: none), ordered by event time (then event id)."""
+    """Valid, non-late events with their label (NaN: none) and training weight, ordered by event
+    time (then event id)."""
     table = open_table(settings.paths.events_table, version)
     df = table.to_pandas(columns=["event_id", "user_id", "item_id", "event_type", "value", "event_time", "late"])
     df = df[~df["late"]]
-    df = df.assign(label=labels(settings.training, df))
+    vocab = EventVocabulary.from_settings(settings)
+    types = df["event_type"].to_numpy()
+    weights = vocab.weight_array(types)
+    df = df.assign(label=vocab.label_array(types, df["value"].astype(float).to_numpy()),
+                   weight=1.0 if weights is None else weights)
     df = df.sort_values(["event_time", "event_id"], kind="stable").reset_index(drop=True)
-    return table.version(), df[["event_id", "user_id", "item_id", "event_time", "label"]]
+    return table.version(), df[["event_id", "user_id", "item_id", "event_time", "label", "weight"]]
 
 
 def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
@@ -126,11 +105,11 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
                 item = catalogue[c]
                 if item in user_seen:
                     continue
-                negatives.append((f"{row.event_id}:neg{taken}", row.user_id, item, row.event_time, 0.0, row.split, True))
+                negatives.append((f"{row.event_id}:neg{taken}", row.user_id, item, row.event_time, 0.0, 1.0, row.split, True))
                 taken += 1
                 if taken == k:
                     break
-    sampled = pd.DataFrame(negatives, columns=["event_id", "user_id", "item_id", "event_time", "label", "split", "sampled"])
+    sampled = pd.DataFrame(negatives, columns=["event_id", "user_id", "item_id", "event_time", "label", "weight", "split", "sampled"])
     examples = pd.concat([events, sampled], ignore_index=True).sort_values(["event_time", "event_id"], kind="stable")
     lists = ranker_lists = None
     validating = events.loc[events["split"] == "validation", "event_time"]

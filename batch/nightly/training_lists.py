@@ -136,7 +136,8 @@ class Lists:
 
 def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cutoff_ms: int,
          progress: bool = False, lists: TrainingSettings | None = None, since_ms: int | None = None) -> Lists:
-    """One pass over ``events`` (all valid events, time-ordered: user_id, item_id, event_time):
+    """One pass over ``events`` (all valid events, time-ordered: user_id, item_id, event_time, and
+    optionally label and weight; a list carries its positive's weight):
     the rows of a list for each ``is_list_head`` event in ``[since_ms, cutoff_ms)``, the cross
     features of each row, and the similarity tables at ``cutoff_ms`` and at the end. Every event
     still feeds the histories and the similarity; only the lists (the costly part) are limited to
@@ -158,6 +159,7 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
     size = list_size(tcfg)
     users, item_ids, times = events["user_id"].to_numpy(), events["item_id"].to_numpy(), events["event_time"].to_numpy()
     labelled = events["label"].notna().to_numpy() if "label" in events else np.ones(len(events), dtype=bool)
+    weights = events["weight"].to_numpy(dtype=np.float64) if "weight" in events else np.ones(len(events))
     for n in tqdm(range(len(events)), desc="training lists", unit="ev", disable=None if progress else True):
         user, item, t = users[n], item_ids[n], int(times[n])
         if at_cutoff is None and t >= cutoff_ms:
@@ -174,7 +176,8 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
                                          np.random.default_rng((tcfg.seed, n)))
             if len(chosen) == size:
                 lid = len(cross)
-                rows.extend((lid, p, user, c, t, 1.0 if p == 0 else 0.0, o) for p, (c, o) in enumerate(zip(chosen, offsets)))
+                w = float(weights[n])
+                rows.extend((lid, p, user, c, t, 1.0 if p == 0 else 0.0, o, w) for p, (c, o) in enumerate(zip(chosen, offsets)))
                 # the item age rides along in its own column (the candidate ranker may read it; the DLRM does not)
                 cross.append(np.hstack([cross_features(table, newest, chosen), item_age(table, chosen, t)]))
         history.appendleft(item)
@@ -185,7 +188,7 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
             catalogue[item] = catalogue.get(item, 0) + 1
             popular.add(item)
         counts.learn(user, item, t)  # (the table as of this event's day boundary was read above)
-    frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset"])
+    frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset", "weight"])
     values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS) + 1), dtype=np.float32)
     frame = pd.concat([frame, pd.DataFrame(values, columns=[*CROSS_COLUMNS, AGE_NAME])], axis=1)
     final = daily.freeze()

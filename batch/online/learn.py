@@ -18,6 +18,7 @@ from batch.online.online_learner import OnlineLearner, PublishResult
 from infra import kafka_clients
 from infra.settings import Settings
 from streaming.events import InvalidEvent, decode_event
+from streaming.vocabulary import EventVocabulary
 
 
 @dataclass
@@ -52,6 +53,7 @@ def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int
     new event for that long; whatever was trained is published before returning (Ctrl-C too).
     ``on_progress`` runs after the start and after every batch of records."""
     learner = learner or OnlineLearner(settings)
+    aliases = EventVocabulary.from_settings(settings).aliases
     report = LearnReport()
     consumer = _consumer(settings, learner.start())
     on_progress()
@@ -71,7 +73,7 @@ def run(settings: Settings, *, idle_exit_s: float | None = None, max_events: int
                     break  # the rest is re-read next time: the position only moves past trained events
                 report.consumed += 1
                 try:
-                    event = decode_event(r.value or b"", settings.producer.max_event_bytes)
+                    event = decode_event(r.value or b"", settings.producer.max_event_bytes, aliases)
                 except InvalidEvent:
                     report.skipped_invalid += 1
                     continue

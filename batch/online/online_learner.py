@@ -13,7 +13,7 @@ The nightly job is the floor; between two nightly runs the learner keeps the mod
   (``streaming.lake.topic_epoch``; a restarted in-memory broker starts a new one at offset 0):
   the lake tags each row with it, and a checkpoint from an earlier incarnation means every
   record of the current topic is new to the model.
-* **Examples.** The same labels as the nightly job (``batch.nightly.training_data.labels``), features read
+* **Examples.** The same labels as the nightly job (``streaming.vocabulary``), features read
   from the state just before the event is folded in (what the point-in-time join gives a training
   row), and ``training.negatives_per_positive`` uniform negatives per positive from the catalogue
   (seeded by the event's partition and offset, so a replay draws the same ones).
@@ -52,6 +52,7 @@ from models.registry import ModelRegistry, code_version
 from streaming.events import Event
 from streaming.lake import topic_epoch
 from streaming.lateness import Lateness
+from streaming.vocabulary import EventVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class OnlineLearner:
             self.position = Position(dict(lake.next_offsets))
         self.features = LiveFeatures(self.settings.features, self.spec, lake.features)
         self._lateness = Lateness.for_settings(self.settings.stream, dict(lake.max_event_time))
-        self.examples = EventExamples(self.settings.training, self.features, dict(zip(items, counts)), self._warm_start,
+        self.examples = EventExamples(self.settings.training, EventVocabulary.from_settings(self.settings), self.features, dict(zip(items, counts)), self._warm_start,
                                       self.similarity)  # the version's table: what the API ranks with
         self._reset_counters()
         return {p: min(lake.next_offsets.get(p, 0), o) for p, o in self.position.offsets.items()}

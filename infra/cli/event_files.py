@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from infra.settings import Settings
 
-def load_event_file(args: argparse.Namespace):  # noqa: ANN202 - streaming.replay.LoadedEvents
+
+def load_event_file(settings: Settings, args: argparse.Namespace):  # noqa: ANN202 - streaming.replay.LoadedEvents
+    """The file's events, its own event names mapped by the settings' aliases and --event-types."""
     from streaming.replay import load_events, parse_columns
+    from streaming.vocabulary import EventVocabulary, parse_event_types
 
+    vocabulary = EventVocabulary.from_settings(settings, parse_event_types(args.event_types))
     return load_events(args.path, columns=parse_columns(args.columns), delimiter=args.delimiter,
-                       event_type=args.event_type, time_unit=args.time_unit)
+                       event_type=args.event_type, time_unit=args.time_unit, aliases=vocabulary.aliases)
 
 
 def event_file_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -22,4 +27,6 @@ def event_file_arguments(parser: argparse.ArgumentParser, optional: bool = False
     parser.add_argument("--columns", help="CSV header mapping, e.g. user_id=userId,item_id=movieId,value=rating,event_time=timestamp")
     parser.add_argument("--delimiter", help="field delimiter (default: tab for u.data, comma for CSV)")
     parser.add_argument("--event-type", default="rating", help="event type when no column maps it")
+    parser.add_argument("--event-types", help="your event names -> the engine's types, e.g. pv=view,buy=purchase,"
+                        "cart=add_to_cart,fav=like (added to the events.aliases setting)")
     parser.add_argument("--time-unit", default="s", choices=["s", "ms", "us"], help="unit of the time column")

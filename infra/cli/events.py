@@ -15,7 +15,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streaming.pacing import Pacer
     from streaming.producer import EventProducer
 
-    loaded = load_event_file(args)
+    loaded = load_event_file(settings, args)
     console.print(f"loaded {len(loaded.events):,} events from {args.path} ({loaded.rejection_summary()})")
     with EventProducer(settings) as producer:
         result = send_events(

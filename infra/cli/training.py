@@ -51,7 +51,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from batch.evaluate.prequential_report import write_report
 
     args.path = args.path or settings.ml100k_path
-    loaded = load_event_file(args)
+    loaded = load_event_file(settings, args)
     if not loaded.events:
         raise ValueError(f"{args.path} has no valid events: {loaded.rejection_summary()}; check --columns/--time-unit "
                          "(and that event types are among the accepted ones)")

@@ -29,6 +29,7 @@ from streaming.job.dead_letters import JobDeadLetters
 from streaming.job.item_updates import ItemUpdates, route
 from streaming.job.lake_buffer import LakeBuffer
 from streaming.job.micro_batch import MicroBatch, ReadBatch, read_batch
+from streaming.vocabulary import EventVocabulary
 from streaming.job.state_cache import LocalStateCache
 from streaming.job.user_updates import UserUpdates
 from streaming.lateness import Lateness
@@ -247,6 +248,7 @@ class PartitionFunction(_FeatureFunction):
         self.items = _item_updates(self, runtime_context) if self.fused else None
         self._updaters = [self.users] + ([self.items] if self.items is not None else [])
         self.dead_letters = JobDeadLetters(self.settings, self.metrics)
+        self.aliases = EventVocabulary.from_settings(self.settings).aliases
         self._opened()
 
     def process_element(self, row: Any, ctx: "KeyedProcessFunction.Context") -> Iterable[tuple]:
@@ -258,7 +260,8 @@ class PartitionFunction(_FeatureFunction):
         batch = MicroBatch.from_row(row)
         self._pending_since(batch.oldest_ms)
         lateness = Lateness.for_settings(self.stream, self.max_event_time.value() or {})
-        read = read_batch(batch, lateness, self.settings.producer.max_event_bytes, now_ms(), self.dead_letters)
+        read = read_batch(batch, lateness, self.settings.producer.max_event_bytes, now_ms(), self.dead_letters,
+                          self.aliases)
         self.max_event_time.update(lateness.newest)
         item_events = self.users.apply(key, read.on_time)
         self._count(batch, read)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from streaming.events import Event, InvalidEvent, decode_event
+from streaming.events import Aliases, Event, InvalidEvent, decode_event
 from streaming.lake import LakeRow
 from streaming.lateness import Lateness
 
@@ -49,8 +49,8 @@ class ReadBatch:
 
 
 def read_batch(batch: MicroBatch, lateness: Lateness, max_bytes: int, ingest_ms: int,
-               dead_letter: DeadLetter) -> ReadBatch:
-    """Decode, dead-letter and flag one micro-batch.
+               dead_letter: DeadLetter, aliases: Aliases | None = None) -> ReadBatch:
+    """Decode (a log's own event names through ``aliases``), dead-letter and flag one micro-batch.
 
     >>> import orjson
     >>> ok = {"event_id": "e1", "user_id": "u", "item_id": "i", "event_type": "click", "event_time": 10_000}
@@ -66,7 +66,7 @@ def read_batch(batch: MicroBatch, lateness: Lateness, max_bytes: int, ingest_ms:
     on_time: list[Event] = []
     for offset, payload in batch.records:
         try:
-            e = decode_event(payload, max_bytes)
+            e = decode_event(payload, max_bytes, aliases)
         except InvalidEvent as exc:
             dead_letter(payload, partition, offset, exc.reason, exc.detail)
             continue
