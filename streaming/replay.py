@@ -1,12 +1,12 @@
 """Replay interaction files into the events topic in event-time order.
 
-Formats:
-- MovieLens ``u.data``: tab-separated ``user_id item_id rating unix_seconds``, no header;
-  each row becomes a ``rating`` event with ``value`` = rating.
-- CSV with a header: ``columns`` maps event fields to header names, e.g.
-  ``{"user_id": "userId", "item_id": "movieId", "value": "rating", "event_time": "timestamp"}``;
-  ``event_type`` comes from a mapped column or the ``event_type`` argument; a log's own names
-  (``pv``, ``buy``) map onto the engine's types through ``aliases`` (``--event-types pv=view``).
+Layouts (``streaming.log_files``): MovieLens ``u.data`` (each row a ``rating`` event with
+``value`` = rating), delimited text with a header or by column position, JSON lines, Parquet,
+gzip. ``columns`` maps event fields to header names or positions, e.g.
+``{"user_id": "userId", "item_id": "movieId", "value": "rating", "event_time": "timestamp"}``;
+``event_type`` comes from a mapped column or the ``event_type`` argument; a log's own names
+(``pv``, ``buy``) map onto the engine's types through ``aliases`` (``--event-types pv=view``).
+Times are epoch numbers in ``time_unit`` (guessed from their size by default) or ISO-8601 text.
 
 Rows that cannot become events (wrong column count, non-numeric time, ...) are not dropped:
 they go through the producer's validation and land in the DLQ with the reason.
@@ -16,16 +16,16 @@ downstream sinks can de-duplicate.
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from streaming.events import Aliases, Event, InvalidEvent, coerce_event
+from streaming.log_files import EVENT_FIELDS, ML_COLUMNS, by_position, read_rows
 
-ML_COLUMNS = ("user_id", "item_id", "value", "event_time")
-TIME_UNITS = {"s": 1000, "ms": 1, "us": 0.001}
+TIME_UNITS = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
 
 
 @dataclass
@@ -34,6 +34,7 @@ class LoadedEvents:
 
     events: list[Event]
     rejected: list[tuple[Any, InvalidEvent]] = field(default_factory=list)
+    time_unit: str | None = None  # the unit the times were read in (and how it was chosen)
 
     def rejection_summary(self, examples: int = 3) -> str:
         """The bad rows counted by reason, each with the values that caused it and what is accepted.
@@ -60,11 +61,35 @@ class LoadedEvents:
         return f"{len(self.rejected):,} bad rows: " + "; ".join(parts)
 
 
+def guess_time_unit(raw: str) -> str | None:
+    """The unit of an epoch time from its size (None: not a number). Epoch seconds stay below 1e11
+    until the year 5138, and milliseconds are above it after March 1973, so the size decides.
+
+    >>> [guess_time_unit(v) for v in ["874965758", "1511544070000", "1511544070000000", "2017-11-24", ""]]
+    ['s', 'ms', 'us', None, None]
+    """
+    try:
+        value = abs(float(raw))
+    except ValueError:
+        return None
+    if value != value:  # NaN
+        return None
+    return "s" if value < 1e11 else "ms" if value < 1e14 else "us" if value < 1e17 else "ns"
+
+
 def _to_time_ms(raw: str, unit: str) -> int | str:
+    """Epoch time in ``unit`` -> ms; ISO-8601 text (naive = UTC) also works."""
     try:
         return int(round(float(raw) * TIME_UNITS[unit]))
     except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
         return raw  # left as text: validation rejects it with a clear reason
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(round(moment.timestamp() * 1000))
 
 
 def _row_to_event(fields: dict[str, str], event_id: str, event_type: str, unit: str) -> Any:
@@ -84,65 +109,54 @@ def _row_to_event(fields: dict[str, str], event_id: str, event_type: str, unit: 
     return candidate
 
 
-def _rows(path: Path, columns: dict[str, str] | None, delimiter: str | None) -> Iterable[tuple[int, dict[str, str] | str]]:
-    """Yield (line number, field dict) or (line number, raw line) for unparseable rows."""
-    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        if columns is None:
-            for n, line in enumerate(fh, start=1):
-                parts = line.rstrip("\r\n").split(delimiter or "\t")
-                if len(parts) == len(ML_COLUMNS):
-                    yield n, dict(zip(ML_COLUMNS, parts))
-                elif line.strip():
-                    yield n, line.rstrip("\r\n")
-            return
-        reader = csv.DictReader(fh, delimiter=delimiter or ",")
-        missing = [c for c in columns.values() if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(
-                f"{path}: header has no column(s) {missing}; header is {reader.fieldnames}. "
-                "Fix the --columns mapping (field=header_name,...)"
-            )
-        for row in reader:
-            yield reader.line_num, {field: row.get(col) or "" for field, col in columns.items()}
-
-
 def load_events(
     path: str | Path,
     *,
     columns: dict[str, str] | None = None,
     delimiter: str | None = None,
     event_type: str = "rating",
-    time_unit: str = "s",
+    time_unit: str = "auto",
     aliases: Aliases | None = None,
+    progress: bool = False,
 ) -> LoadedEvents:
-    """Read a file into validated events, sorted by event time (ties keep file order); the file's
-    own event names are mapped through ``aliases`` (``streaming.vocabulary``)."""
+    """Read a log (any layout of ``streaming.log_files``) into validated events, sorted by event
+    time (ties keep file order); the log's own event names are mapped through ``aliases``
+    (``streaming.vocabulary``). ``time_unit="auto"`` guesses it from the first numeric time and
+    says so in :attr:`LoadedEvents.time_unit`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: pass the path to u.data (e.g. ../shared/data/ml-100k/u.data) or a CSV"
+            f"{path} not found: pass the path to u.data (e.g. ../shared/data/ml-100k/u.data), a CSV/TSV, "
+            "JSON lines or Parquet file"
         )
-    if time_unit not in TIME_UNITS:
-        raise ValueError(f"time unit {time_unit!r} unknown: use one of {sorted(TIME_UNITS)}")
+    if time_unit != "auto" and time_unit not in TIME_UNITS:
+        raise ValueError(f"time unit {time_unit!r} unknown: use auto or one of {sorted(TIME_UNITS)}")
     loaded = LoadedEvents(events=[])
-    for line_no, row in _rows(path, columns, delimiter):
+    unit = None if time_unit == "auto" else time_unit
+    for line_no, row in read_rows(path, columns, delimiter, progress):
         event_id = f"{path.name}:{line_no}"
         if isinstance(row, str):
-            loaded.rejected.append(
-                (row, InvalidEvent("bad_row", f"{event_id}: expected {len(ML_COLUMNS)} columns"))
-            )
+            expected = f"{len(ML_COLUMNS)} columns" if columns is None else "the mapped columns"
+            loaded.rejected.append((row, InvalidEvent("bad_row", f"{event_id}: expected {expected}")))
             continue
-        candidate = _row_to_event(row, event_id, event_type, time_unit)
+        if unit is None:
+            unit = guess_time_unit(row.get("event_time", ""))
+            if unit is not None:
+                loaded.time_unit = f"{unit} (guessed from {row['event_time']})"
+        candidate = _row_to_event(row, event_id, event_type, unit or "s")
         try:
             loaded.events.append(coerce_event(candidate, aliases))
         except InvalidEvent as exc:
             loaded.rejected.append((candidate, exc))
+    if loaded.time_unit is None and unit is not None:
+        loaded.time_unit = unit
     loaded.events.sort(key=lambda e: e.event_time)
     return loaded
 
 
 def parse_columns(spec: str | None) -> dict[str, str] | None:
-    """``"user_id=userId,item_id=movieId"`` -> mapping; None means the u.data format."""
+    """``"user_id=userId,item_id=movieId"`` (header names) or ``"user_id=0,item_id=1"`` (column
+    numbers of a file without a header) -> mapping; None means the u.data format."""
     if not spec:
         return None
     mapping = {}
@@ -151,9 +165,12 @@ def parse_columns(spec: str | None) -> dict[str, str] | None:
         if not sep or not field_name.strip() or not column.strip():
             raise ValueError(f"bad column mapping {part!r}: write field=header_name, comma separated")
         mapping[field_name.strip()] = column.strip()
-    unknown = set(mapping) - {"user_id", "item_id", "value", "event_time", "event_type"}
+    unknown = set(mapping) - set(EVENT_FIELDS)
     if unknown:
-        raise ValueError(f"unknown event field(s) {sorted(unknown)} in --columns")
+        raise ValueError(f"unknown event field(s) {sorted(unknown)} in --columns; the fields are {', '.join(EVENT_FIELDS)}")
+    if not by_position(mapping) and any(c.isdigit() for c in mapping.values()):
+        raise ValueError("--columns mixes header names and column numbers: use names for a file with a header, "
+                         "numbers (0-based) for one without")
     for required in ("user_id", "item_id", "event_time"):
         if required not in mapping:
             raise ValueError(f"--columns must map {required}")

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["infra.settings", "infra.kafka_clients", "streaming.lateness", "streaming.job.micro_batch", "streaming.job.item_updates", "models.config", "streaming.events", "streaming.synthetic", "streaming.replay", "features.compute", "features.names", "features.model_inputs", "models.ids", "models.evaluate", "infra.schedule", "features.live", "serving.recommender", "streaming.vocabulary", "infra.periodic", "models.id_table", "batch.evaluate.prequential_report", "batch.evaluate.catalogue_churn", "models.baselines.item_knn", "models.baselines.ease", "models.baselines.popularity", "models.baselines.growable", "models.similarity", "models.cross_features", "streaming.job.stream_metrics", "streaming.lake", "batch.evaluate.holdout", "models.list_ranker"])
+@pytest.mark.parametrize("module", ["infra.settings", "infra.kafka_clients", "streaming.lateness", "streaming.job.micro_batch", "streaming.job.item_updates", "models.config", "streaming.events", "streaming.synthetic", "streaming.replay", "features.compute", "features.names", "features.model_inputs", "models.ids", "models.evaluate", "infra.schedule", "features.live", "serving.recommender", "streaming.vocabulary", "streaming.log_files", "infra.periodic", "models.id_table", "batch.evaluate.prequential_report", "batch.evaluate.catalogue_churn", "models.baselines.item_knn", "models.baselines.ease", "models.baselines.popularity", "models.baselines.growable", "models.similarity", "models.cross_features", "streaming.job.stream_metrics", "streaming.lake", "batch.evaluate.holdout", "models.list_ranker"])
 def test_module_doctests(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0

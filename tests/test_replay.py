@@ -142,3 +142,46 @@ def test_the_producer_puts_the_engines_type_on_the_topic(settings: Settings) -> 
     scan_topic(settings, settings.topics.events, visit=lambda r: types.append(orjson.loads(r.value)["event_type"]))
     assert sorted(types) == ["click", "purchase", "view"]
     assert scan_topic(settings, settings.topics.dlq).records == 1
+
+
+def test_the_same_log_reads_alike_in_every_layout(tmp_path: Path) -> None:
+    """Headerless CSV by column position (gzipped), JSON lines with ISO times, Parquet with a
+    timestamp column and millisecond epochs: the same events; the time unit is guessed and said."""
+    import gzip
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = [("1", "10", "pv", 1_511_544_070), ("1", "11", "buy", 1_511_544_071), ("2", "10", "cart", 1_511_544_075)]
+    aliases = parse_event_types("pv=view,buy=purchase,cart=add_to_cart")
+    csv_gz = tmp_path / "behaviour.csv.gz"
+    with gzip.open(csv_gz, "wt") as fh:
+        fh.write("".join(f"{u},{i},4000,{b},{t}\n" for u, i, b, t in raw) + "1,12\n")  # the last row is short
+    jsonl = tmp_path / "behaviour.jsonl"
+    iso = [datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None).isoformat() for *_, t in raw]
+    jsonl.write_text("".join(orjson.dumps({"uid": u, "sku": i, "act": b, "ts": s}).decode() + "\n"
+                             for (u, i, b, _), s in zip(raw, iso)) + "{not json\n")
+    parquet = tmp_path / "behaviour.parquet"
+    pq.write_table(pa.table({"user_id": [u for u, *_ in raw], "item_id": [i for _, i, *_ in raw],
+                             "event_type": [b for *_, b, _ in raw], "event_time": [t * 1000 for *_, t in raw]}), parquet)
+    stamped = tmp_path / "stamped.parquet"
+    pq.write_table(pa.table({"user": [u for u, *_ in raw], "item": [i for _, i, *_ in raw], "kind": [b for *_, b, _ in raw],
+                             "at": pa.array([datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None) for *_, t in raw],
+                                            pa.timestamp("ms"))}), stamped)
+
+    loads = {
+        "csv.gz": load_events(csv_gz, columns=parse_columns("user_id=0,item_id=1,event_type=3,event_time=4"), aliases=aliases),
+        "jsonl": load_events(jsonl, columns=parse_columns("user_id=uid,item_id=sku,event_type=act,event_time=ts"), aliases=aliases),
+        "parquet": load_events(parquet, aliases=aliases),
+        "stamped": load_events(stamped, columns=parse_columns("user_id=user,item_id=item,event_type=kind,event_time=at"), aliases=aliases),
+    }
+    expected = [("1", "10", "view", 1_511_544_070_000), ("1", "11", "purchase", 1_511_544_071_000), ("2", "10", "add_to_cart", 1_511_544_075_000)]
+    for name, loaded in loads.items():
+        assert [(e.user_id, e.item_id, e.event_type.value, e.event_time) for e in loaded.events] == expected, name
+    assert [r.reason for _, r in loads["csv.gz"].rejected] == ["bad_row"]  # kept for the DLQ, not dropped
+    assert [r.reason for _, r in loads["jsonl"].rejected] == ["bad_row"]
+    assert loads["csv.gz"].time_unit == "s (guessed from 1511544070)"
+    assert loads["parquet"].time_unit == "ms (guessed from 1511544070000)"
+    with pytest.raises(ValueError, match="mixes header names and column numbers"):
+        parse_columns("user_id=0,item_id=sku,event_time=2")

@@ -16,7 +16,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streaming.producer import EventProducer
 
     loaded = load_event_file(settings, args)
-    console.print(f"loaded {len(loaded.events):,} events from {args.path} ({loaded.rejection_summary()})")
+    console.print(f"loaded {len(loaded.events):,} events from {args.path} ({loaded.rejection_summary()}; "
+                  f"times in {loaded.time_unit})")
     with EventProducer(settings) as producer:
         result = send_events(
             producer,

@@ -61,7 +61,8 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             {**settings.evaluation.model_dump(), "baselines": chosen})})
     window = replay_window(loaded.events, args.eval_days, args.skip_last_days or 0.0, args.renew_items or 0.0,
                            args.renew_every_days)
-    console.print(f"[bold]evaluate[/]: {len(window.events):,} events from {args.path}; {window.description} are replayed "
+    console.print(f"[bold]evaluate[/]: {len(window.events):,} events from {args.path} (times in {loaded.time_unit}"
+                  f"{'; ' + loaded.rejection_summary() if loaded.rejected else ''}); {window.description} are replayed "
                   f"prequentially (recommend, then learn), retraining every {args.retrain_every_days:g} days; "
                   f"baselines: {', '.join(settings.evaluation.baselines) or 'none'}")
     if args.renew_items:
