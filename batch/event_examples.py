@@ -68,10 +68,10 @@ class EventExamples:
     def _table(self, event: Event) -> Neighbours | None:
         return self.similarity.table(event.event_time) if isinstance(self.similarity, DailySimilarity) else self.similarity
 
-    def ranker_list(self, event: Event, seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+    def ranker_list(self, event: Event, seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, float] | None:
         """A positive event's list for the candidate ranker (``models.list_ranker``): every row's
-        entity and cross features (the item taken first) and its logit offset; None for any other
-        event. Call before :meth:`make`, which folds the event in."""
+        entity and cross features (the item taken first), its logit offset, and the list's weight;
+        None for any other event. Call before :meth:`make`, which folds the event in."""
         if self.ranker_lists is None or self.vocabulary.label(event.event_type.value, event.value) != 1.0:
             return None
         sim = self._table(event)
@@ -83,7 +83,7 @@ class EventExamples:
             return None
         dense, recent = self.features.rows(event.user_id, items)
         x = ranker_inputs(dense, cross=cross_features(sim, recent, items), age=item_age(sim, items, event.event_time))
-        return x, np.asarray(offsets, dtype=np.float32)
+        return x, np.asarray(offsets, dtype=np.float32), self.vocabulary.weight(event.event_type.value)
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:
         """The event's rows (none for a view); call before the event is folded into the features."""
@@ -97,7 +97,9 @@ class EventExamples:
                 if self.cross:
                     dense = np.hstack([dense, cross_features(sim, recent, items)])
                 labels = [label] + [0.0] * (len(items) - 1)
-                rows = [(event.user_id, item, labels[i], recent, dense[i], offsets[i]) for i, item in enumerate(items)]
+                w = self.vocabulary.weight(event.event_type.value)  # the event's row, and its whole list (listwise)
+                weights = [w] * len(items) if self.listwise else [w] + [1.0] * (len(items) - 1)
+                rows = [(event.user_id, item, labels[i], recent, dense[i], offsets[i], weights[i]) for i, item in enumerate(items)]
             if event.item_id not in self.catalogue:
                 self.items.append(event.item_id)
                 self.on_new_item(event.item_id)

@@ -17,7 +17,7 @@ from models.config import ModelSettings
 from models.id_table import SHARED_ROW, ModelIds, id_rows
 from models.ranking import ITEM_TABLE, USER_TABLE, Batch, build_model, dense_optimizer, train_step
 
-Row = tuple[str, str, float, list[str], np.ndarray, float]  # user, item, label, recent items, dense inputs, logit offset
+Row = tuple[str, str, float, list[str], np.ndarray, float, float]  # user, item, label, recent items, dense inputs, logit offset, loss weight
 
 
 class _NoDenseStep:
@@ -62,10 +62,12 @@ class IncrementalModel:
         """Train on whatever is queued."""
         if not self.pending:
             return
-        users, items, labels, recent, dense, offsets = zip(*self.pending)
+        users, items, labels, recent, dense, offsets, weights = zip(*self.pending)
         batch = Batch.build(self.ids, list(users), list(items), list(recent), torch.from_numpy(np.stack(dense)),
                             torch.tensor(labels, dtype=torch.float32))
         batch.offsets = torch.tensor(offsets, dtype=torch.float32)
+        if any(w != 1.0 for w in weights):
+            batch.weights = torch.tensor(weights, dtype=torch.float32)
         train_step(self.model, self.optimizer, batch, self.group)
         self.pending = []
         self.steps += 1

@@ -106,3 +106,30 @@ def test_a_weight_counts_its_rows_that_many_times_in_the_loss() -> None:
 
     assert torch.allclose(step([0, 1, 2, 3], [1.0, 1.0, 0.0, 0.0]), step([0, 1], None), atol=1e-6)
     assert not torch.allclose(step([0, 1, 2, 3], [1.0, 1.0, 0.0, 0.0]), step([0, 1, 2, 3], None), atol=1e-6)
+
+
+def test_the_streaming_examples_carry_the_type_weight() -> None:
+    """The online learner and the replay make their rows with the same weights as the nightly job:
+    the event's row (pointwise) or its whole list (listwise) weighs its type's weight, sampled
+    negatives of a pointwise row weigh 1."""
+    from batch.event_examples import EventExamples
+    from features.live import LiveFeatures
+    from features.model_inputs import FeatureSpec
+    from infra.settings import FeatureSettings
+    from streaming.events import Event
+
+    vocab = _vocab(types={"purchase": {"weight": 3}})
+    spec = FeatureSpec(("user_stats:n_events",), ("item_stats:n_events",), "user_recent:recent_items", "d")
+    events = [Event(event_id=f"e{n}", user_id="u", item_id=str(n), event_type=t, event_time=1_000 * n)
+              for n, t in enumerate(["click", "click", "purchase", "view"])]
+    for objective, expected in [("pointwise", [3.0, 1.0, 1.0]), ("listwise", [3.0, 3.0, 3.0])]:
+        settings = Settings(training={"objective": objective, "negatives_per_positive": 2, "hard_negatives": 0})
+        live = LiveFeatures(FeatureSettings(), spec)
+        examples = EventExamples(settings.training, vocab, live, {"a": 1, "b": 1, "c": 1})
+        made = []
+        for n, e in enumerate(events):
+            made.append(examples.make(e, (n,)))
+            live.add(e.event_id, e.user_id, e.item_id, e.event_type.value, e.value, e.event_time)
+        assert made[3] == []  # a view makes no rows
+        assert {r[6] for r in made[0]} == {1.0}
+        assert [r[6] for r in made[2]] == expected

@@ -80,10 +80,11 @@ class _ExampleLog:
         self.events: list[tuple[str, str, int]] = []  # (user, item, event time) of each labelled event
 
     def examples(self, group: int) -> Examples:
-        users, items, labels, recent, dense, offsets = zip(*self.rows)
+        users, items, labels, recent, dense, offsets, weights = zip(*self.rows)
+        weights = np.asarray(weights, dtype=np.float32)
         return Examples(np.asarray(users, dtype=object), np.asarray(items, dtype=object), list(recent),
                         np.stack(dense).astype(np.float32), np.asarray(labels, dtype=np.float32), group,
-                        np.asarray(offsets, dtype=np.float32))
+                        np.asarray(offsets, dtype=np.float32), None if (weights == 1.0).all() else weights)
 
 
 class _ListLog:
@@ -94,24 +95,28 @@ class _ListLog:
         self.times: list[int] = []
         self.x: list[np.ndarray] = []
         self.offsets: list[np.ndarray] = []
+        self.weights: list[float] = []
 
-    def add(self, event_time: int, x: np.ndarray, offsets: np.ndarray) -> None:
+    def add(self, event_time: int, x: np.ndarray, offsets: np.ndarray, weight: float = 1.0) -> None:
         self.times.append(event_time)
         self.x.append(x)
         self.offsets.append(offsets)
+        self.weights.append(weight)
         if len(self.times) > self.keep + self.keep // 4:
-            del self.times[:-self.keep], self.x[:-self.keep], self.offsets[:-self.keep]
+            del self.times[:-self.keep], self.x[:-self.keep], self.offsets[:-self.keep], self.weights[:-self.keep]
 
-    def recent(self, cfg: RankerSettings) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    def recent(self, cfg: RankerSettings) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray | None]:
         """What a retrain now trains on (the newest ``max_lists`` of the last ``train_days``),
-        stacked: features, offsets, rows per list, each list's age in days. Older lists are
-        dropped: no retrain reads them again."""
+        stacked: features, offsets, rows per list, each list's age in days and weight (None: all 1).
+        Older lists are dropped: no retrain reads them again."""
         first = max(0, len(self.times) - cfg.max_lists)
         if cfg.train_days:
             first = max(first, int(np.searchsorted(np.asarray(self.times), self.times[-1] - int(cfg.train_days * DAY_MS))))
-        del self.times[:first], self.x[:first], self.offsets[:first]
+        del self.times[:first], self.x[:first], self.offsets[:first], self.weights[:first]
         ages = (self.times[-1] - np.asarray(self.times, dtype=np.float64)) / DAY_MS
-        return np.concatenate(self.x), np.concatenate(self.offsets), len(self.offsets[0]), ages
+        weights = np.asarray(self.weights, dtype=np.float32)
+        return (np.concatenate(self.x), np.concatenate(self.offsets), len(self.offsets[0]), ages,
+                None if (weights == 1.0).all() else weights)
 
 
 @dataclass(frozen=True)
@@ -182,8 +187,9 @@ class Prequential:
         if not rcfg.enabled or not self.lists.times:
             return None
         started = time.perf_counter()
-        x, offsets, group, ages = self.lists.recent(rcfg)  # (rows carry the item age last: batch.event_examples)
-        ranker = fit_ranker(rcfg, x if rcfg.item_age else x[:, :-1], offsets, group, self.settings.training.seed, ages)
+        x, offsets, group, ages, weights = self.lists.recent(rcfg)  # (rows carry the item age last: batch.event_examples)
+        ranker = fit_ranker(rcfg, x if rcfg.item_age else x[:, :-1], offsets, group, self.settings.training.seed, ages,
+                            weights)
         self.fit_seconds["ranker"] += time.perf_counter() - started
         return ranker
 
