@@ -30,6 +30,8 @@ def _dtype(field: str):  # noqa: ANN202 - a Feast type
         return Array(Int64)
     if field in ("avg_rating", "trending"):
         return Float64
+    if field in names.attribute_fields():
+        return String
     return Int64
 
 
@@ -43,7 +45,8 @@ def snapshot_table(settings: Settings, view: str) -> Path:
     return settings.paths.lake_dir / "features" / f"{view}.parquet"
 
 
-def _view(settings: Settings, name: str, entity: Entity, fields: list[str], description: str) -> tuple[PushSource, FeatureView]:
+def _view(settings: Settings, name: str, entity: Entity, fields: list[str], description: str,
+          loaded: bool = False) -> tuple[PushSource, FeatureView]:
     batch = FileSource(
         name=f"{name}_snapshots",
         path=str(snapshot_table(settings, name)),
@@ -51,7 +54,7 @@ def _view(settings: Settings, name: str, entity: Entity, fields: list[str], desc
         timestamp_field=TIMESTAMP_FIELD,
     )
     push = PushSource(name=f"{name}_push", batch_source=batch)
-    ttl = settings.features.ttl_days
+    ttl = None if loaded else settings.features.ttl_days  # catalogue metadata does not age
     view = FeatureView(
         name=name,
         entities=[entity],
@@ -60,7 +63,7 @@ def _view(settings: Settings, name: str, entity: Entity, fields: list[str], desc
         ttl=timedelta(days=ttl) if ttl else timedelta(0),
         online=True,
         description=description,
-        tags={"computed_by": "streaming.job.feature_job", "backfill": "batch.backfill"},
+        tags={"loaded_by": "batch.catalogue"} if loaded else {"computed_by": "streaming.job.feature_job", "backfill": "batch.backfill"},
     )
     return push, view
 
@@ -71,7 +74,8 @@ def feature_views(settings: Settings) -> dict[str, FeatureView]:
 
 def _sources_and_views(settings: Settings) -> list[tuple[PushSource, FeatureView]]:
     cfg, entities = settings.features, {"user": user, "item": item}
-    return [_view(settings, v.name, entities[v.entity], v.fields(cfg), v.about(cfg)) for v in names.VIEWS]
+    return [*(_view(settings, v.name, entities[v.entity], v.fields(cfg), v.about(cfg)) for v in names.VIEWS),
+            *(_view(settings, v.name, entities[v.entity], v.fields(cfg), v.about(cfg), loaded=True) for v in names.LOADED_VIEWS)]
 
 
 def registry_objects(settings: Settings) -> list:

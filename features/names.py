@@ -24,6 +24,7 @@ ITEM_STATS = "item_stats"
 USER_RECENT = "user_recent"
 ITEM_POPULARITY = "item_popularity"
 ITEM_COVISIT = "item_covisit"
+ITEM_ATTRIBUTES = "item_attributes"
 
 USER_KEY = "user_id"
 ITEM_KEY = "item_id"
@@ -52,6 +53,11 @@ def covisit_fields() -> list[str]:
     return ["covisit_items", "covisit_counts"]
 
 
+def attribute_fields() -> list[str]:
+    """Catalogue metadata: the title, the categories ('|' between several), every other column as JSON."""
+    return ["title", "category", "attributes"]
+
+
 @dataclass(frozen=True)
 class View:
     name: str
@@ -70,6 +76,14 @@ VIEWS: tuple[View, ...] = (
 )
 
 
+# Loaded from a catalogue file (batch.catalogue), not computed from events: strings, so never a
+# model input (features.model_inputs takes numbers only); read by the API for item details.
+LOADED_VIEWS: tuple[View, ...] = (
+    View(ITEM_ATTRIBUTES, "item", lambda cfg: attribute_fields(),
+         lambda cfg: "catalogue metadata loaded from a file (`recsys catalogue load`): title, category, other columns"),
+)
+
+
 def views_of(entity: str) -> tuple[str, ...]:
-    """The names of an entity's views, in table order."""
+    """The names of an entity's computed views, in table order."""
     return tuple(v.name for v in VIEWS if v.entity == entity)

@@ -24,6 +24,7 @@ from features.model_inputs import RegistrySpecCache
 from infra.settings import Settings
 from models.registry import ModelRegistry
 from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
+from serving.item_details import ItemDetails
 from serving.item_snapshot import ItemSnapshotter
 from serving.metrics import ApiMetrics
 from serving.quality import quality_summary
@@ -37,6 +38,8 @@ class ScoredItemOut(BaseModel):
     item_id: str
     score: float = Field(description="ranking score in (0, 1), higher first: the candidate ranker's (a version with one), else the TorchRec model's predicted probability of a positive interaction")
     sources: list[str] = Field(description="candidate sources that proposed the item: covisit, embedding, trending, popular")
+    title: str | None = Field(default=None, description="with details=true, when the catalogue has it (`recsys catalogue load`)")
+    category: str | None = Field(default=None, description="with details=true: the item's categories, '|' between several")
 
 
 class RecommendationOut(BaseModel):
@@ -54,6 +57,7 @@ class BatchRequest(BaseModel):
     k: int | None = Field(default=None, ge=1)
     filter_seen: bool | None = None
     exclude: dict[str, list[str]] = Field(default_factory=dict, description="per user: items never to return")
+    details: bool = Field(default=False, description="add each item's title and category from the catalogue")
 
 
 class BatchOut(BaseModel):
@@ -84,6 +88,7 @@ class ServingContext:
         self.watcher = RegistryWatcher(self.registry, self.holder, self.loader, settings.serving.watch_interval_s,
                                        prepare=self.snapshots.prepare, on_swap=self._swapped)
         self.recommender = Recommender(settings)
+        self.item_details = ItemDetails(settings)
         self._producer = None
         self._producer_lock = threading.Lock()
         self.started_at = time.time()
@@ -187,7 +192,8 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
 
     app.add_middleware(MetricsMiddleware, metrics=ctx.metrics)
 
-    def recommend_one(user_id: str, k: int | None, filter_seen: bool | None, exclude: list[str] = ()) -> dict:
+    def recommend_one(user_id: str, k: int | None, filter_seen: bool | None, exclude: list[str] = (),
+                      details: bool = False) -> dict:
         model = ctx.holder.current  # one read: this request finishes on this model even if a swap happens
         if model is None:
             raise HTTPException(503, "no model is served yet: run `recsys retrain` (the server picks it up by itself)")
@@ -199,9 +205,16 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
             ctx.metrics.candidates.labels(source).observe(n)
         if rec.cold_start:
             ctx.metrics.cold_start.inc()
+        items = [{"item_id": i.item_id, "score": i.score, "sources": i.sources} for i in rec.items]
+        if details:
+            try:
+                known = ctx.item_details.of([i["item_id"] for i in items])
+            except redis.RedisError:
+                known = {}  # details are an extra: the list itself is still right
+            for item in items:
+                item.update(known.get(item["item_id"], {}))
         return {"user_id": rec.user_id, "model_version": rec.model_version, "cold_start": rec.cold_start,
-                "recent_items": rec.recent_items, "items": [{"item_id": i.item_id, "score": i.score, "sources": i.sources}
-                                                            for i in rec.items],
+                "recent_items": rec.recent_items, "items": items,
                 "candidates": rec.candidates, "timings_ms": {s: round(v, 3) for s, v in rec.timings_ms.items()}}
 
     # async + inline: the work is CPU-bound and the GIL serialises it anyway, so a thread-pool hop per
@@ -210,9 +223,10 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
     @app.get("/recommendations/{user_id}", response_model=RecommendationOut, tags=["recommendations"])
     async def get_recommendations(user_id: USER_ID, k: Annotated[int | None, Query(ge=1, le=cfg.max_k)] = None,
                             filter_seen: bool | None = None,
-                            exclude: Annotated[list[str], Query(max_length=1000, description="items never to return")] = []) -> RecommendationOut:  # noqa: B006 - FastAPI copies defaults
+                            exclude: Annotated[list[str], Query(max_length=1000, description="items never to return")] = [],  # noqa: B006 - FastAPI copies defaults
+                            details: Annotated[bool, Query(description="add each item's title and category from the catalogue")] = False) -> RecommendationOut:
         """Top-K items for one user, with scores and the candidate sources of each item."""
-        return _json(recommend_one(user_id, k, filter_seen, exclude))
+        return _json(recommend_one(user_id, k, filter_seen, exclude, details))
 
     @app.post("/recommendations", response_model=BatchOut, tags=["recommendations"])
     async def batch_recommendations(body: BatchRequest) -> Response:
@@ -222,7 +236,8 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                                      "(serving.max_batch_users): split the request")
         if body.k is not None and body.k > cfg.max_k:
             raise HTTPException(422, f"k={body.k} is above serving.max_k={cfg.max_k}: ask for fewer items")
-        return _json({"results": [recommend_one(u, body.k, body.filter_seen, body.exclude.get(u, [])) for u in body.user_ids]})
+        return _json({"results": [recommend_one(u, body.k, body.filter_seen, body.exclude.get(u, []), body.details)
+                                  for u in body.user_ids]})
 
     @app.get("/popular", tags=["recommendations"])
     def popular(k: Annotated[int, Query(ge=1, le=10_000)] = 10) -> dict:

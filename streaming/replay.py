@@ -154,9 +154,11 @@ def load_events(
     return loaded
 
 
-def parse_columns(spec: str | None) -> dict[str, str] | None:
+def parse_columns(spec: str | None, required: tuple[str, ...] = ("user_id", "item_id", "event_time"),
+                  fields: tuple[str, ...] | None = EVENT_FIELDS) -> dict[str, str] | None:
     """``"user_id=userId,item_id=movieId"`` (header names) or ``"user_id=0,item_id=1"`` (column
-    numbers of a file without a header) -> mapping; None means the u.data format."""
+    numbers of a file without a header) -> mapping; None means the u.data format. ``fields``: the
+    names allowed (None: any, e.g. a catalogue's own columns)."""
     if not spec:
         return None
     mapping = {}
@@ -165,13 +167,13 @@ def parse_columns(spec: str | None) -> dict[str, str] | None:
         if not sep or not field_name.strip() or not column.strip():
             raise ValueError(f"bad column mapping {part!r}: write field=header_name, comma separated")
         mapping[field_name.strip()] = column.strip()
-    unknown = set(mapping) - set(EVENT_FIELDS)
+    unknown = set(mapping) - set(fields) if fields is not None else set()
     if unknown:
         raise ValueError(f"unknown event field(s) {sorted(unknown)} in --columns; the fields are {', '.join(EVENT_FIELDS)}")
     if not by_position(mapping) and any(c.isdigit() for c in mapping.values()):
         raise ValueError("--columns mixes header names and column numbers: use names for a file with a header, "
                          "numbers (0-based) for one without")
-    for required in ("user_id", "item_id", "event_time"):
-        if required not in mapping:
-            raise ValueError(f"--columns must map {required}")
+    for name in required:
+        if name not in mapping:
+            raise ValueError(f"--columns must map {name}")
     return mapping

@@ -117,6 +117,8 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
     assert "acknowledged 99,464 events" in flat
     assert "stream job: 100,000 records read, 0 late, 0 to the DLQ" in flat
     assert "v0001 published; promoted" in flat
+    assert "catalogue: 1,682 titles and genres from u.item" in flat
+    assert re.search(r"(\(\d{4}\)|\w…) \([01]\.\d\d, ", flat), flat[-3000:]  # the tables show titles, not ids
     online = re.search(r"online learner: (\d+) versions published while the day played \(([\d,]+) events trained", flat)
     assert online and int(online[1]) >= 1 and int(online[2].replace(",", "")) > 0, flat[-3000:]
     nightly = re.search(r"hot swap to (v\d+): merged \1/delta-from-(v\d+)", flat)  # the delta, not the full weights

@@ -347,6 +347,36 @@ def test_quality_reports_missing_unreadable_then_read(stack):
     assert q["holdout"]["at_boundary"]["hr_item_knn"] == 0.3 and q["holdout"]["per_event"]["events"] == 90
 
 
+def test_item_details_come_from_the_loaded_catalogue(stack, ml100k_path, capsys):
+    """Titles and categories are an extra, asked for with details=true, read from the catalogue
+    loaded into the feature store; the CLI's `recsys recommend` shows them."""
+    import argparse
+
+    from batch.catalogue import load_catalogue, read_catalogue
+    from infra.cli.serve import cmd_recommend
+
+    server, events = stack
+    user = events[-1].user_id
+    assert all("title" not in i for i in _get(server, f"/recommendations/{user}", k=5).json()["items"])
+    catalogue = read_catalogue(ml100k_path.with_name("u.item"))
+    assert load_catalogue(server.ctx.settings, catalogue) == 1682
+    known = catalogue.frame().set_index("item_id")
+    detailed = _get(server, f"/recommendations/{user}", k=5, details="true").json()["items"]
+    assert [(i["title"], i["category"]) for i in detailed] == [tuple(known.loc[i["item_id"], ["title", "category"]]) for i in detailed]
+    batch = httpx.post(server.url + "/recommendations", json={"user_ids": [user], "k": 2, "details": True}, timeout=10).json()
+    assert all(i["title"] for i in batch["results"][0]["items"])
+    import pandas as pd
+
+    from features.point_in_time import historical  # the offline copy: what a point-in-time join sees, at any time
+
+    offline = historical(server.ctx.settings, "item_id", pd.Series(["50"]), pd.Series([events[0].event_time]),
+                         ["item_attributes:title"])
+    assert offline["item_attributes__title"].tolist() == ["Star Wars (1977)"]
+    assert cmd_recommend(server.ctx.settings, argparse.Namespace(user_id=user, k=3)) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert known.loc[detailed[0]["item_id"], "title"].split(" (")[0].split()[0] in shown
+
+
 def test_dashboard_renders_in_headless_chromium(stack, tmp_path):
     from infra import chromium
 
@@ -358,6 +388,7 @@ def test_dashboard_renders_in_headless_chromium(stack, tmp_path):
     version = server.ctx.holder.current.version
     assert f'id="model-version">{version}<' in dom  # the script fetched /model and rendered it
     assert len(re.findall(r'<tr class="rec-row"><td>\d+</td>', dom)) == 10  # and /recommendations for the default user
+    assert len(re.findall(r'<tr class="rec-row"><td>\d+</td><td>[^<]+</td><td>[^<]+</td>', dom)) == 10  # with titles
     assert "ev/s" in dom or "stream job" in dom
     assert re.search(r'<tr style="font-weight:600"><td>served</td><td>0\.5000</td>', dom)  # the quality panel, served first
     assert "item-kNN 0.300" in dom  # and the held-out day

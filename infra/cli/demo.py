@@ -51,6 +51,12 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
     console.rule("[bold]2. feature registry and the streaming feature job")
     views = apply(settings)
     console.print(f"[green]✓[/] feast apply: {', '.join(views)}")
+    items_file = Path(settings.ml100k_path).with_name("u.item")
+    if items_file.is_file():
+        from batch.catalogue import load_catalogue, read_catalogue
+
+        n = load_catalogue(settings, read_catalogue(items_file))
+        console.print(f"[green]✓[/] catalogue: {n:,} titles and genres from {items_file.name} (`recsys catalogue load`)")
     if stream_runner.status(settings, with_lag=False).running:
         console.print("stream job already running")
     else:
@@ -127,12 +133,18 @@ def _show(settings: Settings, console: Console, url: str, title: str) -> None:
     table = Table("user", "recent items (newest first)", "top 10 (score, sources)", title=title)
     with httpx.Client(base_url=url, timeout=30) as client:
         for user in SHOW_USERS:
-            r = client.get(f"/recommendations/{user}", params={"k": 10}).json()
-            top = ", ".join(f"{i['item_id']} ({i['score']:.2f}, {'+'.join(s[:3] for s in i['sources'])})" for i in r["items"])
+            r = client.get(f"/recommendations/{user}", params={"k": 10, "details": True}).json()
+            top = ", ".join(f"{_name(i)} ({i['score']:.2f}, {'+'.join(s[:3] for s in i['sources'])})" for i in r["items"])
             table.add_row(user, ", ".join(r["recent_items"][:6]), top)
         version = client.get("/model").json()["served"]["version"]
     table.caption = f"served model {version}"
     console.print(table)
+
+
+def _name(item: dict) -> str:
+    """An item as people read it: its title (short), else its id."""
+    title = item.get("title")
+    return item["item_id"] if not title else (title if len(title) <= 24 else title[:23] + "…")
 
 
 def _wait_for_version(url: str, version: str, timeout_s: float = 120) -> dict:

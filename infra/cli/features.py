@@ -94,11 +94,50 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if st.running else 3
 
 
+def cmd_catalogue(settings: Settings, args: argparse.Namespace) -> int:
+    from batch.catalogue import load_catalogue, loaded_catalogue, read_catalogue
+    from features import store
+    from streaming.replay import parse_columns
+
+    if args.action == "load":
+        if not args.target:
+            raise ValueError("say which file: `recsys catalogue load ../shared/data/ml-100k/u.item`")
+        columns = parse_columns(args.columns, required=("item_id",), fields=None) if args.columns else None
+        catalogue = read_catalogue(args.target[0], columns, args.delimiter, progress=not args.quiet)
+        store.apply(settings)  # the registry gets the item_attributes view if it lacks it
+        n = load_catalogue(settings, catalogue)
+        bad = f"; {len(catalogue.rejected):,} rows without an item id skipped (first: line {catalogue.rejected[0][0]}: " \
+              f"{catalogue.rejected[0][1]})" if catalogue.rejected else ""
+        console.print(f"[green]✓[/] {n:,} items' titles and categories loaded into the feature store{bad}")
+        return 0
+    frame = loaded_catalogue(settings)
+    if frame is None:
+        raise ValueError("no catalogue loaded yet: `recsys catalogue load <file>` (e.g. ../shared/data/ml-100k/u.item)")
+    shown = frame[frame["item_id"].isin(args.target)] if args.target else frame.head(10)
+    from rich.table import Table
+
+    table = Table(title=f"{len(frame):,} items in the catalogue")
+    for column in ("item", "title", "category", "attributes"):
+        table.add_column(column, overflow="fold")
+    for row in shown.itertuples(index=False):
+        table.add_row(row.item_id, row.title or "", (row.category or "").replace("|", ", "), row.attributes or "")
+    console.print(table)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     features = sub.add_parser("features", help="the Feast feature registry")
     features.add_argument("action", choices=["apply", "list", "env"],
                           help="apply: register entities/views; list: name, entity, type, source, TTL; env: exports for the feast CLI")
     features.set_defaults(run=cmd_features)
+    catalogue = sub.add_parser("catalogue", help="item metadata (titles, categories): load a file into the feature store, show items")
+    catalogue.add_argument("action", choices=["load", "show"])
+    catalogue.add_argument("target", nargs="*", help="load: the file (u.item, or CSV/JSON lines/Parquet with --columns); show: item ids")
+    catalogue.add_argument("--columns", help="item_id=sku,title=name,category=cat[,other=column...] (names, or 0-based "
+                           "positions for a file without a header)")
+    catalogue.add_argument("--delimiter")
+    catalogue.add_argument("--quiet", action="store_true")
+    catalogue.set_defaults(run=cmd_catalogue)
     backfill = sub.add_parser("backfill", help="recompute the streaming features from the Delta events table")
     backfill.add_argument("--version", type=int, help="events table version (default: latest)")
     backfill.add_argument("--online", action="store_true", help="also write the values to the online store")

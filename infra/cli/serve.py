@@ -44,9 +44,39 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ready["ready"] else 3
 
 
+def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask the running API, as a client would, and show the list with the catalogue's titles."""
+    import httpx
+    from rich.table import Table
+
+    from serving import runner
+
+    url = runner.base_url(settings)
+    try:
+        response = httpx.get(f"{url}/recommendations/{args.user_id}", params={"k": args.k, "details": True}, timeout=10)
+    except httpx.HTTPError as e:
+        raise ConnectionError(f"the API at {url} does not answer ({e}): start it with `recsys serve start`") from e
+    body = response.json()
+    if response.status_code != 200:
+        raise RuntimeError(f"the API answered {response.status_code}: {body.get('detail', body)}")
+    table = Table(title=f"user {body['user_id']} · model {body['model_version']}"
+                        + (" · cold start" if body["cold_start"] else ""))
+    for column in ("#", "item", "title", "category", "score", "sources"):
+        table.add_column(column, overflow="fold")
+    for n, item in enumerate(body["items"], start=1):
+        table.add_row(str(n), item["item_id"], item.get("title") or "", (item.get("category") or "").replace("|", ", "),
+                      f"{item['score']:.3f}", ", ".join(item["sources"]))
+    console.print(table)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="the recommendation API: run in the foreground, or start|stop|status in the background")
     serve.add_argument("action", nargs="?", default="run", choices=["run", "start", "stop", "status"])
     serve.add_argument("--host", help="default serving.host")
     serve.add_argument("--port", type=int, help="default serving.port")
     serve.set_defaults(run=cmd_serve)
+    recommend = sub.add_parser("recommend", help="a user's recommendations from the running API, with titles")
+    recommend.add_argument("user_id")
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.set_defaults(run=cmd_recommend)
