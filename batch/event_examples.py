@@ -26,7 +26,8 @@ import numpy as np
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
 from batch.nightly.training_lists import Popular, list_items, list_size
-from models.cross_features import cross_features, item_age
+from models.categories import ItemCategories
+from models.cross_features import all_extras, cross_features
 from models.incremental import Row
 from models.list_ranker import ranker_inputs
 from models.similarity import DailySimilarity, Neighbours
@@ -40,7 +41,7 @@ class EventExamples:
     def __init__(self, cfg: TrainingSettings, vocabulary: EventVocabulary, features: LiveFeatures, catalogue: dict[str, int],
                  on_new_item: Callable[[str], None] = lambda item: None,
                  similarity: "Neighbours | DailySimilarity | None" = None, cross: bool = True,
-                 ranker_lists: TrainingSettings | None = None) -> None:
+                 ranker_lists: TrainingSettings | None = None, categories: ItemCategories | None = None) -> None:
         self.cfg = cfg
         self.vocabulary = vocabulary
         self.features = features
@@ -51,6 +52,7 @@ class EventExamples:
         self.cross = cross and similarity is not None  # the model's rows carry the cross features
         self.listwise = cfg.objective == "listwise"
         self.ranker_lists = ranker_lists if similarity is not None else None  # how the ranker's lists are made
+        self.categories = categories  # the catalogue's, for the ranker lists' category affinity
         # lists only: what each user touched since this object started (negatives avoid it), popular items
         self.seen: dict[str, set[str]] = {}
         self.popular = Popular(cfg.popular_pool)
@@ -70,7 +72,8 @@ class EventExamples:
 
     def ranker_list(self, event: Event, seed: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, float] | None:
         """A positive event's list for the candidate ranker (``models.list_ranker``): every row's
-        entity and cross features (the item taken first), its logit offset, and the list's weight;
+        entity and cross features (the item taken first) with every optional input
+        (``models.cross_features.EXTRA_NAMES``), its logit offset, and the list's weight;
         None for any other event. Call before :meth:`make`, which folds the event in."""
         if self.ranker_lists is None or self.vocabulary.label(event.event_type.value, event.value) != 1.0:
             return None
@@ -82,7 +85,8 @@ class EventExamples:
         if not items:
             return None
         dense, recent = self.features.rows(event.user_id, items)
-        x = ranker_inputs(dense, cross=cross_features(sim, recent, items), age=item_age(sim, items, event.event_time))
+        x = ranker_inputs(dense, cross=cross_features(sim, recent, items),
+                          extras=[all_extras(sim, self.categories, recent, items, event.event_time)])
         return x, np.asarray(offsets, dtype=np.float32), self.vocabulary.weight(event.event_type.value)
 
     def make(self, event: Event, seed: tuple[int, ...]) -> list[Row]:

@@ -64,6 +64,13 @@ class RankerSettings(BaseModel):
     max_lists: int = Field(default=20_000, ge=1, description="and at most the newest N lists (each is as long as the served candidate pool: bounds the retrain's memory)")
     half_life_days: float | None = Field(default=None, gt=0, description="weight each training list by 0.5 ** (its age in days / this) at the retrain (None: all lists alike)")
     item_age: bool = Field(default=False, description="the candidate's days since its first interaction is an input (models.cross_features.item_age; lost on the validation window: docs/quality.md)")
+    category_affinity: bool = Field(default=False, description="the share of the user's recent items in the candidate's categories is an input (models.categories; needs a loaded catalogue: `recsys catalogue load`)")
+
+    def extras(self) -> tuple[str, ...]:
+        """The optional inputs this ranker reads after the cross features, in order."""
+        from models.cross_features import AGE_NAME, CATEGORY_NAME
+
+        return tuple(name for name, on in ((AGE_NAME, self.item_age), (CATEGORY_NAME, self.category_affinity)) if on)
 
 
 __all__ = ["ModelSettings", "RankerSettings"]

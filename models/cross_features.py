@@ -20,7 +20,8 @@ examples, the replay, the API's ranker), from a user's recent items (newest firs
 Beside them, :func:`item_age` (``log_item_age_days``): how long the candidate has been in the
 catalogue, from the table's first interaction times; an item the table has not seen is newer
 than it and reads 0. (An item's age is the single signal that added most to the prototype
-ranker: docs/quality.md.)
+ranker: docs/quality.md.) And, with a catalogue, ``category_affinity`` (:mod:`models.categories`).
+:func:`ranker_extras` says how to compute each of these optional inputs.
 
 >>> from models.similarity import CoOccurrence
 >>> co = CoOccurrence(pair_with=None)
@@ -35,10 +36,11 @@ ranker: docs/quality.md.)
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
+from models.categories import CATEGORY_NAME, ItemCategories
 from models.similarity import UNSEEN, Neighbours, distinct_indices
 from streaming.events import DAY_MS
 
@@ -111,3 +113,25 @@ def item_age(sim: Neighbours, candidates: Sequence[Hashable], now_ms: int) -> np
     first[known] = sim.first_seen(idx[known])
     days = np.where(first == UNSEEN, 0.0, np.maximum(now_ms - first, 0) / DAY_MS)
     return np.log1p(days).astype(np.float32).reshape(n, 1)
+
+
+EXTRA_NAMES = (AGE_NAME, CATEGORY_NAME)  # every optional ranker input, in the order lists store them
+
+
+def ranker_extras(sim: Neighbours, categories: ItemCategories | None, recent: Sequence[Hashable],
+                  candidates: Sequence[Hashable], now_ms: int) -> dict[str, Callable[[], np.ndarray]]:
+    """How each optional ranker input is computed for these candidates; ``models.list_ranker.for_ranker``
+    computes only those the ranker reads (no catalogue: no category affinity to offer)."""
+    extras: dict[str, Callable[[], np.ndarray]] = {AGE_NAME: lambda: item_age(sim, candidates, now_ms)}
+    if categories is not None:
+        extras[CATEGORY_NAME] = lambda: categories.affinity(recent, candidates, DECAY, RECENT)
+    return extras
+
+
+def all_extras(sim: Neighbours, categories: ItemCategories | None, recent: Sequence[Hashable],
+               candidates: Sequence[Hashable], now_ms: int) -> np.ndarray:
+    """(len(candidates), len(EXTRA_NAMES)): every optional input (0 where there is nothing to read), for
+    training lists, which are made once and may train a ranker with any of them."""
+    extras = ranker_extras(sim, categories, recent, candidates, now_ms)
+    n = len(candidates)
+    return np.hstack([extras[name]() if name in extras else np.zeros((n, 1), np.float32) for name in EXTRA_NAMES])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,8 +37,11 @@ PADDING = -1e4  # the logit offset of a padding row (a list whose pool was short
 
 
 class ListRanker(nn.Module):
-    def __init__(self, n_in: int, hidden: list[int]) -> None:
+    def __init__(self, n_in: int, hidden: list[int], extras: tuple[str, ...] | None = ()) -> None:
+        """``extras``: the names of the optional inputs after the cross features, in order
+        (``RankerSettings.extras``); None for a ranker saved before they were recorded."""
         super().__init__()
+        self.extras = None if extras is None else tuple(extras)
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("scale", torch.ones(n_in))
         layers: list[nn.Module] = []
@@ -67,7 +70,8 @@ class ListRanker(nn.Module):
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save({"n_in": self.n_in, "hidden": self.hidden, "state": self.state_dict()}, buffer)
+        torch.save({"n_in": self.n_in, "hidden": self.hidden, "extras": list(self.extras or ()), "state": self.state_dict()},
+                   buffer)
         return buffer.getvalue()
 
     def save(self, directory: Path) -> Path:
@@ -79,7 +83,8 @@ class ListRanker(nn.Module):
     def load(cls, path: Path) -> "ListRanker":
         try:
             raw = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-            ranker = cls(int(raw["n_in"]), [int(h) for h in raw["hidden"]])
+            extras = tuple(str(e) for e in raw["extras"]) if "extras" in raw else None
+            ranker = cls(int(raw["n_in"]), [int(h) for h in raw["hidden"]], extras)
             ranker.load_state_dict(raw["state"])
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear error
             raise ValueError(f"{path}: not a readable ranker file ({exc}); retrain to write a new version") from exc
@@ -87,36 +92,45 @@ class ListRanker(nn.Module):
         return ranker
 
 
-def ranker_inputs(*entity: np.ndarray, cross: np.ndarray, age: np.ndarray | None = None) -> np.ndarray:
+def ranker_inputs(*entity: np.ndarray, cross: np.ndarray, extras: Sequence[np.ndarray] = ()) -> np.ndarray:
     """The one row layout the ranker is trained and served on: each candidate's entity feature
     blocks (user's, then item's, as the feature spec orders them; a one-row block is repeated for
-    every candidate), then its cross features, then (``ranker.item_age``) its item age
-    (``models.cross_features.item_age``).
+    every candidate), then its cross features, then its optional inputs (``RankerSettings.extras``:
+    the item age, the category affinity) as one-column blocks.
 
     >>> ranker_inputs(np.array([[1.0, 2.0]]), np.array([[3.0], [4.0]]), cross=np.array([[5.0], [6.0]])).tolist()
     [[1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 6.0]]
     """
     n = len(cross)
     blocks = [np.broadcast_to(np.atleast_2d(np.asarray(b, dtype=np.float32)), (n, b.shape[-1])) for b in entity]
-    tail = [np.asarray(cross, dtype=np.float32)] + ([] if age is None else [np.asarray(age, dtype=np.float32)])
+    tail = [np.asarray(cross, dtype=np.float32), *(np.asarray(e, dtype=np.float32).reshape(n, -1) for e in extras)]
     return np.concatenate([*blocks, *tail], axis=1)
 
 
-def for_ranker(ranker: "ListRanker", x: np.ndarray, age: Callable[[], np.ndarray]) -> np.ndarray:
-    """Rows without the item age (entity + cross features), completed for ``ranker``: ``age()``
-    is computed and appended only for a ranker trained with it (``ranker.item_age``); one trained
-    without it (before it existed, or with the setting off) reads them as they are.
+def for_ranker(ranker: "ListRanker", x: np.ndarray, extras: Mapping[str, Callable[[], np.ndarray]]) -> np.ndarray:
+    """Rows of entity + cross features, completed for ``ranker``: only the optional inputs it was
+    trained with are computed (``extras``: name -> how to compute that column) and appended in its
+    order. A ranker saved before the names were recorded read the item age at most, told by its width.
 
     >>> rows = np.ones((3, 2), np.float32)
-    >>> for_ranker(ListRanker(2, [4]), rows, lambda: 1 / 0).shape, for_ranker(ListRanker(3, [4]), rows, lambda: np.zeros((3, 1))).shape
+    >>> age = {"log_item_age_days": lambda: np.zeros((3, 1)), "category_affinity": lambda: 1 / 0}
+    >>> for_ranker(ListRanker(2, [4]), rows, age).shape, for_ranker(ListRanker(3, [4], ("log_item_age_days",)), rows, age).shape
     ((3, 2), (3, 3))
+    >>> for_ranker(ListRanker(3, [4], None), rows, age).shape  # an old ranker trained with the age
+    (3, 3)
     """
-    if x.shape[1] == ranker.n_in:
-        return x
-    if x.shape[1] + 1 == ranker.n_in:
-        return np.concatenate([x, np.asarray(age(), dtype=np.float32)], axis=1)
-    raise ValueError(f"the ranker takes {ranker.n_in} inputs, these rows have {x.shape[1]}: the feature "
-                     "registry changed since it was trained; retrain (`recsys retrain`)")
+    names = ranker.extras
+    if names is None:  # saved before the names were recorded: one extra column could only be the age
+        names = ("log_item_age_days",) if x.shape[1] + 1 == ranker.n_in else ()
+    missing = [n for n in names if n not in extras]
+    if missing:
+        raise ValueError(f"the ranker reads {missing}, which this caller cannot compute: retrain (`recsys retrain`)")
+    if names:
+        x = np.concatenate([x, *(np.asarray(extras[n](), dtype=np.float32).reshape(len(x), -1) for n in names)], axis=1)
+    if x.shape[1] != ranker.n_in:
+        raise ValueError(f"the ranker takes {ranker.n_in} inputs, these rows have {x.shape[1]}: the feature "
+                         "registry changed since it was trained; retrain (`recsys retrain`)")
+    return x
 
 
 def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: int, seed: int = 0,
@@ -129,7 +143,7 @@ def fit_ranker(cfg: RankerSettings, x: np.ndarray, offsets: np.ndarray, group: i
     if group < 2 or len(x) % group or not len(x):
         raise ValueError(f"{len(x)} rows do not make lists of {group} (one item taken and at least one other)")
     torch.manual_seed(seed)
-    ranker = ListRanker(x.shape[1], cfg.hidden)
+    ranker = ListRanker(x.shape[1], cfg.hidden, cfg.extras())
     features = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     real = features[torch.from_numpy(np.asarray(offsets) > PADDING / 2)]  # padding rows are not data
     ranker.mean.copy_(real.mean(dim=0))

@@ -28,6 +28,7 @@ from features.model_inputs import FeatureSpec, FeatureSpecMismatch, check_compat
 from models import delta as model_delta
 from infra.periodic import Periodic
 from models.id_table import IDS_FILE, model_ids
+from models.categories import CATEGORIES_FILE, ItemCategories
 from models.list_ranker import RANKER_FILE, ListRanker
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
 from models.registry import CATALOGUE, META, ModelIntegrityError, ModelRegistry, VersionMeta, delta_dir_name
@@ -109,11 +110,12 @@ class ModelLoader:
         version) its nightly base's, which the served model may hold already."""
         source = meta.get(SIMILARITY_SOURCE, version)
         if served is not None and served.similarity.source == source:
-            return {"similarity": served.similarity, "ranker": served.ranker}
+            return {"similarity": served.similarity, "ranker": served.ranker, "categories": served.categories}
         directory = self.registry.path(source)
-        similarity, ranker = directory / SIMILARITY_FILE, directory / RANKER_FILE
+        similarity, ranker, categories = directory / SIMILARITY_FILE, directory / RANKER_FILE, directory / CATEGORIES_FILE
         return {"similarity": SimilarityTable.load(similarity, source) if similarity.is_file() else SimilarityTable.empty(),
-                "ranker": ListRanker.load(ranker) if ranker.is_file() else None}
+                "ranker": ListRanker.load(ranker) if ranker.is_file() else None,
+                "categories": ItemCategories.load(categories) if categories.is_file() else None}
 
     def _check_features(self, meta: dict) -> None:
         check_compatible(FeatureSpec.from_dict(meta["features"]), self.current_spec())

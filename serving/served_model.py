@@ -20,7 +20,8 @@ from models.config import ModelSettings
 from models.delta import state_digest
 from models.registry import VersionMeta
 from models.id_table import ModelIds, id_rows
-from models.cross_features import DECAY, RECENT, cross_features, item_age
+from models.categories import ItemCategories
+from models.cross_features import DECAY, RECENT, cross_features, ranker_extras
 from models.ranking import Batch, build_model, dense_width, item_embeddings, predict
 from models.list_ranker import ListRanker, for_ranker, ranker_inputs
 from models.similarity import SimilarityTable, top_similar
@@ -62,6 +63,7 @@ class ServedModel:
     known_digest: str | None = None  # the weights' digest when the loader verified it already (a merged delta)
     similarity: SimilarityTable = field(default_factory=SimilarityTable.empty)  # the version's item neighbours
     ranker: ListRanker | None = None  # the version's candidate ranker (None: the TorchRec model ranks)
+    categories: ItemCategories | None = None  # the catalogue's categories, when the version's ranker reads them
 
     @cached_property
     def digest(self) -> str:
@@ -72,7 +74,8 @@ class ServedModel:
     def build(cls, version: str, state: Mapping[str, torch.Tensor], meta: dict, items: Sequence[str],
               counts: Sequence[int], lineage: Lineage, warm_up: bool = True,
               digest: str | None = None, ids: ModelIds | None = None,
-              similarity: SimilarityTable | None = None, ranker: ListRanker | None = None) -> "ServedModel":
+              similarity: SimilarityTable | None = None, ranker: ListRanker | None = None,
+              categories: ItemCategories | None = None) -> "ServedModel":
         """``warm_up=False`` when a model of the same architecture already ran in this process
         (a merged delta): its batch shapes are planned already."""
         cfg = VersionMeta(meta).model_settings
@@ -87,7 +90,7 @@ class ServedModel:
         unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
         served = cls(version, model, cfg, spec, meta, model.state_dict(), catalogue, np.asarray(counts, dtype=np.float64),
                      {item: i for i, item in enumerate(catalogue)}, rows, unit, lineage, ids, digest,
-                     similarity if similarity is not None else SimilarityTable.empty(), ranker)
+                     similarity if similarity is not None else SimilarityTable.empty(), ranker, categories)
         served.smoke_test()
         if warm_up:
             served.warm_up()
@@ -111,8 +114,8 @@ class ServedModel:
             return np.zeros(0, dtype=np.float32)
         if self.ranker is not None:
             x = ranker_inputs(user_dense.reshape(1, -1), item_dense, cross=cross_features(self.similarity, recent, items))
-            x = for_ranker(self.ranker, x, lambda: item_age(self.similarity, items,
-                                                            int(time.time() * 1000) if now_ms is None else now_ms))
+            x = for_ranker(self.ranker, x, ranker_extras(self.similarity, self.categories, recent, items,
+                                                         int(time.time() * 1000) if now_ms is None else now_ms))
             return (1.0 / (1.0 + np.exp(-self.ranker.score(x).astype(np.float64)))).astype(np.float32)
         # CPU kernels are planned per input shape; padding keeps the set of shapes small and warm
         size = -(-n // PAD) * PAD

@@ -57,17 +57,37 @@ def test_list_sizes_that_do_not_make_lists_are_refused():
         fit_ranker(RankerSettings(), np.zeros((10, 2), np.float32), np.zeros(10, np.float32), group=4)
 
 
-def test_a_ranker_trained_before_the_item_age_reads_rows_without_it():
-    old = fit_ranker(RankerSettings(epochs=2), lists(), np.zeros(300 * 6, np.float32), group=6)
+def test_a_ranker_computes_only_the_inputs_it_was_trained_with(tmp_path):
+    import io
+
+    import torch
+
+    from models.cross_features import AGE_NAME, CATEGORY_NAME
+
+    plain = fit_ranker(RankerSettings(epochs=2), lists(), np.zeros(300 * 6, np.float32), group=6)
     x = ranker_inputs(np.ones((1, 1)), np.zeros((4, 1)), cross=np.ones((4, 0)))
-    no_age = lambda: pytest.fail("a ranker trained without the item age must not compute it")  # noqa: E731
-    assert x.shape == (4, 2) and for_ranker(old, x, no_age).tolist() == x.tolist()
-    assert old.score(for_ranker(old, x, no_age)).shape == (4,)
-    ages = np.arange(4.0).reshape(4, 1)
-    with_age = for_ranker(ListRanker(3, [4]), x, lambda: ages)
-    assert with_age.shape == (4, 3) and with_age[:, 2].tolist() == ages.ravel().tolist()
+    fail = lambda: pytest.fail("a ranker trained without this input must not compute it")  # noqa: E731
+    never = {AGE_NAME: fail, CATEGORY_NAME: fail}
+    assert plain.extras == () and x.shape == (4, 2) and for_ranker(plain, x, never).tolist() == x.tolist()
+    assert plain.score(for_ranker(plain, x, never)).shape == (4,)
+    ages, shares = np.arange(4.0).reshape(4, 1), np.full((4, 1), 0.5)
+    both = ListRanker(4, [4], (CATEGORY_NAME, AGE_NAME))
+    rows = for_ranker(both, x, {AGE_NAME: lambda: ages, CATEGORY_NAME: lambda: shares})
+    assert rows[:, 2].tolist() == [0.5] * 4 and rows[:, 3].tolist() == ages.ravel().tolist()  # in the ranker's order
+    with pytest.raises(ValueError, match="cannot compute"):
+        for_ranker(both, x, {AGE_NAME: lambda: ages})  # e.g. a version whose categories file is missing
     with pytest.raises(ValueError, match="retrain"):
-        for_ranker(old, np.ones((4, 5), np.float32), no_age)
+        for_ranker(plain, np.ones((4, 5), np.float32), never)
+    assert ListRanker.load(both.save(tmp_path)).extras == (CATEGORY_NAME, AGE_NAME)
+    # a ranker saved before the names were recorded: one extra column could only be the item age
+    buffer = io.BytesIO()
+    torch.save({"n_in": 3, "hidden": [4], "state": ListRanker(3, [4]).state_dict()}, buffer)
+    (tmp_path / "old.pt").write_bytes(buffer.getvalue())
+    legacy = ListRanker.load(tmp_path / "old.pt")
+    assert legacy.extras is None and for_ranker(legacy, x, {AGE_NAME: lambda: ages})[:, 2].tolist() == ages.ravel().tolist()
+    trained = fit_ranker(RankerSettings(epochs=1, item_age=True, category_affinity=True), np.ones((12, 4), np.float32),
+                         np.zeros(12, np.float32), group=6)
+    assert trained.extras == (AGE_NAME, CATEGORY_NAME)
 
 
 def test_a_half_life_makes_the_ranker_follow_the_newer_lists():

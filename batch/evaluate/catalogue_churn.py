@@ -23,6 +23,9 @@ from typing import Sequence
 from streaming.events import Event
 
 
+RELAUNCH_MARK = "~"  # a relaunched id is the original's, this mark and the period number
+
+
 def renewed(item_id: str, fraction: float, seed: int) -> bool:
     """Whether ``item_id`` is among the relaunched ``fraction`` (a stable hash, not a draw)."""
     return zlib.crc32(f"{seed}:{item_id}".encode()) / 2**32 < fraction
@@ -38,6 +41,6 @@ def renew_items(events: Sequence[Event], start_ms: int, every_ms: int, fraction:
     for e in events:
         if e.event_time >= start_ms and renewed(e.item_id, fraction, seed):
             period = (e.event_time - start_ms) // every_ms + 1
-            e = e.model_copy(update={"item_id": f"{e.item_id}~{period}"})
+            e = e.model_copy(update={"item_id": f"{e.item_id}{RELAUNCH_MARK}{period}"})
         out.append(e)
     return out

@@ -9,11 +9,14 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from batch.catalogue import Catalogue
+from batch.evaluate.catalogue_churn import RELAUNCH_MARK
 from batch.evaluate.prequential import Prequential
 from batch.evaluate.prequential_report import Report
 from infra.settings import Settings
+from models.categories import ItemCategories
 from streaming.events import DAY_MS, Event
 
 
@@ -52,9 +55,10 @@ def replay_window(events: list[Event], eval_days: float, skip_last_days: float =
 
 
 def evaluate(settings: Settings, window: ReplayWindow, k: int = 10, retrain_every_days: float = 1.0,
-             progress: bool = True) -> Report:
+             progress: bool = True, catalogue: Catalogue | None = None) -> Report:
     """The prequential replay of ``window`` (recommend, then learn) with the registry's feature
-    definitions, built in a scratch registry so no service is needed."""
+    definitions, built in a scratch registry so no service is needed. ``catalogue``: the items'
+    categories, for a ranker that reads them (``ranker.category_affinity``)."""
     from features.model_inputs import feature_spec
     from features.store import apply
 
@@ -62,10 +66,21 @@ def evaluate(settings: Settings, window: ReplayWindow, k: int = 10, retrain_ever
         scratch = settings.model_copy(update={"data_dir": Path(tmp)})
         apply(scratch)
         spec = feature_spec(scratch)
-    report = Prequential(settings, spec, k=k, retrain_every_days=retrain_every_days, progress=progress).run(
-        window.events, window.start_ms)
+    categories = replay_categories(catalogue, window.events) if catalogue is not None else None
+    report = Prequential(settings, spec, k=k, retrain_every_days=retrain_every_days, progress=progress,
+                         categories=categories).run(window.events, window.start_ms)
     report.scenario = window.scenario
     return report
 
 
-__all__ = ["ReplayWindow", "evaluate", "replay_window"]
+def replay_categories(catalogue: Catalogue, events: Sequence[Event]) -> ItemCategories:
+    """The catalogue's categories, with every relaunched id of a churn replay (``"50~3"``) carrying
+    its original's, as a shop's new listing has its metadata on day one."""
+    frame = catalogue.frame()
+    known = dict(zip(frame["item_id"], frame["category"]))
+    relaunched = {e.item_id for e in events if e.item_id not in known and e.item_id.split(RELAUNCH_MARK)[0] in known}
+    items = [*known, *sorted(relaunched)]
+    return ItemCategories.from_pairs(items, [known.get(i, known.get(i.split(RELAUNCH_MARK)[0])) for i in items])
+
+
+__all__ = ["ReplayWindow", "evaluate", "replay_categories", "replay_window"]

@@ -50,7 +50,8 @@ from batch.event_examples import EventExamples
 from batch.evaluate.prequential_report import Report, Scores
 from batch.evaluate.served_replay import ServedReplay
 from batch.nightly.training_lists import ranker_list_settings
-from models.cross_features import cross_features
+from models.categories import ItemCategories
+from models.cross_features import EXTRA_NAMES, cross_features
 from models.similarity import CoOccurrence, DailySimilarity, SimilarityTable
 from batch.online.online_learner import WARM_START_FROM
 from features.live import LiveFeatures
@@ -140,7 +141,7 @@ def _rank_of(scores: np.ndarray, target: int) -> int:
 
 class Prequential:
     def __init__(self, settings: Settings, spec: FeatureSpec, k: int = 10, retrain_every_days: float = 1.0,
-                 progress: bool = True) -> None:
+                 progress: bool = True, categories: ItemCategories | None = None) -> None:
         self.settings = settings
         self.vocabulary = EventVocabulary.from_settings(settings)
         self.spec = spec
@@ -154,7 +155,11 @@ class Prequential:
                            if cfg.cross_features or settings.ranker.enabled else None)
         self.examples = EventExamples(settings.training, self.vocabulary, self.features, {}, self._new_item, self.similarity,
                                       cross=cfg.cross_features,
-                                      ranker_lists=ranker_list_settings(settings) if settings.ranker.enabled else None)
+                                      ranker_lists=ranker_list_settings(settings) if settings.ranker.enabled else None,
+                                      categories=categories)
+        if settings.ranker.enabled and settings.ranker.category_affinity and categories is None:
+            raise ValueError("ranker.category_affinity needs the catalogue's categories: pass --catalogue (e.g. u.item)")
+        self.categories = categories
         self.lists = _ListLog(settings.ranker.max_lists)
         self._online: IncrementalModel | None = None
         self.seen: dict[str, set[str]] = {}
@@ -187,9 +192,11 @@ class Prequential:
         if not rcfg.enabled or not self.lists.times:
             return None
         started = time.perf_counter()
-        x, offsets, group, ages, weights = self.lists.recent(rcfg)  # (rows carry the item age last: batch.event_examples)
-        ranker = fit_ranker(rcfg, x if rcfg.item_age else x[:, :-1], offsets, group, self.settings.training.seed, ages,
-                            weights)
+        x, offsets, group, ages, weights = self.lists.recent(rcfg)  # (rows carry every optional input last)
+        base = x.shape[1] - len(EXTRA_NAMES)
+        wanted = [base + EXTRA_NAMES.index(name) for name in rcfg.extras()]
+        ranker = fit_ranker(rcfg, np.concatenate([x[:, :base], x[:, wanted]], axis=1), offsets, group,
+                            self.settings.training.seed, ages, weights)
         self.fit_seconds["ranker"] += time.perf_counter() - started
         return ranker
 
@@ -261,7 +268,8 @@ class Prequential:
         static = daily = self._nightly()
         self._refit_baselines(eval_start_ms)
         online = self._online_from(daily)
-        self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
+        self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker,
+                            self.categories)
         self.stale = copy.deepcopy(self.features)
         next_retrain = eval_start_ms + self.every_ms
         publish_ms, last_publish = int(self.settings.online.publish_every_s * 1000), eval_start_ms
@@ -272,14 +280,16 @@ class Prequential:
                 daily = self._nightly()
                 self._refit_baselines(e.event_time)
                 online = self._online_from(daily)
-                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
+                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker,
+                                    self.categories)
                 self.stale = copy.deepcopy(self.features)
                 while next_retrain <= e.event_time:
                     next_retrain += self.every_ms
             if online.pending and e.event_time - last_publish >= publish_ms:
                 online.flush()  # the learner publishes what it has every online.publish_every_s of event time
                 online.expire(e.event_time)  # ... and expires managed ids at each publish
-                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker)
+                self.served.publish(online.model, online.ids, self.examples.catalogue, daily.similarity, daily.ranker,
+                                    self.categories)
                 last_publish = e.event_time
             label = self.vocabulary.label(e.event_type.value, e.value)
             if label == 1.0 and e.item_id in self.examples.catalogue and e.item_id not in self.seen.get(e.user_id, ()):

@@ -22,6 +22,7 @@ from features.live import LiveFeatures
 from features.model_inputs import FeatureSpec
 from infra.settings import Settings
 from models.id_table import ModelIds
+from models.categories import ItemCategories
 from models.list_ranker import ListRanker
 from models.similarity import SimilarityTable
 from serving.item_snapshot import ItemSnapshot, ItemSnapshotter
@@ -41,21 +42,22 @@ class ServedReplay:
         self.published = 0
 
     def publish(self, model: torch.nn.Module, ids: ModelIds, catalogue: Mapping[str, int],
-                similarity: SimilarityTable | None = None, ranker: ListRanker | None = None) -> None:
+                similarity: SimilarityTable | None = None, ranker: ListRanker | None = None,
+                categories: ItemCategories | None = None) -> None:
         """A new version reaches the API (a retrain or an online publish); it is wrapped when a
         request needs it, with the weights as they are now."""
-        self._pending = (model, copy.deepcopy(ids) if ids.managed else ids, dict(catalogue), similarity, ranker)
+        self._pending = (model, copy.deepcopy(ids) if ids.managed else ids, dict(catalogue), similarity, ranker, categories)
         self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # later steps must not leak in
 
     def _served(self) -> ServedModel:
         if self._pending is not None:
-            model, ids, counts, similarity, ranker = self._pending
+            model, ids, counts, similarity, ranker, categories = self._pending
             items = sorted(counts, key=lambda i: -counts[i])  # most trained-on first, as the registry orders them
             self.published += 1
             meta = {"model": self.settings.model.model_dump(), "features": self.spec.to_dict()}
             self._model = ServedModel.build(f"replay-{self.published}", self._state, meta, items,
                                             [counts[i] for i in items], Lineage("full"), warm_up=False, ids=ids,
-                                            similarity=similarity, ranker=ranker)
+                                            similarity=similarity, ranker=ranker, categories=categories)
             self._pending = None
         if self._model is None:
             raise RuntimeError("nothing published yet: call publish() with the first model")

@@ -29,8 +29,9 @@ from infra.settings import Settings, TrainingSettings
 from models.config import ModelSettings
 from streaming.events import DAY_MS
 from batch.nightly.training_lists import CROSS_COLUMNS, list_size, ranker_list_settings
-from models.cross_features import AGE_NAME, N_CROSS, cross_features, item_age
+from models.cross_features import N_CROSS, cross_features, ranker_extras
 from models.evaluate import auc, logloss, paired_worse, top_k
+from models.categories import CATEGORIES_FILE, CATEGORY_NAME, ItemCategories
 from models.list_ranker import RANKER_FILE, ListRanker, fit_ranker, for_ranker, ranker_inputs
 from models.similarity import SIMILARITY_FILE, SimilarityTable
 from models.ranking import Batch, build_model, dense_optimizer, predict
@@ -57,6 +58,7 @@ class Evaluation:
     cutoff_ms: int
     similarity: SimilarityTable | None = None  # as of the cutoff: the cross features without look-ahead
     validation_cross: np.ndarray | None = None  # the validation rows' cross features
+    categories: ItemCategories | None = None  # the catalogue's (a ranker with category_affinity reads them)
 
     def metrics(self, model: torch.nn.Module, cfg: "ModelSettings | ModelIds", k: int, batch_size: int,
                 cross: bool = False) -> tuple[dict[str, float], dict[str, np.ndarray]]:
@@ -80,7 +82,8 @@ class Evaluation:
             table, items = self.similarity or SimilarityTable.empty(), self.catalogue[candidates].tolist()
             x = ranker_inputs(self.user_dense[u:u + 1], self.item_dense[candidates],
                               cross=cross_features(table, self.user_recent[u], items))
-            return ranker.score(for_ranker(ranker, x, lambda: item_age(table, items, self.cutoff_ms)))
+            return ranker.score(for_ranker(ranker, x, ranker_extras(table, self.categories, self.user_recent[u], items,
+                                                                    self.cutoff_ms)))
 
         ranked = top_k(score, self.users, self.catalogue, self.relevant, self.seen, k)
         return {"hr_at_k": ranked.hr, "ndcg_at_k": ranked.ndcg, "users": ranked.users}
@@ -162,7 +165,7 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]  # (the fold kept the last train_days)
     dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
-                      age=frame[[AGE_NAME]].to_numpy(dtype=np.float32) if rcfg.item_age else None)
+                      extras=[frame[[name]].to_numpy(dtype=np.float32) for name in rcfg.extras()])
     heads = frame.groupby("list", sort=True)  # lists in frame order
     times = heads["event_time"].first().to_numpy(dtype=np.float64)
     weights = _weights(frame)
@@ -185,7 +188,7 @@ def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.Train
     user_dense, user_recent, item_dense = as_of(settings, spec, users, catalogue.tolist(), cutoff)
     return Evaluation(_examples(settings, spec, validation), users, catalogue, user_dense, user_recent, item_dense,
                       relevant, seen, counts.reindex(catalogue).fillna(0).to_numpy(dtype=float), cutoff,
-                      data.similarity.at_cutoff if data.similarity is not None else None)
+                      data.similarity.at_cutoff if data.similarity is not None else None, categories=data.categories)
 
 
 def _train(settings: Settings, spec: FeatureSpec, train: Examples, progress: bool, console: Console,
@@ -332,6 +335,8 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
             extra[SIMILARITY_FILE] = data.similarity.final.save(Path(tmp))
         if ranker is not None:
             extra[RANKER_FILE] = ranker.save(Path(tmp))
+            if data.categories is not None and CATEGORY_NAME in (ranker.extras or ()):
+                extra[CATEGORIES_FILE] = data.categories.save(Path(tmp))
         new_version, delta_rows, no_delta = registry.publish_model(
             model.state_dict(), meta, counts.to_dict(), base=(served, served_state) if served_state is not None else None,
             delta_threshold=tcfg.delta_threshold, extra_dirs={"report": report}, extra_files=extra)

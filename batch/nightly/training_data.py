@@ -24,6 +24,8 @@ from infra.settings import Settings
 from streaming.lake import open_table
 from streaming.events import DAY_MS
 from streaming.vocabulary import EventVocabulary
+from batch.catalogue import loaded_catalogue
+from models.categories import ItemCategories
 
 
 
@@ -33,6 +35,7 @@ class TrainingData:
     examples: pd.DataFrame  # user_id, item_id, label, weight, event_time, split ("train" | "validation"), sampled
     lists: Lists | None = None  # listwise objective: the model's training lists (batch.nightly.training_lists)
     ranker_lists: Lists | None = None  # the candidate ranker's lists (batch.nightly.training_lists.ranker_list_settings)
+    categories: ItemCategories | None = None  # the loaded catalogue's, when the ranker reads them
 
     @property
     def similarity(self) -> Lists | None:
@@ -117,8 +120,20 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
     heads = (every["label"] == 1.0).to_numpy()
     if cfg.objective == "listwise":
         lists = fold(settings, every, heads, cutoff)
+    categories = training_categories(settings)
     if settings.ranker.enabled:
         days = settings.ranker.train_days  # the ranker trains on the lists of its last train_days only
         ranker_lists = fold(settings, every, heads, cutoff, lists=ranker_list_settings(settings),
-                            since_ms=cutoff - int(days * DAY_MS) if days else None)
-    return TrainingData(table_version, examples.reset_index(drop=True), lists, ranker_lists)
+                            since_ms=cutoff - int(days * DAY_MS) if days else None, categories=categories)
+    return TrainingData(table_version, examples.reset_index(drop=True), lists, ranker_lists, categories)
+
+
+def training_categories(settings: Settings) -> ItemCategories | None:
+    """The loaded catalogue's categories when the ranker reads them (``ranker.category_affinity``)."""
+    if not (settings.ranker.enabled and settings.ranker.category_affinity):
+        return None
+    frame = loaded_catalogue(settings)
+    if frame is None:
+        raise ValueError("ranker.category_affinity reads the catalogue's categories, and none is loaded: "
+                         "`recsys catalogue load <file>` (e.g. ../shared/data/ml-100k/u.item), or turn the setting off")
+    return ItemCategories.from_pairs(frame["item_id"].tolist(), frame["category"].tolist())

@@ -24,7 +24,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from infra.settings import Settings, TrainingSettings
-from models.cross_features import AGE_NAME, DECAY, NAMES, RECENT, cross_features, item_age
+from models.categories import ItemCategories
+from models.cross_features import DECAY, EXTRA_NAMES, NAMES, RECENT, all_extras, cross_features
 from models.list_ranker import PADDING
 from models.similarity import CoOccurrence, DailySimilarity, Neighbours, SimilarityTable, distinct_indices, neighbourhood
 from streaming.events import DAY_MS
@@ -135,14 +136,16 @@ class Lists:
 
 
 def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cutoff_ms: int,
-         progress: bool = False, lists: TrainingSettings | None = None, since_ms: int | None = None) -> Lists:
+         progress: bool = False, lists: TrainingSettings | None = None, since_ms: int | None = None,
+         categories: ItemCategories | None = None) -> Lists:
     """One pass over ``events`` (all valid events, time-ordered: user_id, item_id, event_time, and
     optionally label and weight; a list carries its positive's weight):
     the rows of a list for each ``is_list_head`` event in ``[since_ms, cutoff_ms)``, the cross
     features of each row, and the similarity tables at ``cutoff_ms`` and at the end. Every event
     still feeds the histories and the similarity; only the lists (the costly part) are limited to
     the window. ``lists``: how lists are made (default ``settings.training``;
-    :func:`ranker_list_settings` for the candidate ranker)."""
+    :func:`ranker_list_settings` for the candidate ranker). Each row also carries every optional
+    ranker input (``models.cross_features.EXTRA_NAMES``; the category affinity from ``categories``)."""
     mcfg, tcfg, fcfg = settings.model, lists or settings.training, settings.features
     since_ms = -(2 ** 62) if since_ms is None else since_ms
     started = False
@@ -178,8 +181,8 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
                 lid = len(cross)
                 w = float(weights[n])
                 rows.extend((lid, p, user, c, t, 1.0 if p == 0 else 0.0, o, w) for p, (c, o) in enumerate(zip(chosen, offsets)))
-                # the item age rides along in its own column (the candidate ranker may read it; the DLRM does not)
-                cross.append(np.hstack([cross_features(table, newest, chosen), item_age(table, chosen, t)]))
+                # the optional inputs ride along in their own columns (the candidate ranker may read them; the DLRM does not)
+                cross.append(np.hstack([cross_features(table, newest, chosen), all_extras(table, categories, newest, chosen, t)]))
         history.appendleft(item)
         mine.add(item)
         if labelled[n]:
@@ -189,7 +192,7 @@ def fold(settings: Settings, events: pd.DataFrame, is_list_head: np.ndarray, cut
             popular.add(item)
         counts.learn(user, item, t)  # (the table as of this event's day boundary was read above)
     frame = pd.DataFrame(rows, columns=["list", "position", "user_id", "item_id", "event_time", "label", "offset", "weight"])
-    values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS) + 1), dtype=np.float32)
-    frame = pd.concat([frame, pd.DataFrame(values, columns=[*CROSS_COLUMNS, AGE_NAME])], axis=1)
+    values = np.concatenate(cross) if cross else np.zeros((0, len(CROSS_COLUMNS) + len(EXTRA_NAMES)), dtype=np.float32)
+    frame = pd.concat([frame, pd.DataFrame(values, columns=[*CROSS_COLUMNS, *EXTRA_NAMES])], axis=1)
     final = daily.freeze()
     return Lists(frame, at_cutoff if at_cutoff is not None else final, final)

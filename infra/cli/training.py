@@ -68,7 +68,15 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if args.renew_items:
         console.print(f"  catalogue churn: {args.renew_items:.0%} of items relaunched under a new id every "
                       f"{args.renew_every_days:g} days of the evaluated period")
-    report = evaluate(settings, window, k=args.k, retrain_every_days=args.retrain_every_days, progress=not args.quiet)
+    catalogue = None
+    if args.catalogue:
+        from batch.catalogue import read_catalogue
+        from streaming.replay import parse_columns
+
+        columns = parse_columns(args.catalogue_columns, required=("item_id",), fields=None) if args.catalogue_columns else None
+        catalogue = read_catalogue(args.catalogue, columns)
+    report = evaluate(settings, window, k=args.k, retrain_every_days=args.retrain_every_days, progress=not args.quiet,
+                      catalogue=catalogue)
     json_path, png_path = write_report(report, Path(args.out) if args.out else settings.paths.reports_dir)
     console.print(report.table())
     for pair, d in report.differences.items():
@@ -186,6 +194,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "default: evaluation.baselines")
     evaluate.add_argument("--out", default=None, help="directory for prequential.json and prequential.png "
                           "(default <data_dir>/reports, where the dashboard reads it)")
+    evaluate.add_argument("--catalogue", help="item metadata (u.item, or a file with --catalogue-columns): the "
+                          "categories a ranker with ranker.category_affinity reads")
+    evaluate.add_argument("--catalogue-columns", help="as `recsys catalogue load --columns`: item_id=sku,category=cat")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(run=cmd_evaluate)
     schedule_parser = sub.add_parser("schedule", help="run `recsys retrain` daily at schedule.daily_at (local scheduler; see infra/production for cron/K8s/Airflow)")
