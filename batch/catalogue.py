@@ -105,10 +105,23 @@ def _movielens_items(path: Path) -> Catalogue:
     return catalogue
 
 
-def load_catalogue(settings: Settings, catalogue: Catalogue) -> int:
-    """Write the catalogue online and offline; returns the items written. Needs the registry to
-    have the view (`recsys features apply`, which `recsys catalogue load` runs first)."""
+def load_catalogue(settings: Settings, catalogue: Catalogue, online: bool = True) -> int:
+    """Write the catalogue online (unless ``online=False``: training and replays read only the
+    offline copy) and offline; returns the items written. Needs the registry to have the view
+    (`recsys features apply`, which `recsys catalogue load` runs first)."""
     frame = catalogue.frame()
+    if online:
+        _write_online(settings, frame)
+    offline = frame.assign(**{TIMESTAMP_FIELD: pd.Timestamp(0, unit="ms", tz="UTC")})
+    path = snapshot_table(settings, names.ITEM_ATTRIBUTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    offline.to_parquet(tmp, index=False)
+    tmp.replace(path)  # readers see the old table or the new one, never half of one
+    return len(frame)
+
+
+def _write_online(settings: Settings, frame: pd.DataFrame) -> None:
     writer = OnlineWriter(settings)
     if names.ITEM_ATTRIBUTES not in writer.views:
         raise RuntimeError(f"the feature registry has no {names.ITEM_ATTRIBUTES} view: run `recsys features apply`")
@@ -121,13 +134,6 @@ def load_catalogue(settings: Settings, catalogue: Catalogue) -> int:
         if writer.pending_rows >= 5000:
             writer.flush()
     writer.flush()
-    offline = frame.assign(**{TIMESTAMP_FIELD: pd.Timestamp(0, unit="ms", tz="UTC")})
-    path = snapshot_table(settings, names.ITEM_ATTRIBUTES)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    offline.to_parquet(tmp, index=False)
-    tmp.replace(path)  # readers see the old table or the new one, never half of one
-    return len(frame)
 
 
 def loaded_catalogue(settings: Settings) -> pd.DataFrame | None:

@@ -150,6 +150,29 @@ def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small, firs
     assert registry.rollback() == "v0002" and registry.served() == "v0002"
 
 
+def test_a_ranker_with_category_affinity_is_published_and_served_with_its_categories(small, first):
+    """ranker.category_affinity: the retrain reads the loaded catalogue, the version keeps the
+    categories it trained on, and the API's loader gives them to the ranker."""
+    from batch.catalogue import load_catalogue, read_catalogue
+    from models.categories import CATEGORIES_FILE, CATEGORY_NAME
+    from serving.hot_swap import ModelLoader
+
+    with_categories = small.model_copy(update={"ranker": small.ranker.model_copy(update={"category_affinity": True})})
+    with pytest.raises(ValueError, match="recsys catalogue load"):
+        retrain.run(with_categories, progress=False, promote=False)  # no catalogue yet: says what to do
+    load_catalogue(small, read_catalogue(ML100K.with_name("u.item")), online=False)
+    result = retrain.run(with_categories, progress=False, promote=False)
+    registry = ModelRegistry(small.paths.models_dir)
+    assert CATEGORIES_FILE in registry.verify(result.version)["files"]
+    served = ModelLoader(registry, lambda: feature_spec(small)).full(result.version)
+    assert served.ranker.extras == (CATEGORY_NAME,) and len(served.categories) == 1682
+    items = served.catalogue[:20].tolist()
+    scores = served.score("u1", items[:3], np.zeros(len(served.spec.user_refs), np.float32), items,
+                          np.zeros((len(items), len(served.spec.item_refs)), np.float32))
+    assert scores.shape == (20,) and np.ptp(scores) > 0
+    assert 0 <= result.metrics["ranker_ndcg_at_k"] <= 1
+
+
 def test_a_worse_model_is_not_promoted_and_the_served_one_stays(small):
     registry = ModelRegistry(small.paths.models_dir)
     if not registry.served():
