@@ -99,6 +99,19 @@ def test_asof_engine_returns_exactly_what_feast_returns(history):
         assert asof[column(refs[0])].isna().any() and asof[column(refs[0])].notna().any()
 
 
+def test_the_rankers_point_in_time_join_in_chunks_gives_the_same_ranker(history, monkeypatch):
+    """The ranker's lists are joined a bounded number of rows at a time (memory); the chunks
+    change nothing."""
+    from batch.nightly import training_data
+
+    data = training_data.build(history)
+    spec = feature_spec(history)
+    whole = retrain.train_ranker(history, spec, data)
+    monkeypatch.setattr(retrain, "RANKER_JOIN_ROWS", 1_000)  # many joins, each of whole lists
+    chunked = retrain.train_ranker(history, spec, data)
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), chunked.state_dict().values()))
+
+
 def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small, first):
     registry = ModelRegistry(small.paths.models_dir)
     assert first.promoted and first.version == "v0001" and registry.served() == "v0001"

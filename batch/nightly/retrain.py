@@ -154,6 +154,10 @@ def _training_examples(settings: Settings, spec: FeatureSpec, data: training_dat
     return _examples(settings, spec, data.lists.frame, list_size(settings.training))
 
 
+RANKER_JOIN_ROWS = 400_000  # rows per point-in-time join of the ranker's lists: the join's memory stays bounded
+# (one join of 20,000 lists x 251 rows peaked at 6.9 GB on a 100k-event log; bench/scale.py)
+
+
 def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> ListRanker | None:
     """The candidate ranker (``models.list_ranker``) on the training lists of the last
     ``ranker.train_days`` before the validation cutoff: point-in-time entity features + the lists'
@@ -163,15 +167,18 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
         return None
     frame = data.ranker_lists.frame
     frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]  # (the fold kept the last train_days)
-    dense, _ = point_in_time(settings, spec, frame["user_id"], frame["item_id"], frame["event_time"])
+    group = list_size(ranker_list_settings(settings))
+    step = max(group, RANKER_JOIN_ROWS // group * group)  # whole lists per join
+    dense = np.concatenate([point_in_time(settings, spec, part["user_id"], part["item_id"], part["event_time"])[0]
+                            for part in (frame.iloc[i:i + step] for i in range(0, len(frame), step))])
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
                       extras=[frame[[name]].to_numpy(dtype=np.float32) for name in rcfg.extras()])
+    del dense
     heads = frame.groupby("list", sort=True)  # lists in frame order
     times = heads["event_time"].first().to_numpy(dtype=np.float64)
     weights = _weights(frame)
-    return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), list_size(ranker_list_settings(settings)),
-                      settings.training.seed, (times.max() - times) / DAY_MS,
-                      None if weights is None else heads["weight"].first().to_numpy(dtype=np.float32))
+    return fit_ranker(rcfg, x, frame["offset"].to_numpy(dtype=np.float32), group, settings.training.seed,
+                      (times.max() - times) / DAY_MS, None if weights is None else heads["weight"].first().to_numpy(dtype=np.float32))
 
 
 def _evaluation(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> Evaluation:
