@@ -107,6 +107,7 @@ def test_the_rankers_point_in_time_join_in_chunks_gives_the_same_ranker(history,
     data = training_data.build(history)
     spec = feature_spec(history)
     whole = retrain.train_ranker(history, spec, data)
+    assert len(data.ranker_lists.frame) > 3 * 100_000  # so the next line makes several joins
     monkeypatch.setattr(retrain, "RANKER_JOIN_ROWS", 100_000)  # several joins, each of whole lists
     chunked = retrain.train_ranker(history, spec, data)
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), chunked.state_dict().values()))
