@@ -221,21 +221,24 @@ def plot(runs: dict[int, dict[str, dict[str, Any]]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(13, 5.5))
     sizes = sorted(runs)
     for stage in STAGES:
         xs = [runs[n][stage]["events"] for n in sizes if stage in runs[n]]
         ys = [runs[n][stage]["seconds"] for n in sizes if stage in runs[n]]
         ax.plot(xs, ys, marker="o", label=f"{stage} (slope {growth(runs, stage):.2f})" if len(xs) > 1 else stage)
+        peaks = [max(v for k, v in runs[n][stage].items() if "rss" in k) for n in sizes if stage in runs[n]]
+        mem.plot(xs, peaks, marker="o", label=stage)
     lo, hi = min(sizes), max(sizes)
     ax.plot([lo, hi], [1, hi / lo], "k--", linewidth=0.8, label="linear (slope 1), from 1 s")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("events in the log")
-    ax.set_ylabel("wall seconds")
-    ax.set_title("Cost per stage vs log size (bench/scale.py, 2 cores)")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    for axis, ylabel, title in ((ax, "wall seconds", "Time per stage"), (mem, "peak RSS, MB", "Peak memory per stage")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("events the stage handles")
+        axis.set_ylabel(ylabel)
+        axis.set_title(f"{title} vs log size (bench/scale.py, 2 cores)")
+        axis.legend(fontsize=8)
+        axis.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -245,7 +248,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated event counts")
     parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--plot-only", action="store_true", help="redraw docs/img/scale.png from bench/scale_runs.json")
     args = parser.parse_args()
+    if args.plot_only:
+        saved = json.loads((BENCH_DIR / "scale_runs.json").read_text())
+        plot({int(k): v for k, v in saved.items()}, BENCH_DIR.parent / "docs" / "img" / "scale.png")
+        return 0
     from infra.noise import quiet_third_party_noise
 
     quiet_third_party_noise()
