@@ -99,18 +99,19 @@ def test_asof_engine_returns_exactly_what_feast_returns(history):
         assert asof[column(refs[0])].isna().any() and asof[column(refs[0])].notna().any()
 
 
-def test_the_rankers_point_in_time_join_in_chunks_gives_the_same_ranker(history, monkeypatch):
+def test_the_rankers_point_in_time_join_in_chunks_gives_the_same_rows(history, monkeypatch):
     """The ranker's lists are joined a bounded number of rows at a time (memory); the chunks
     change nothing."""
     from batch.nightly import training_data
+    from batch.nightly.training_lists import list_size, ranker_list_settings
 
-    data = training_data.build(history)
+    group = list_size(ranker_list_settings(history))
+    frame = training_data.build(history).ranker_lists.frame.iloc[: 300 * group]
     spec = feature_spec(history)
-    whole = retrain.train_ranker(history, spec, data)
-    assert len(data.ranker_lists.frame) > 3 * 100_000  # so the next line makes several joins
-    monkeypatch.setattr(retrain, "RANKER_JOIN_ROWS", 100_000)  # several joins, each of whole lists
-    chunked = retrain.train_ranker(history, spec, data)
-    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), chunked.state_dict().values()))
+    whole = retrain.list_features(history, spec, frame, group)
+    monkeypatch.setattr(retrain, "RANKER_JOIN_ROWS", 7 * group + 3)  # 43 joins of 7 whole lists (the last of 6)
+    chunked = retrain.list_features(history, spec, frame, group)
+    assert whole.shape == (300 * group, spec.n_dense) and np.array_equal(whole, chunked)
 
 
 def test_versions_are_reproducible_and_deltas_merge_to_the_new_model(small, first):

@@ -158,6 +158,13 @@ RANKER_JOIN_ROWS = 400_000  # rows per point-in-time join of the ranker's lists:
 # (one join of 20,000 lists x 251 rows peaked at 6.9 GB on a 100k-event log; bench/scale.py)
 
 
+def list_features(settings: Settings, spec: FeatureSpec, frame: pd.DataFrame, group: int) -> np.ndarray:
+    """The lists' point-in-time entity features, joined ``RANKER_JOIN_ROWS`` rows (whole lists) at a time."""
+    step = max(group, RANKER_JOIN_ROWS // group * group)
+    return np.concatenate([point_in_time(settings, spec, part["user_id"], part["item_id"], part["event_time"])[0]
+                           for part in (frame.iloc[i:i + step] for i in range(0, len(frame), step))])
+
+
 def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.TrainingData) -> ListRanker | None:
     """The candidate ranker (``models.list_ranker``) on the training lists of the last
     ``ranker.train_days`` before the validation cutoff: point-in-time entity features + the lists'
@@ -168,9 +175,7 @@ def train_ranker(settings: Settings, spec: FeatureSpec, data: training_data.Trai
     frame = data.ranker_lists.frame
     frame = frame[frame["list"] >= frame["list"].max() + 1 - rcfg.max_lists]  # (the fold kept the last train_days)
     group = list_size(ranker_list_settings(settings))
-    step = max(group, RANKER_JOIN_ROWS // group * group)  # whole lists per join
-    dense = np.concatenate([point_in_time(settings, spec, part["user_id"], part["item_id"], part["event_time"])[0]
-                            for part in (frame.iloc[i:i + step] for i in range(0, len(frame), step))])
+    dense = list_features(settings, spec, frame, group)
     x = ranker_inputs(dense, cross=frame[CROSS_COLUMNS].to_numpy(dtype=np.float32),
                       extras=[frame[[name]].to_numpy(dtype=np.float32) for name in rcfg.extras()])
     del dense
