@@ -33,11 +33,12 @@ from features import names
 from features.definitions import TIMESTAMP_FIELD, snapshot_table
 from features.online_writer import OnlineWriter
 from infra.settings import Settings
+from models.categories import SEPARATOR
 from streaming.log_files import read_rows
+from streaming.replay import parse_columns
 
 ML_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
              "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
-CATEGORY_SEPARATOR = "|"
 
 
 @dataclass
@@ -61,6 +62,16 @@ class Catalogue:
         frame = pd.DataFrame({names.ITEM_KEY: self.items, "title": self.titles, "category": self.categories,
                               "attributes": [orjson.dumps(a).decode() if a else None for a in self.attributes]})
         return frame.drop_duplicates(names.ITEM_KEY, keep="last").reset_index(drop=True)
+
+
+def catalogue_columns(spec: str | None) -> dict[str, str] | None:
+    """``--columns item_id=sku,title=name,category=cat,...`` (any other field is kept) -> mapping."""
+    return parse_columns(spec, required=("item_id",), fields=None) if spec else None
+
+
+def shown_categories(category: str | None) -> str:
+    """A category text as people read it: ``Action, Thriller``."""
+    return (category or "").replace(SEPARATOR, ", ")
 
 
 def read_catalogue(path: str | Path, columns: dict[str, str] | None = None, delimiter: str | None = None,
@@ -99,7 +110,7 @@ def _movielens_items(path: Path) -> Catalogue:
                 catalogue.rejected.append((n, f"expected {5 + len(genres)} '|'-separated fields"))
             continue
         flags = parts[5:5 + len(genres)]
-        category = CATEGORY_SEPARATOR.join(g for g, f in zip(genres, flags) if f == "1")
+        category = SEPARATOR.join(g for g, f in zip(genres, flags) if f == "1")
         attributes = {k: v for k, v in (("release_date", parts[2]), ("url", parts[4])) if v}
         catalogue.add(parts[0], parts[1], category, attributes)
     return catalogue

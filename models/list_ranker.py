@@ -70,8 +70,8 @@ class ListRanker(nn.Module):
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save({"n_in": self.n_in, "hidden": self.hidden, "extras": list(self.extras or ()), "state": self.state_dict()},
-                   buffer)
+        names = {} if self.extras is None else {"extras": list(self.extras)}  # None stays unrecorded
+        torch.save({"n_in": self.n_in, "hidden": self.hidden, **names, "state": self.state_dict()}, buffer)
         return buffer.getvalue()
 
     def save(self, directory: Path) -> Path:

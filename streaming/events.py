@@ -198,7 +198,7 @@ def validate_and_encode(obj: Event | dict[str, Any] | bytes | str, aliases: Alia
         except TypeError:
             pass  # not JSON-serialisable: the canonical path gives the precise reason
         else:
-            return decode_event(payload), payload
+            return decode_event(payload, aliases=aliases), payload
     event = coerce_event(obj, aliases)
     return event, encode_event(event)
 

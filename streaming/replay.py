@@ -169,7 +169,7 @@ def parse_columns(spec: str | None, required: tuple[str, ...] = ("user_id", "ite
         mapping[field_name.strip()] = column.strip()
     unknown = set(mapping) - set(fields) if fields is not None else set()
     if unknown:
-        raise ValueError(f"unknown event field(s) {sorted(unknown)} in --columns; the fields are {', '.join(EVENT_FIELDS)}")
+        raise ValueError(f"unknown event field(s) {sorted(unknown)} in --columns; the fields are {', '.join(fields)}")
     if not by_position(mapping) and any(c.isdigit() for c in mapping.values()):
         raise ValueError("--columns mixes header names and column numbers: use names for a file with a header, "
                          "numbers (0-based) for one without")

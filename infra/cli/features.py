@@ -95,15 +95,13 @@ def cmd_stream(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(settings: Settings, args: argparse.Namespace) -> int:
-    from batch.catalogue import load_catalogue, loaded_catalogue, read_catalogue
+    from batch.catalogue import catalogue_columns, load_catalogue, loaded_catalogue, read_catalogue, shown_categories
     from features import store
-    from streaming.replay import parse_columns
 
     if args.action == "load":
         if not args.target:
             raise ValueError("say which file: `recsys catalogue load ../shared/data/ml-100k/u.item`")
-        columns = parse_columns(args.columns, required=("item_id",), fields=None) if args.columns else None
-        catalogue = read_catalogue(args.target[0], columns, args.delimiter, progress=not args.quiet)
+        catalogue = read_catalogue(args.target[0], catalogue_columns(args.columns), args.delimiter, progress=not args.quiet)
         store.apply(settings)  # the registry gets the item_attributes view if it lacks it
         n = load_catalogue(settings, catalogue)
         bad = f"; {len(catalogue.rejected):,} rows without an item id skipped (first: line {catalogue.rejected[0][0]}: " \
@@ -120,7 +118,7 @@ def cmd_catalogue(settings: Settings, args: argparse.Namespace) -> int:
     for column in ("item", "title", "category", "attributes"):
         table.add_column(column, overflow="fold")
     for row in shown.itertuples(index=False):
-        table.add_row(row.item_id, row.title or "", (row.category or "").replace("|", ", "), row.attributes or "")
+        table.add_row(row.item_id, row.title or "", shown_categories(row.category), row.attributes or "")
     console.print(table)
     return 0
 

@@ -49,6 +49,7 @@ def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
     import httpx
     from rich.table import Table
 
+    from batch.catalogue import shown_categories
     from serving import runner
 
     url = runner.base_url(settings)
@@ -64,7 +65,7 @@ def cmd_recommend(settings: Settings, args: argparse.Namespace) -> int:
     for column in ("#", "item", "title", "category", "score", "sources"):
         table.add_column(column, overflow="fold")
     for n, item in enumerate(body["items"], start=1):
-        table.add_row(str(n), item["item_id"], item.get("title") or "", (item.get("category") or "").replace("|", ", "),
+        table.add_row(str(n), item["item_id"], item.get("title") or "", shown_categories(item.get("category")),
                       f"{item['score']:.3f}", ", ".join(item["sources"]))
     console.print(table)
     return 0

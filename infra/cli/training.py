@@ -70,11 +70,9 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
                       f"{args.renew_every_days:g} days of the evaluated period")
     catalogue = None
     if args.catalogue:
-        from batch.catalogue import read_catalogue
-        from streaming.replay import parse_columns
+        from batch.catalogue import catalogue_columns, read_catalogue
 
-        columns = parse_columns(args.catalogue_columns, required=("item_id",), fields=None) if args.catalogue_columns else None
-        catalogue = read_catalogue(args.catalogue, columns)
+        catalogue = read_catalogue(args.catalogue, catalogue_columns(args.catalogue_columns))
     report = evaluate(settings, window, k=args.k, retrain_every_days=args.retrain_every_days, progress=not args.quiet,
                       catalogue=catalogue)
     json_path, png_path = write_report(report, Path(args.out) if args.out else settings.paths.reports_dir)
