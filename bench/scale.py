@@ -20,6 +20,7 @@ docs/img/scale.png. Bounded: every stage has a timeout; traffic only on loopback
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -111,8 +112,11 @@ def run_size(n_events: int, users: int, items: int, days: int, workdir: Path) ->
         def read() -> dict[str, Any]:
             from streaming.replay import load_events
 
-            loaded = load_events(log_path)
-            return {"valid": float(len(loaded.events))}
+            # as `recsys replay` reads it: ordered holding at most events.replay_memory_events
+            with load_events(log_path, max_in_memory=settings.events.replay_memory_events,
+                             spill_dir=settings.paths.spill_dir) as loaded:
+                valid = sum(1 for _ in loaded.events)
+            return {"valid": float(valid)}
 
         timed("read", read, n_events)
 
@@ -121,10 +125,12 @@ def run_size(n_events: int, users: int, items: int, days: int, workdir: Path) ->
             from streaming.producer import EventProducer
             from streaming.replay import load_events
 
-            history = [e for e in load_events(log_path).events if e.event_time < cut_ms]
-            began = time.perf_counter()
-            with EventProducer(settings) as producer:
-                result = send_events(producer, history, show_progress=False)
+            with load_events(log_path, max_in_memory=settings.events.replay_memory_events,
+                             spill_dir=settings.paths.spill_dir) as loaded:
+                began = time.perf_counter()
+                history = itertools.takewhile(lambda e: e.event_time < cut_ms, loaded.events)
+                with EventProducer(settings) as producer:
+                    result = send_events(producer, history, show_progress=False)
             return {"acked": float(result.report.acked), "send_s": time.perf_counter() - began}
 
         timed("replay", replay, n_events)

@@ -224,6 +224,9 @@ class EventSettings(BaseModel):
                                     "e.g. {pv: view, buy: purchase, cart: add_to_cart, fav: like}")
     types: dict[str, EventTypeSettings] = Field(default_factory=dict, description="per engine type: its label "
                                                 "and weight, e.g. {purchase: {weight: 3}, view: {label: unlabelled}}")
+    replay_memory_events: int = Field(default=1_000_000, ge=1, description="events `recsys replay` holds to put a "
+                                      "file in time order; a larger unsorted file is sorted in runs on disk "
+                                      "(<data_dir>/spill) and merged (~1.3 KB of memory per event held)")
 
 
 class TrainingSettings(BaseModel):
@@ -389,6 +392,11 @@ class Paths(BaseModel):
     @property
     def feast_dir(self) -> Path:
         return self.root / "feast"
+
+    @property
+    def spill_dir(self) -> Path:
+        """Temporary sorted runs of a replay larger than its memory bound (removed when it ends)."""
+        return self.root / "spill"
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -36,25 +36,30 @@ def progress_bar(disable: bool = False) -> Progress:
 
 def send_events(
     producer: EventProducer,
-    events: Sequence[Event | dict[str, Any] | bytes],
+    events: Iterable[Event | dict[str, Any] | bytes],
     *,
     pacer: Pacer | None = None,
     description: str = "sending",
     show_progress: bool = True,
     rejected: Iterable[Any] = (),
 ) -> IngestResult:
-    """Send ``events`` in order (pacing by event time if the pacer asks), then flush."""
+    """Send ``events`` in order (pacing by event time if the pacer asks), then flush. Any iterable
+    works (a file ordered under a memory bound streams through); one with ``len`` shows a total."""
     start = time.perf_counter()
     for obj in rejected:
         producer.send(obj)  # rows that could not become events: validation dead-letters them
     with progress_bar(disable=not show_progress) as progress:
-        task = progress.add_task(description, total=len(events), rate=0.0)
+        total = len(events) if hasattr(events, "__len__") else None
+        task = progress.add_task(description, total=total, rate=0.0)
+        i = 0
         for i, obj in enumerate(events, start=1):
             if pacer is not None:
                 pacer.wait(obj.event_time if isinstance(obj, Event) else None)
             producer.send(obj)
-            if i % 2000 == 0 or i == len(events):
+            if i % 2000 == 0:
                 elapsed = time.perf_counter() - start
                 progress.update(task, completed=i, rate=i / elapsed if elapsed else 0.0)
+        elapsed = time.perf_counter() - start
+        progress.update(task, completed=i, rate=i / elapsed if elapsed else 0.0)
         report = producer.flush()
     return IngestResult(report, time.perf_counter() - start)

@@ -20,10 +20,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from streaming.events import Aliases, Event, InvalidEvent, coerce_event
 from streaming.log_files import EVENT_FIELDS, ML_COLUMNS, by_position, read_rows
+from streaming.ordering import TimeOrder
 
 TIME_UNITS = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
 
@@ -32,9 +33,20 @@ TIME_UNITS = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
 class LoadedEvents:
     """Events sorted by event time plus the raw rows that failed to become events."""
 
-    events: list[Event]
+    events: list[Event] | TimeOrder  # TimeOrder: ordered under a memory bound (see load_events)
     rejected: list[tuple[Any, InvalidEvent]] = field(default_factory=list)
     time_unit: str | None = None  # the unit the times were read in (and how it was chosen)
+
+    def close(self) -> None:
+        """Remove what ordering spilled to disk (nothing for an in-memory list)."""
+        if isinstance(self.events, TimeOrder):
+            self.events.close()
+
+    def __enter__(self) -> "LoadedEvents":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def rejection_summary(self, examples: int = 3) -> str:
         """The bad rows counted by reason, each with the values that caused it and what is accepted.
@@ -118,11 +130,17 @@ def load_events(
     time_unit: str = "auto",
     aliases: Aliases | None = None,
     progress: bool = False,
+    max_in_memory: int | None = None,
+    spill_dir: Path | None = None,
 ) -> LoadedEvents:
     """Read a log (any layout of ``streaming.log_files``) into validated events, sorted by event
     time (ties keep file order); the log's own event names are mapped through ``aliases``
     (``streaming.vocabulary``). ``time_unit="auto"`` guesses it from the first numeric time and
-    says so in :attr:`LoadedEvents.time_unit`."""
+    says so in :attr:`LoadedEvents.time_unit`.
+
+    ``max_in_memory=None`` gives a sorted list. A number bounds what ordering holds: ``events``
+    is then a :class:`streaming.ordering.TimeOrder` (iterable once, with ``len``) that sorts a
+    larger file in runs under ``spill_dir`` and merges them; close the result to remove them."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -132,6 +150,23 @@ def load_events(
     if time_unit != "auto" and time_unit not in TIME_UNITS:
         raise ValueError(f"time unit {time_unit!r} unknown: use auto or one of {sorted(TIME_UNITS)}")
     loaded = LoadedEvents(events=[])
+    events = _file_events(path, columns, delimiter, event_type, time_unit, aliases, progress, loaded)
+    if max_in_memory is None:
+        loaded.events = sorted(events, key=lambda e: e.event_time)
+    else:
+        order = TimeOrder(max_in_memory, spill_dir)
+        try:
+            order.add_all(events)
+        except BaseException:
+            order.close()
+            raise
+        loaded.events = order
+    return loaded
+
+
+def _file_events(path: Path, columns: dict[str, str] | None, delimiter: str | None, event_type: str,
+                 time_unit: str, aliases: Aliases | None, progress: bool, loaded: LoadedEvents) -> Iterator[Event]:
+    """The file's valid events in file order; bad rows and the time unit are recorded in ``loaded``."""
     unit = None if time_unit == "auto" else time_unit
     for line_no, row in read_rows(path, columns, delimiter, progress):
         event_id = f"{path.name}:{line_no}"
@@ -145,13 +180,11 @@ def load_events(
                 loaded.time_unit = f"{unit} (guessed from {row['event_time']})"
         candidate = _row_to_event(row, event_id, event_type, unit or "s")
         try:
-            loaded.events.append(coerce_event(candidate, aliases))
+            yield coerce_event(candidate, aliases)
         except InvalidEvent as exc:
             loaded.rejected.append((candidate, exc))
     if loaded.time_unit is None and unit is not None:
         loaded.time_unit = unit
-    loaded.events.sort(key=lambda e: e.event_time)
-    return loaded
 
 
 def parse_columns(spec: str | None, required: tuple[str, ...] = ("user_id", "item_id", "event_time"),

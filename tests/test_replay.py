@@ -54,6 +54,34 @@ def test_replay_ml100k_delivers_all_events_in_time_order(settings: Settings, ml1
     assert scan_topic(settings, settings.topics.dlq).records == 0
 
 
+def test_a_file_larger_than_the_memory_bound_replays_in_order_without_holding_it_whole(
+        tmp_path: Path, settings: Settings, ml100k_path: Path, capsys) -> None:
+    """u.data is not in time order; with room for 400 events, 5,000 of its rows are sorted in
+    runs on disk and merged: the topic gets every event in time order (ties in file order), no
+    more than 400 were held, and the runs are gone afterwards."""
+    from infra.cli import build_parser
+
+    log = tmp_path / "u.data"
+    log.write_text("".join(ml100k_path.read_text().splitlines(keepends=True)[:5000]))
+    loaded = load_events(log, max_in_memory=400, spill_dir=tmp_path / "spill")
+    with loaded:
+        assert not loaded.events.was_in_order and loaded.events.peak_buffered == 400
+        ordered = [(e.event_time, int(e.event_id.split(":")[1])) for e in loaded.events]
+        assert loaded.events.runs == 13  # 12 full runs and the rest
+    assert ordered == sorted(ordered) and len(ordered) == 5000  # by time, then by line
+    assert not any((tmp_path / "spill").iterdir())  # the runs are removed
+
+    args = build_parser().parse_args(["replay", str(log), "--memory-events", "400", "--quiet"])
+    assert args.run(settings, args) == 0
+    assert "sorted on disk in 13 runs of up to 400 events" in " ".join(capsys.readouterr().out.split())
+    per_partition: dict[int, list[int]] = {}
+    scan = scan_topic(settings, settings.topics.events,
+                      visit=lambda r: per_partition.setdefault(r.partition, []).append(decode_event(r.value).event_time))
+    assert scan.records == 5000
+    assert all(times == sorted(times) for times in per_partition.values())
+    assert not any(settings.paths.spill_dir.iterdir())
+
+
 def test_csv_with_header_mapping_and_bad_rows(tmp_path: Path, settings: Settings) -> None:
     csv_file = tmp_path / "ratings.csv"
     csv_file.write_text(

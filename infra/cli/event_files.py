@@ -7,15 +7,19 @@ import argparse
 from infra.settings import Settings
 
 
-def load_event_file(settings: Settings, args: argparse.Namespace):  # noqa: ANN202 - streaming.replay.LoadedEvents
-    """The file's events, its own event names mapped by the settings' aliases and --event-types."""
+def load_event_file(settings: Settings, args: argparse.Namespace,
+                    max_in_memory: int | None = None):  # noqa: ANN202 - streaming.replay.LoadedEvents
+    """The file's events, its own event names mapped by the settings' aliases and --event-types.
+    ``max_in_memory``: ordered holding at most that many events (a larger file sorts on disk)."""
     from streaming.replay import load_events, parse_columns
     from streaming.vocabulary import EventVocabulary, parse_event_types
 
     vocabulary = EventVocabulary.from_settings(settings, parse_event_types(args.event_types))
     return load_events(args.path, columns=parse_columns(args.columns), delimiter=args.delimiter,
                        event_type=args.event_type, time_unit=args.time_unit, aliases=vocabulary.aliases,
-                       progress=not getattr(args, "quiet", False))
+                       progress=not getattr(args, "quiet", False),
+                       max_in_memory=max_in_memory,
+                       spill_dir=settings.paths.spill_dir)
 
 
 def event_file_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:

@@ -15,10 +15,10 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from streaming.pacing import Pacer
     from streaming.producer import EventProducer
 
-    loaded = load_event_file(settings, args)
+    loaded = load_event_file(settings, args, max_in_memory=args.memory_events or settings.events.replay_memory_events)
     console.print(f"loaded {len(loaded.events):,} events from {args.path} ({loaded.rejection_summary()}; "
-                  f"times in {loaded.time_unit})")
-    with EventProducer(settings) as producer:
+                  f"times in {loaded.time_unit}; {loaded.events.describe()})")
+    with loaded, EventProducer(settings) as producer:
         result = send_events(
             producer,
             loaded.events,
@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     replay.add_argument("--speedup", type=float, help="event-time speed-up factor (e.g. 86400: a day per second)")
     replay.add_argument("--max-rate", type=float, help="cap in events/s")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.add_argument("--memory-events", type=int, help="events held to put the file in time order; more are "
+                        "sorted on disk and merged (default: the events.replay_memory_events setting)")
     replay.set_defaults(run=cmd_replay)
     produce = sub.add_parser("produce", help="generate synthetic Zipf events for load tests")
     produce.add_argument("--rate", type=float, default=1000.0, help="events/s")
