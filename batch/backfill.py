@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from batch.feature_history import FeatureHistory
 from features import names
 from features.compute import InMemoryFeatures, ItemState, UserState, view_values
 from features.definitions import TIMESTAMP_FIELD, snapshot_table
@@ -35,12 +36,8 @@ class Backfill:
     items: dict[str, ItemState] = field(repr=False)
     user_time: dict[str, int] = field(repr=False)
     item_time: dict[str, int] = field(repr=False)
-    snapshots: dict[str, list[dict]] = field(default_factory=dict, repr=False)  # view -> rows over time
     next_offsets: dict[int, int] = field(default_factory=dict)  # per Kafka partition: the offset after the last row read
     max_event_time: dict[int, int] = field(default_factory=dict)  # per Kafka partition: what the stream job's lateness rule starts from
-
-    def snapshot_frames(self) -> dict[str, pd.DataFrame]:
-        return {view: pd.DataFrame(rows) for view, rows in self.snapshots.items() if rows}
 
     def frames(self, settings: Settings) -> dict[str, pd.DataFrame]:
         """One DataFrame per feature view: entity id, features, event_timestamp."""
@@ -66,7 +63,7 @@ def _ts(ms: int) -> datetime:
 
 
 def compute(settings: Settings, version: int | None = None, progress: bool = True,
-            snapshot_every_ms: int | None = None, below: dict[int, int] | None = None,
+            history: FeatureHistory | None = None, below: dict[int, int] | None = None,
             epoch: str | None = None) -> Backfill:
     """Fold the events table (at ``version``, default latest) through the feature definitions;
     with ``below``, only the rows whose Kafka offset is below ``below[partition]``.
@@ -75,20 +72,20 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     ``next_offsets`` concern that incarnation's rows only: rows landed from an earlier incarnation
     of the topic are all folded, and their offsets say nothing about the current topic.
 
-    Without ``snapshot_every_ms`` the fold follows the job's order (per partition, by offset):
-    the final values equal the streamed ones. With it, the fold follows event time and records,
-    for every entity, its feature values after an event at most once per ``snapshot_every_ms``
-    of event time (``Backfill.snapshots``): the history Feast joins point-in-time for training.
+    Without ``history`` the fold follows the job's order (per partition, by offset): the final
+    values equal the streamed ones. With it, the fold follows event time and hands every event's
+    entities to ``history`` (:class:`batch.feature_history.FeatureHistory`), which writes the
+    throttled history Feast joins point-in-time for training to Parquet as it goes.
     """
     table = open_table(settings.paths.events_table, version)
     cols = ["event_id", "user_id", "item_id", "event_type", "value", "event_time", "kafka_partition", "kafka_offset", "late"]
-    order = ["kafka_partition", "kafka_offset"] if snapshot_every_ms is None else ["event_time", "kafka_partition", "kafka_offset"]
+    order = ["kafka_partition", "kafka_offset"] if history is None else ["event_time", "kafka_partition", "kafka_offset"]
     has_epoch = "topic_epoch" in {f.name for f in table.schema().fields}
     df = table.to_pandas(columns=cols + ["ingest_time", "topic_epoch"] * has_epoch)
     if has_epoch and df["topic_epoch"].nunique(dropna=False) > 1:  # offsets restart per incarnation: oldest first
         first_seen = df.groupby("topic_epoch", dropna=False)["ingest_time"].transform("min")
         df = df.assign(_incarnation=first_seen)
-        order = ["_incarnation"] + order if snapshot_every_ms is None else order
+        order = ["_incarnation"] + order if history is None else order
     df = df.sort_values(order, kind="stable")
     if epoch is not None and has_epoch:
         current = df["topic_epoch"] == epoch  # rows of an earlier incarnation: offsets of another topic
@@ -105,8 +102,6 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
     fold = InMemoryFeatures(cfg)
     user_time: dict[str, int] = {}
     item_time: dict[str, int] = {}
-    snapshots: dict[str, list[dict]] = {view: [] for view in _VIEWS}
-    last_snap: dict[tuple[str, str], int] = {}
     values = df["value"].astype(object).where(df["value"].notna(), None)
     rows = zip(df["event_id"], df["user_id"], df["item_id"], df["event_type"], values, df["event_time"].astype(int))
     for event_id, user_id, item_id, event_type, value, event_time in tqdm(rows, total=len(df), desc="backfill", disable=None if progress else True, unit="ev"):
@@ -114,50 +109,10 @@ def compute(settings: Settings, version: int | None = None, progress: bool = Tru
         user_time[user_id] = max(user_time.get(user_id, 0), event_time)
         for touched_id in touched:
             item_time[touched_id] = max(item_time.get(touched_id, 0), event_time)
-        if snapshot_every_ms is not None:
-            _snapshot(cfg, snapshots, last_snap, snapshot_every_ms, event_time, user_id, user, touched, fold.items)
-    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time, snapshots,
+        if history is not None:
+            history.record(event_time, user_id, user, touched, fold.items)
+    return Backfill(table.version(), len(df), late, fold.users, fold.items, user_time, item_time,
                     next_offsets, max_event_time)
-
-
-_VIEWS = (names.USER_STATS, names.USER_RECENT, names.ITEM_STATS, names.ITEM_POPULARITY, names.ITEM_COVISIT)
-
-
-def _snapshot(cfg, snapshots, last_snap, every_ms, event_time, user_id, user, touched, items) -> None:  # noqa: ANN001
-    """Record entities' values after this event (throttled; a later event at the same instant
-    replaces that instant's row, since Feast keeps one row per entity and timestamp)."""
-    ts = _ts(event_time)
-
-    def due(kind: str, entity: str) -> int | None:  # row index to replace, -1 to append, None to skip
-        last = last_snap.get((kind, entity))
-        if last is not None and last[0] == event_time:
-            return last[1]
-        if last is None or event_time - last[0] >= every_ms:
-            return -1
-        return None
-
-    def put(view: str, row: dict, slot: int) -> int:
-        rows = snapshots[view]
-        if slot >= 0:
-            rows[slot] = row
-            return slot
-        rows.append(row)
-        return len(rows) - 1
-
-    views = [(names.USER_STATS, names.USER_KEY, user_id, True, user),
-             (names.USER_RECENT, names.USER_KEY, user_id, True, user)]
-    for item_id in dict.fromkeys(touched):
-        item = items[item_id]
-        views += [(names.ITEM_STATS, names.ITEM_KEY, item_id, item.latest_ms >= 0, item),
-                  (names.ITEM_POPULARITY, names.ITEM_KEY, item_id, item.latest_ms >= 0, item),
-                  (names.ITEM_COVISIT, names.ITEM_KEY, item_id, bool(item.covisit), item)]
-    for view, key, entity, present, state in views:
-        if not present:
-            continue
-        slot = due(view, entity)
-        if slot is not None:
-            row = {key: entity, **view_values(cfg, view, state), TIMESTAMP_FIELD: ts}
-            last_snap[(view, entity)] = (event_time, put(view, row, slot))
 
 
 def write_offline(settings: Settings, frames: dict[str, pd.DataFrame]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.types import Array, Float64, Int64, String
@@ -33,6 +34,19 @@ def _dtype(field: str):  # noqa: ANN202 - a Feast type
     if field in names.attribute_fields():
         return String
     return Int64
+
+
+_ARROW = {Array(String): pa.list_(pa.string()), Array(Int64): pa.list_(pa.int64()), Float64: pa.float64(),
+          String: pa.string(), Int64: pa.int64()}
+
+
+def offline_schema(settings: Settings, view: str) -> pa.Schema:
+    """The Arrow schema of a computed view's offline file: entity key, features, timestamp."""
+    spec = next(v for v in names.VIEWS if v.name == view)
+    key = names.USER_KEY if spec.entity == "user" else names.ITEM_KEY
+    return pa.schema([pa.field(key, pa.string()),
+                      *(pa.field(f, _ARROW[_dtype(f)]) for f in spec.fields(settings.features)),
+                      pa.field(TIMESTAMP_FIELD, pa.timestamp("ns", tz="UTC"))])
 
 
 def snapshot_table(settings: Settings, view: str) -> Path:

@@ -69,13 +69,15 @@ def test_same_version_and_seed_give_the_same_examples(lake_settings):
 def test_point_in_time_join_never_sees_a_later_value(lake_settings, tmp_path):
     """Feature history from the backfill, joined by Feast at (event time - 1 ms): no value from
     the event itself or after it can appear in its row."""
-    from batch.backfill import compute, write_offline
+    from batch.backfill import compute
+    from batch.feature_history import FeatureHistory
     from features.store import apply, feature_store
 
     s = lake_settings.model_copy(update={"features": lake_settings.features.model_copy(update={"project": "pit"})})
     apply(s)
-    result = compute(s, progress=False, snapshot_every_ms=0)
-    write_offline(s, result.snapshot_frames())
+    history = FeatureHistory(s, every_ms=0, chunk_rows=5_000)  # written in many row groups
+    compute(s, progress=False, history=history)
+    history.publish()
     events = load_events(ML100K).events[:2000]
     requests = pd.DataFrame({"user_id": [e.user_id for e in events],
                              "event_timestamp": pd.to_datetime([e.event_time - 1 for e in events], unit="ms", utc=True)})

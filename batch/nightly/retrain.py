@@ -23,6 +23,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 
 from batch import backfill
+from batch.feature_history import FeatureHistory
 from batch.nightly import training_data
 from features.model_inputs import FeatureSpec, FeatureSpecMismatch, as_of, check_compatible, feature_spec, point_in_time
 from infra.settings import Settings, TrainingSettings
@@ -294,8 +295,13 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     console.print(f"[bold]retrain[/] events table v{data.table_version}: {len(data.train):,} training rows, "
                   f"{len(data.validation):,} validation rows (split {tcfg.validation})")
     every_ms = int(tcfg.snapshot_every_s * 1000)
-    history = backfill.compute(settings, version=data.table_version, progress=progress, snapshot_every_ms=every_ms)
-    backfill.write_offline(settings, history.snapshot_frames())
+    history = FeatureHistory(settings, every_ms)
+    try:
+        backfill.compute(settings, version=data.table_version, progress=progress, history=history)
+    except BaseException:
+        history.discard()
+        raise
+    history.publish()
     console.print(f"point-in-time features ({tcfg.pit_engine} join over the Feast registry's views) ...")
     train = _training_examples(settings, spec, data)
     evaluation = _evaluation(settings, spec, data)

@@ -32,16 +32,28 @@ def cmd_features(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     from batch.backfill import compute, write_offline, write_online
+    from batch.feature_history import FeatureHistory
 
     every_ms = int(args.snapshot_every_s * 1000) if args.snapshot_every_s is not None else None
-    result = compute(settings, version=args.version, progress=not args.quiet, snapshot_every_ms=every_ms)
+    history = FeatureHistory(settings, every_ms) if every_ms is not None else None
+    try:
+        result = compute(settings, version=args.version, progress=not args.quiet, history=history)
+    except BaseException:
+        if history is not None:
+            history.discard()
+        raise
     console.print(f"backfilled {result.events:,} events from events table v{result.table_version} "
                   f"({result.late_skipped:,} late ones excluded): {len(result.users):,} users, {len(result.items):,} items")
     if args.online:
         console.print(f"online store: wrote {write_online(settings, result):,} rows")
+    if history is not None and not args.offline:
+        history.discard()
     if args.offline:
-        write_offline(settings, result.snapshot_frames() if every_ms is not None else result.frames(settings))
-        console.print(f"offline snapshots appended under {settings.paths.lake_dir / 'features'}")
+        if history is not None:
+            history.publish()
+        else:
+            write_offline(settings, result.frames(settings))
+        console.print(f"offline snapshots replaced under {settings.paths.lake_dir / 'features'}")
     return 0
 
 
