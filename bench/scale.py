@@ -53,7 +53,14 @@ def _in_child(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
     child = ctx.Process(target=target)
     child.start()
-    out = queue.get()
+    while True:  # a child killed from outside (e.g. out of memory) never answers: say so
+        try:
+            out = queue.get(timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - queue.Empty
+            if not child.is_alive():
+                out = {"error": f"the stage's process died (exit code {child.exitcode}; -9 is the OOM killer)"}
+                break
     child.join()
     if "error" in out:
         raise RuntimeError(out["error"])
@@ -82,11 +89,12 @@ def _du_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
 
 
-def run_size(n_events: int, users: int, items: int, days: int, workdir: Path) -> dict[str, dict[str, Any]]:
+def run_size(n_events: int, users: int, items: int, days: int, workdir: Path,
+             stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Fill ``stages`` as each stage ends (a failing stage leaves the earlier ones there)."""
     from streaming.events import DAY_MS
     from streaming.synthetic_log import START_MS, SyntheticLog
 
-    stages: dict[str, dict[str, Any]] = {}
     log_path, items_path = workdir / "events.parquet", workdir / "items.parquet"
     history_days = days - 1  # the last day is played to the online learner
 
@@ -215,7 +223,7 @@ def run_size(n_events: int, users: int, items: int, days: int, workdir: Path) ->
 
 
 def growth(runs: dict[int, dict[str, dict[str, Any]]], stage: str) -> float:
-    sizes = sorted(runs)
+    sizes = sorted(n for n in runs if stage in runs[n])
     small, large = sizes[0], sizes[-1]
     a, b = runs[small][stage], runs[large][stage]
     return math.log(b["seconds"] / a["seconds"]) / math.log(b["events"] / a["events"])
@@ -267,17 +275,28 @@ def main() -> int:
     runs: dict[int, dict[str, dict[str, Any]]] = {}
     for n in sizes:
         print(f"scale run: {n:,} events, {n // 10:,} users, {max(100, n // 50):,} items, {args.days} days", flush=True)
+        runs[n] = {}
         with tempfile.TemporaryDirectory(prefix="recsys-scale-") as tmp:
-            runs[n] = run_size(n, n // 10, max(100, n // 50), args.days, Path(tmp))
-    out = BENCH_DIR / "scale_runs.json"
-    out.write_text(json.dumps({str(k): v for k, v in runs.items()}, indent=2) + "\n")
+            try:
+                run_size(n, n // 10, max(100, n // 50), args.days, Path(tmp), runs[n])
+            except Exception as exc:  # noqa: BLE001 - recorded: the sizes and stages that ran still count
+                failed = next(s for s in STAGES if s not in runs[n])
+                print(f"  {n:>11,} events | {failed} failed: {exc}", flush=True)
+                runs[n]["failed"] = {"stage": failed, "error": str(exc)}
+        out = BENCH_DIR / "scale_runs.json"
+        out.write_text(json.dumps({str(k): v for k, v in runs.items()}, indent=2) + "\n")
     plot(runs, BENCH_DIR.parent / "docs" / "img" / "scale.png")
     if len(sizes) > 1:
         command = command_line("scale.py", parser, args)
         for stage in STAGES:
+            ran = [n for n in sizes if stage in runs[n]]
+            if len(ran) < 2:
+                continue
             slope = growth(runs, stage)
             detail = "; ".join(f"{n:,} events: {runs[n][stage]['seconds']:.1f} s, {runs[n][stage]['events_per_s']:,.0f} ev/s, "
-                               f"peak RSS {max(v for k, v in runs[n][stage].items() if 'rss' in k):,.0f} MB" for n in sizes)
+                               f"peak RSS {max(v for k, v in runs[n][stage].items() if 'rss' in k):,.0f} MB" for n in ran)
+            detail += "".join(f"; {n:,} events: failed ({runs[n]['failed']['error']})" for n in sizes
+                              if runs[n].get("failed", {}).get("stage") == stage)
             record(f"scale_{stage}_growth", value=slope, baseline=1.0, ratio=1.15 / max(slope, 1e-6),
                    unit="log-log slope of seconds vs events", goal=1.0, command=command, note=detail)
     return 0
