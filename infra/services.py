@@ -176,12 +176,12 @@ def _resolve_argv(spec: ServiceSpec) -> list[str]:
 
 
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the events and DLQ topics with explicit partition counts; returns those created."""
+    """Create the events, DLQ and impressions topics with explicit partition counts; returns those created."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     t = settings.topics
-    wanted = {t.events: t.events_partitions, t.dlq: t.dlq_partitions}
+    wanted = {t.events: t.events_partitions, t.dlq: t.dlq_partitions, t.impressions: t.impressions_partitions}
     admin = kafka_clients.admin(settings, request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())

@@ -67,6 +67,8 @@ class TopicSettings(BaseModel):
     events_partitions: int = Field(default=4, ge=1)
     dlq: str = "events.dlq"
     dlq_partitions: int = Field(default=1, ge=1)
+    impressions: str = Field(default="impressions", description="every list the API serves (serving.impressions)")
+    impressions_partitions: int = Field(default=4, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
 
@@ -277,6 +279,10 @@ class ServingSettings(BaseModel):
     default_k: int = Field(default=10, ge=1)
     max_k: int = Field(default=100, ge=1)
     max_batch_users: int = Field(default=100, ge=1, description="users per POST /recommendations")
+    impressions: bool = Field(default=True, description="log every served list to topics.impressions (off the request path: serving.impressions)")
+    impression_buffer: int = Field(default=10_000, ge=1, description="impressions held while the broker is slow or down; beyond it new ones are dropped and counted (recsys_impressions_total)")
+    impression_batch: int = Field(default=500, ge=1, description="impressions sent to the broker at a time")
+    impression_retry_s: float = Field(default=2.0, gt=0, description="wait before trying an unreachable broker again")
     trending_candidates: int = Field(default=0, ge=0, description="the catalogue's most active items as candidates (0 by default: the ranker is trained on the similar + popular pool, and extra sources cost NDCG on the validation window: docs/quality.md)")
     trending_slots: int = Field(default=0, ge=0, description="the N most active trending candidates always make the list (last places when the ranking left them out); 0 = ranking only (the default: measured, docs/quality.md)")
     similar_candidates: int = Field(default=200, ge=0, description="the user's item-kNN list over the version's similarity table (models.similarity)")

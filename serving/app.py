@@ -25,10 +25,11 @@ from infra.settings import Settings
 from models.registry import ModelRegistry
 from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
 from serving.item_details import ItemDetails
+from serving.impressions import ImpressionLog, impression, new_request_id
 from serving.item_snapshot import ItemSnapshotter
 from serving.metrics import ApiMetrics
 from serving.quality import quality_summary
-from serving.recommender import Recommender
+from serving.recommender import Recommender, event_clock
 
 STATIC = Path(__file__).resolve().parent / "static"
 USER_ID = Annotated[str, PathParam(min_length=1, max_length=256, description="the user to recommend for")]
@@ -43,6 +44,7 @@ class ScoredItemOut(BaseModel):
 
 
 class RecommendationOut(BaseModel):
+    request_id: str = Field(description="this list's id: its record in the impressions topic carries it")
     user_id: str
     model_version: str
     cold_start: bool = Field(description="the user has no history yet: trending and popular items")
@@ -89,6 +91,8 @@ class ServingContext:
                                        prepare=self.snapshots.prepare, on_swap=self._swapped)
         self.recommender = Recommender(settings)
         self.item_details = ItemDetails(settings)
+        self.impressions = (ImpressionLog(settings, lambda outcome, n: self.metrics.impressions.labels(outcome).inc(n))
+                            if settings.serving.impressions else None)
         self._producer = None
         self._producer_lock = threading.Lock()
         self.started_at = time.time()
@@ -112,10 +116,14 @@ class ServingContext:
         _freeze_heap()
         self.watcher.start()
         self.snapshots.start()
+        if self.impressions is not None:
+            self.impressions.start()
 
     def stop(self) -> None:
         self.watcher.stop()
         self.snapshots.stop()
+        if self.impressions is not None:
+            self.impressions.stop()
         if self._producer is not None:
             self._producer.close()
 
@@ -198,7 +206,8 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         if model is None:
             raise HTTPException(503, "no model is served yet: run `recsys retrain` (the server picks it up by itself)")
         k = min(k or cfg.default_k, cfg.max_k)
-        rec = ctx.recommender.recommend(model, ctx.snapshots.get(model.version), user_id, k, filter_seen, frozenset(exclude))
+        snapshot = ctx.snapshots.get(model.version)
+        rec = ctx.recommender.recommend(model, snapshot, user_id, k, filter_seen, frozenset(exclude))
         for stage, ms in rec.timings_ms.items():
             ctx.metrics.stage.labels(stage).observe(ms / 1000)
         for source, n in rec.candidates.items():
@@ -206,6 +215,9 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         if rec.cold_start:
             ctx.metrics.cold_start.inc()
         items = [{"item_id": i.item_id, "score": i.score, "sources": i.sources} for i in rec.items]
+        request_id = new_request_id()
+        if ctx.impressions is not None:  # a buffer append: the broker is never waited for
+            ctx.impressions.log(impression(request_id, rec.user_id, rec.model_version, None, event_clock(snapshot), items))
         if details:
             try:
                 known = ctx.item_details.of([i["item_id"] for i in items])
@@ -213,7 +225,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                 known = {}  # details are an extra: the list itself is still right
             for item in items:
                 item.update(known.get(item["item_id"], {}))
-        return {"user_id": rec.user_id, "model_version": rec.model_version, "cold_start": rec.cold_start,
+        return {"request_id": request_id, "user_id": rec.user_id, "model_version": rec.model_version, "cold_start": rec.cold_start,
                 "recent_items": rec.recent_items, "items": items,
                 "candidates": rec.candidates, "timings_ms": {s: round(v, 3) for s, v in rec.timings_ms.items()}}
 

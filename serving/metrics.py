@@ -30,4 +30,6 @@ class ApiMetrics:
         self.model_info = Gauge("recsys_model_info", "1 for the served model version", ["version"], registry=r)
         self.events = Counter("recsys_events_posted", "events received on POST /events by outcome",
                               ["outcome"], registry=r)
+        self.impressions = Counter("recsys_impressions", "served lists for the impression log by outcome "
+                                   "(sent, dropped_buffer_full, dropped_send_failed)", ["outcome"], registry=r)
         self.snapshot_age = Gauge("recsys_item_snapshot_age_seconds", "age of the item feature snapshot", registry=r)

@@ -47,7 +47,7 @@ def settings(stack_settings: Settings) -> Settings:
     s = stack_settings.model_copy(
         update={
             "topics": stack_settings.topics.model_copy(
-                update={"events": f"events-{tag}", "dlq": f"dlq-{tag}"}
+                update={"events": f"events-{tag}", "dlq": f"dlq-{tag}", "impressions": f"impressions-{tag}"}
             )
         }
     )
@@ -72,7 +72,7 @@ def isolated(stack_settings: Settings, data_dir: Path, **stream: object) -> Sett
         ml100k_path=ML100K,
         broker=stack_settings.broker.model_dump(),
         redis=stack_settings.redis.model_dump(),
-        topics={"events": f"events-{tag}", "dlq": f"dlq-{tag}"},
+        topics={"events": f"events-{tag}", "dlq": f"dlq-{tag}", "impressions": f"impressions-{tag}"},
         features={"project": f"t{tag}"},
         stream={"group_id": f"stream-{tag}", "topic_epoch": tag, **stream},
     )

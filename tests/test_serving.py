@@ -17,6 +17,7 @@ import httpx
 import pytest
 import schemathesis
 import uvicorn
+from prometheus_client import generate_latest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 
@@ -199,6 +200,64 @@ def test_health_model_and_metrics(stack):
     text = _get(server, "/metrics").text
     assert 'recsys_http_request_seconds_bucket{le="0.025",route="/recommendations/{user_id}"}' in text
     assert "recsys_recommend_stage_seconds" in text and "recsys_model_info" in text
+
+
+def _impressions(server: Server, want: int) -> dict[str, dict]:
+    """The impressions topic by request id, once the log has sent ``want`` lists."""
+    import orjson
+
+    log = server.ctx.impressions
+    deadline = time.monotonic() + 30
+    while log.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen: dict[str, dict] = {}
+    while time.monotonic() < deadline:
+        seen.clear()
+        scan_topic(server.settings, server.settings.topics.impressions, idle_ms=300,
+                   visit=lambda r: seen.setdefault(orjson.loads(r.value)["request_id"], orjson.loads(r.value)))
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def test_every_served_list_is_in_the_impressions_topic(stack):
+    server, events = stack
+    users = sorted({e.user_id for e in events[-200:]})[:12]
+    served = [_get(server, f"/recommendations/{u}", k=5).json() for u in users]
+    batch = httpx.post(server.url + "/recommendations", json={"user_ids": users[:3], "k": 4}, timeout=10).json()
+    served += batch["results"]
+    served.append(_get(server, "/recommendations/someone-new-to-the-log", k=3).json())  # cold start is logged too
+    assert len({r["request_id"] for r in served}) == len(served)  # every list its own id, batch members included
+    logged = _impressions(server, len(served))
+    for r in served:
+        record = logged[r["request_id"]]
+        assert record["user_id"] == r["user_id"] and record["model_version"] == r["model_version"]
+        assert [(i["item_id"], i["position"], i["sources"]) for i in record["items"]] == \
+            [(i["item_id"], p, i["sources"]) for p, i in enumerate(r["items"])]
+        assert [i["score"] for i in record["items"]] == pytest.approx([i["score"] for i in r["items"]])
+        assert record["served_at_ms"] > 0 and record["arm"] is None
+        assert record["event_clock_ms"] is None or record["event_clock_ms"] <= events[-1].event_time + DAY_MS
+    text = _get(server, "/metrics").text
+    sent = re.search(r'recsys_impressions_total\{outcome="sent"\} ([0-9.e+]+)', text)
+    assert sent and float(sent[1]) >= len(served)
+    assert 'recsys_impressions_total{outcome="dropped_buffer_full"}' not in text
+
+
+def test_requests_never_wait_for_a_dead_broker(stack):
+    """The API on a broker port nothing listens on: every list is served, the log's losses are counted."""
+    server, _ = stack
+    s = server.settings
+    dead = s.model_copy(update={"broker": s.broker.model_copy(update={"port": free_port()}),
+                                "serving": s.serving.model_copy(update={"port": free_port(), "impression_retry_s": 30.0})})
+    with Server(dead) as down:
+        codes = [_get(down, f"/recommendations/{u}", k=5).status_code for u in ("1", "2", "3", "4", "5", "6") * 5]
+        assert codes == [200] * 30
+        assert _get(down, "/readyz").status_code == 200  # the log is not what readiness is about
+    # stopped: what was held was tried once more; every list is accounted for, none silently gone
+    text = generate_latest(down.ctx.metrics.registry).decode()
+    counted = {m[0]: float(m[1]) for m in re.findall(r'recsys_impressions_total\{outcome="(\w+)"\} ([0-9.e+]+)', text)}
+    assert counted.get("sent", 0) == 0
+    assert counted.get("dropped_buffer_full", 0) + counted.get("dropped_send_failed", 0) == 30, counted
 
 
 def test_admin_endpoints_need_the_token(stack):
