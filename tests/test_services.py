@@ -102,7 +102,10 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
 
     password, token = "demo-redis-secret-8c1f", "demo-admin-token-77aa"  # every process of the demo needs both
     cli_env.update(RECSYS_ML100K_PATH=str(ML100K), RECSYS_SERVING__PORT=str(free_port()), COLUMNS="200",
-                   RECSYS_REDIS__PASSWORD=password, RECSYS_SERVING__ADMIN_TOKEN=token)
+                   RECSYS_REDIS__PASSWORD=password, RECSYS_SERVING__ADMIN_TOKEN=token,
+                   # the chain, not the recipe's quality (bench/prequential.py): one TorchRec epoch and the
+                   # ranker's lists of the last 30 days keep its two retrains short
+                   RECSYS_TRAINING__EPOCHS="1", RECSYS_RANKER__TRAIN_DAYS="30")
     result = subprocess.run(
         [sys.executable, "-m", "infra.cli", "demo"], env=cli_env, capture_output=True, text=True, timeout=600
     )
