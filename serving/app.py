@@ -217,7 +217,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         items = [{"item_id": i.item_id, "score": i.score, "sources": i.sources} for i in rec.items]
         request_id = new_request_id()
         if ctx.impressions is not None:  # a buffer append: the broker is never waited for
-            ctx.impressions.log(impression(request_id, rec.user_id, rec.model_version, None, event_clock(snapshot), items))
+            ctx.impressions.log(impression(request_id, rec, None, event_clock(snapshot)))
         if details:
             try:
                 known = ctx.item_details.of([i["item_id"] for i in items])

@@ -2,16 +2,17 @@
 
 What was shown, and what was then taken or not, is what live attribution per model version,
 experiments and shown-but-not-engaged training negatives read (issue 22). A request only appends
-its list to a bounded in-memory buffer (:meth:`ImpressionLog.log` never blocks and never raises);
-one background thread sends the buffer to Kafka in batches. When the buffer is full (the broker is
-slow or down) the new impression is dropped and counted, and so is one the broker did not
-acknowledge: ``recsys_impressions_total{outcome}`` says how many were ``sent``,
+its serialised list to a bounded in-memory buffer (:meth:`ImpressionLog.log` never blocks and never
+raises); one background thread hands the buffer in batches to the shipper process
+(:mod:`serving.impression_shipper`), which owns the Kafka producer. When the buffer is full (the
+broker or the shipper is behind) the new impression is dropped and counted, and so is one the
+broker did not acknowledge: ``recsys_impressions_total{outcome}`` says how many were ``sent``,
 ``dropped_buffer_full`` and ``dropped_send_failed``. Serving never waits for the log.
 
 One record per served list, JSON, keyed by user (one user's lists stay in order on a partition):
 
 >>> imp = Impression("r1", "u7", "v0003", None, 1_700_000_000_000, 893_000_000_000,
-...                  (ShownItem("50", 0.91, ("similar",)), ShownItem("181", 0.88, ("similar", "popular"))))
+...                  (ScoredItem("50", 0.91, ["similar"]), ScoredItem("181", 0.88, ["similar", "popular"])))
 >>> record = orjson.loads(imp.to_json())
 >>> record["request_id"], [(i["item_id"], i["position"]) for i in record["items"]], record["event_clock_ms"]
 ('r1', [('50', 0), ('181', 1)], 893000000000)
@@ -25,11 +26,13 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol
 
 import orjson
 
 from infra.settings import Settings
+from serving.impression_shipper import ShipperProcess
+from serving.recommender import Recommendation, ScoredItem
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("sent", "dropped_buffer_full", "dropped_send_failed")
@@ -38,13 +41,6 @@ OUTCOMES = ("sent", "dropped_buffer_full", "dropped_send_failed")
 def new_request_id() -> str:
     """The id a served list is known by: in the response, in its impression, in later attribution."""
     return uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class ShownItem:
-    item_id: str
-    score: float
-    sources: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ class Impression:
     arm: str | None
     served_at_ms: int
     event_clock_ms: int | None
-    items: tuple[ShownItem, ...]
+    items: tuple[ScoredItem, ...]  # in the order shown
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -192,87 +188,10 @@ class ImpressionLog:
                 self._wake.wait(timeout=self._retry_s)
 
 
-class ShipperProcess:
-    """The Kafka producer in a child process, fed through a pipe; counters in shared memory."""
-
-    def __init__(self, settings: Settings) -> None:
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copy of the API's heap
-        self._reader, self._writer = context.Pipe(duplex=False)
-        self._counters = context.Array("q", 2, lock=False)  # (sent, lost), written by the child only
-        self._process = context.Process(target=ship, args=(settings, self._reader, self._counters),
-                                        name="impression-shipper", daemon=True)
-        self._process.start()
-        self._reader.close()
-
-    def write(self, records: list[bytes]) -> None:
-        if not self._process.is_alive():
-            raise BrokenPipeError(f"the impression shipper exited (code {self._process.exitcode})")
-        self._writer.send_bytes(b"\n".join(records))  # blocks this thread only while the child is behind
-
-    def settled(self) -> tuple[int, int]:
-        return int(self._counters[0]), int(self._counters[1])
-
-    def close(self, timeout_s: float) -> None:
-        self._writer.close()  # the child sends what it has read, then sees the end
-        self._process.join(timeout_s)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(1)
+def impression(request_id: str, rec: Recommendation, arm: str | None, event_clock_ms: int | None) -> Impression:
+    """The impression of a list as the API returns it, served now."""
+    return Impression(request_id, rec.user_id, rec.model_version, arm, int(time.time() * 1000), event_clock_ms,
+                      tuple(rec.items))
 
 
-def ship(settings: Settings, pipe: Any, counters: Any) -> None:
-    """The shipper process: each batch from the pipe to ``topics.impressions``, keyed by user."""
-    topic, retry_s = settings.topics.impressions, settings.serving.impression_retry_s
-    producer = None
-    while True:
-        try:
-            records = pipe.recv_bytes().split(b"\n")
-        except (EOFError, OSError):
-            break
-        try:
-            if producer is None:
-                producer = _producer(settings)
-            futures = [producer.send(topic, key=_user_key(r), value=r) for r in records]
-            producer.flush(timeout=10)
-            failed = sum(1 for f in futures if not f.succeeded())
-        except Exception as exc:  # noqa: BLE001 - counted; the broker is tried again after a pause
-            log.warning("impression shipper: %d impressions not sent (%s)", len(records), exc)
-            counters[1] += len(records)
-            producer = _closed(producer)
-            time.sleep(retry_s)
-            continue
-        counters[0] += len(records) - failed
-        counters[1] += failed
-    _closed(producer)
-
-
-def _user_key(record: bytes) -> bytes:
-    return orjson.loads(record)["user_id"].encode()
-
-
-def _closed(producer: Any) -> None:
-    if producer is not None:
-        try:
-            producer.close(timeout=5)
-        except Exception:  # noqa: BLE001 - closing a producer of a dead broker
-            pass
-    return None
-
-
-def _producer(settings: Settings) -> Any:
-    from infra import kafka_clients
-
-    return kafka_clients.producer(settings, "impressions", acks="all", linger_ms=20, retries=3,
-                                  max_block_ms=2_000, request_timeout_ms=5_000)
-
-
-def impression(request_id: str, user_id: str, model_version: str, arm: str | None, event_clock_ms: int | None,
-               items: list[dict]) -> Impression:
-    """The impression of a list as the API returns it (``items``: item_id, score, sources)."""
-    return Impression(request_id, user_id, model_version, arm, int(time.time() * 1000), event_clock_ms,
-                      tuple(ShownItem(i["item_id"], float(i["score"]), tuple(i["sources"])) for i in items))
-
-
-__all__ = ["Impression", "ImpressionLog", "OUTCOMES", "ShipperProcess", "ShownItem", "Sink", "impression", "new_request_id", "ship"]
+__all__ = ["Impression", "ImpressionLog", "OUTCOMES", "Sink", "impression", "new_request_id"]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from serving.impressions import OUTCOMES
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -30,6 +32,6 @@ class ApiMetrics:
         self.model_info = Gauge("recsys_model_info", "1 for the served model version", ["version"], registry=r)
         self.events = Counter("recsys_events_posted", "events received on POST /events by outcome",
                               ["outcome"], registry=r)
-        self.impressions = Counter("recsys_impressions", "served lists for the impression log by outcome "
-                                   "(sent, dropped_buffer_full, dropped_send_failed)", ["outcome"], registry=r)
+        self.impressions = Counter("recsys_impressions", f"served lists for the impression log by outcome "
+                                   f"({', '.join(OUTCOMES)})", ["outcome"], registry=r)
         self.snapshot_age = Gauge("recsys_item_snapshot_age_seconds", "age of the item feature snapshot", registry=r)

@@ -13,11 +13,12 @@ from collections import Counter
 import orjson
 
 from infra.settings import Settings
-from serving.impressions import Impression, ImpressionLog, ShownItem
+from serving.impressions import Impression, ImpressionLog
+from serving.recommender import ScoredItem
 
 
 def _imp(n: int) -> Impression:
-    return Impression(f"r{n}", f"u{n % 3}", "v0001", None, 1_000 + n, None, (ShownItem("50", 0.5, ("similar",)),))
+    return Impression(f"r{n}", f"u{n % 3}", "v0001", None, 1_000 + n, None, (ScoredItem("50", 0.5, ["similar"]),))
 
 
 class _Sink:
