@@ -163,3 +163,25 @@ def test_the_stream_job_reads_the_broker_through_the_factory() -> None:
                                       "sasl_password": "it's"}))
     assert "'properties.security.protocol' = 'SASL_PLAINTEXT'" in ddl and "'properties.sasl.mechanism' = 'PLAIN'" in ddl
     assert "password=\"it''s\"" in ddl  # quoted for SQL
+
+
+@pytest.mark.parametrize("package", sorted({m for m, p in SOURCES.items() if p.name == "__init__.py"}))
+def test_each_package_lists_its_public_modules(package: str) -> None:
+    """A newcomer reads a package's ``__init__``: its docstring says what it owns, and every public
+    module and sub-package in it is either named in ``__all__`` or reached from the names the
+    package exports (``infra.cli``'s command areas); a module added without either fails here."""
+    folder = SOURCES[package].parent
+    tree = ast.parse(SOURCES[package].read_text())
+    assert ast.get_docstring(tree), f"{package}/__init__.py needs a one-line docstring saying what it owns"
+    listed = next((ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                   and any(getattr(t, "id", None) == "__all__" for t in n.targets)), None)
+    assert listed, f"{package}/__init__.py needs an __all__"
+    graph, reached, todo = _graph(), set(), [package, *(f"{package}.{n}" for n in listed)]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo += [t for t in graph.get(module, {}) if t.startswith(package + ".")]
+    public = {f"{package}.{p.stem}" for p in folder.glob("*.py") if not p.stem.startswith("_")} | {
+        f"{package}.{d.name}" for d in folder.iterdir() if (d / "__init__.py").is_file()}
+    assert sorted(public - reached) == []
