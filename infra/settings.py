@@ -299,6 +299,37 @@ class ServingSettings(BaseModel):
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
 
 
+class ArmSettings(BaseModel):
+    """One arm of an experiment: a model version and its share of users."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str = Field(pattern=r"^v\d{1,8}$", description="the registry version this arm serves (a recipe is a version trained with it)")
+    share: float = Field(gt=0, le=1, description="its share of users; an experiment's shares add up to 1")
+
+
+class RolloutSettings(BaseModel):
+    """The guarded rollout (serving.rollout_guard): a new version serves a canary share until its live hit rate decides."""
+
+    guard_new_versions: bool = Field(default=False, description="nightly and online versions start a guarded rollout instead of serving everyone at once")
+    canary_share: float = Field(default=0.1, gt=0, lt=1, description="users the new version serves while the guard watches")
+    min_lists: int = Field(default=300, ge=1, description="attributed lists per arm before the guard decides anything")
+    budget_lists: int = Field(default=6000, ge=1, description="canary lists after which the guard promotes when no harm was shown")
+    max_drop: float = Field(default=0.0, ge=0, lt=1, description="tolerated relative drop of the canary's hit rate below the control's")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="bound on wrongly rolling back a canary that is no worse (an always-valid test: serving.arm_comparison)")
+    tau_relative: float = Field(default=0.2, gt=0, description="the test's prior scale: the hit-rate gap it is most sensitive to, relative to the control's rate")
+    check_every_s: float = Field(default=5.0, gt=0, description="how often the API's guard reads the counts")
+
+
+class ExperimentSettings(BaseModel):
+    """Experiments (serving.experiments): arms with traffic shares, users assigned by a consistent hash."""
+
+    salt: str = Field(default="recsys", min_length=1, description="mixed into the hash: change it to reshuffle every assignment")
+    name: str | None = Field(default=None, description="the experiment `recsys experiment start` starts when given no --arm")
+    arms: list[ArmSettings] = Field(default_factory=list, description="its arms, e.g. [{name: control, version: v0003, share: 0.5}, {name: b, version: v0004, share: 0.5}]")
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="of the intervals `recsys experiment status` prints")
+    rollout: RolloutSettings = RolloutSettings()
+
+
 class OnlineSettings(BaseModel):
     """The streaming trainer (`recsys learn`, batch.online.online_learner): minute-level deltas."""
 
@@ -445,6 +476,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = ScheduleSettings()
     serving: ServingSettings = ServingSettings()
     online: OnlineSettings = OnlineSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     service_start_timeout_s: float = 30.0
 

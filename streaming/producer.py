@@ -1,10 +1,11 @@
 """Producer library for backends: validate, batch, retry, acknowledge, never lose an event.
 
->>> # doctest: +SKIP
->>> with EventProducer(load_settings()) as producer:
-...     producer.send({"event_id": "e1", "user_id": 1, "item_id": 2, "event_type": "click",
-...                    "event_time": 1700000000000})
-...     report = producer.flush()
+Needs a running broker, so this is an example to copy rather than a doctest::
+
+    with EventProducer(load_settings()) as producer:
+        producer.send({"event_id": "e1", "user_id": 1, "item_id": 2, "event_type": "click",
+                       "event_time": 1700000000000})
+        report = producer.flush()
 
 Valid events go to the events topic keyed by ``user_id``; invalid ones go to the dead-letter
 topic with the reason (``send`` returns ``None`` for them, or raises with ``strict=True``).
