@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-NO_ARM = "-"  # lists served outside any experiment
+from streaming.live_attribution import NO_ARM  # lists served outside any experiment
 
 
 def impressions_frame(records: Iterable[dict]) -> pd.DataFrame:

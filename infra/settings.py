@@ -299,6 +299,17 @@ class ServingSettings(BaseModel):
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
 
 
+class AttributionSettings(BaseModel):
+    """Which later events engage a shown item (batch.attribution; the live attribution job, streaming.job.attribution_job)."""
+
+    window_s: float = Field(default=1800.0, gt=0, description="an event engages an item shown at most this long before it (event time)")
+    event_types: list[str] | None = Field(default=None, description="the engine types that engage; None = every type not labelled negative (events.types)")
+    group_id: str = Field(default="recsys-attribution", description="the attribution job's consumer group")
+    job_name: str = "recsys-attribution"
+    batch_ms: int = Field(default=200, ge=10, description="records of each topic partition are grouped this long before they are attributed")
+    lake_commit_every_s: float = Field(default=10.0, gt=0, description="attributed impressions are committed to the lake at most this often")
+
+
 class ArmSettings(BaseModel):
     """One arm of an experiment: a model version and its share of users."""
 
@@ -436,6 +447,11 @@ class Paths(BaseModel):
         return self.root / "spill"
 
     @property
+    def experiments_dir(self) -> Path:
+        """The running experiment or rollout and the history of ended ones (serving.experiments)."""
+        return self.root / "experiments"
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.root / "flink" / "checkpoints"
 
@@ -477,6 +493,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     online: OnlineSettings = OnlineSettings()
     experiments: ExperimentSettings = ExperimentSettings()
+    attribution: AttributionSettings = AttributionSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     service_start_timeout_s: float = 30.0
 

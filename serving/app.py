@@ -27,6 +27,7 @@ from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEven
 from serving.item_details import ItemDetails
 from serving.impressions import ImpressionLog, impression, new_request_id
 from serving.item_snapshot import ItemSnapshotter
+from serving.experiments import ExperimentStore, assign
 from serving.metrics import ApiMetrics
 from serving.quality import quality_summary
 from serving.recommender import Recommender, event_clock
@@ -47,6 +48,7 @@ class RecommendationOut(BaseModel):
     request_id: str = Field(description="this list's id: its record in the impressions topic carries it")
     user_id: str
     model_version: str
+    arm: str | None = Field(description="the user's experiment arm (serving.experiments); null outside any experiment")
     cold_start: bool = Field(description="the user has no history yet: trending and popular items")
     recent_items: list[str]
     items: list[ScoredItemOut]
@@ -86,9 +88,12 @@ class ServingContext:
         self.registry = ModelRegistry(settings.paths.models_dir)
         self.holder = ModelHolder()
         self.loader = ModelLoader(self.registry, RegistrySpecCache(settings), settings.serving.max_delta_chain)
-        self.snapshots = ItemSnapshotter(settings, lambda: self.holder.current, settings.serving.item_refresh_s)
+        self.snapshots = ItemSnapshotter(settings, lambda: self.holder.current, settings.serving.item_refresh_s,
+                                         also=lambda: self.holder.arms.values())
+        self.experiments = ExperimentStore(settings.paths.experiments_dir)
         self.watcher = RegistryWatcher(self.registry, self.holder, self.loader, settings.serving.watch_interval_s,
-                                       prepare=self.snapshots.prepare, on_swap=self._swapped)
+                                       prepare=self.snapshots.prepare, on_swap=self._swapped,
+                                       wanted=self._experiment_versions)
         self.recommender = Recommender(settings)
         self.item_details = ItemDetails(settings)
         self.impressions = (ImpressionLog(settings, lambda outcome, n: self.metrics.impressions.labels(outcome).inc(n))
@@ -99,10 +104,26 @@ class ServingContext:
         r = settings.redis
         self.redis = redis.Redis(host=r.host, port=r.port, password=r.secret, socket_timeout=2)
 
+    def _experiment_versions(self) -> set[str]:
+        exp = self.experiments.running()
+        return exp.versions if exp is not None else set()
+
+    def route(self, user_id: str):  # noqa: ANN201 - (ServedModel | None, arm name | None)
+        """The model this user is served and their experiment arm. Outside an experiment, or while
+        the arm's version is still loading (or failed to), the served model and no arm: the
+        impression then counts for no arm, so an arm's numbers are only its own version's lists."""
+        current = self.holder.current
+        exp = self.experiments.running()
+        if exp is None or current is None:
+            return current, None
+        arm = assign(exp, user_id, self.settings.experiments.salt)
+        model = current if arm.version == current.version else self.holder.arms.get(arm.version)
+        return (model, arm.name) if model is not None else (current, None)
+
     def _swapped(self, event: SwapEvent) -> None:
         self.metrics.swaps.labels(event.outcome).inc()
         gc.freeze()  # the new model's objects join the frozen heap (no collection: that would stall requests)
-        if event.outcome != "rejected":
+        if event.outcome not in ("rejected", "arm"):
             self.metrics.swap_seconds.observe(event.ms / 1000)
             for version in {e.version for e in self.holder.events} - {event.version}:
                 self.metrics.model_info.labels(version).set(0)
@@ -202,7 +223,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
 
     def recommend_one(user_id: str, k: int | None, filter_seen: bool | None, exclude: list[str] = (),
                       details: bool = False) -> dict:
-        model = ctx.holder.current  # one read: this request finishes on this model even if a swap happens
+        model, arm = ctx.route(user_id)  # one read: this request finishes on this model even if a swap happens
         if model is None:
             raise HTTPException(503, "no model is served yet: run `recsys retrain` (the server picks it up by itself)")
         k = min(k or cfg.default_k, cfg.max_k)
@@ -217,7 +238,7 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
         items = [{"item_id": i.item_id, "score": i.score, "sources": i.sources} for i in rec.items]
         request_id = new_request_id()
         if ctx.impressions is not None:  # a buffer append: the broker is never waited for
-            ctx.impressions.log(impression(request_id, rec, None, event_clock(snapshot)))
+            ctx.impressions.log(impression(request_id, rec, arm, event_clock(snapshot)))
         if details:
             try:
                 known = ctx.item_details.of([i["item_id"] for i in items])
@@ -225,7 +246,8 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                 known = {}  # details are an extra: the list itself is still right
             for item in items:
                 item.update(known.get(item["item_id"], {}))
-        return {"request_id": request_id, "user_id": rec.user_id, "model_version": rec.model_version, "cold_start": rec.cold_start,
+        return {"request_id": request_id, "user_id": rec.user_id, "model_version": rec.model_version, "arm": arm,
+                "cold_start": rec.cold_start,
                 "recent_items": rec.recent_items, "items": items,
                 "candidates": rec.candidates, "timings_ms": {s: round(v, 3) for s, v in rec.timings_ms.items()}}
 

@@ -41,7 +41,7 @@ LOAD_ERRORS = (ModelIntegrityError, model_delta.DeltaError, FeatureSpecMismatch,
 @dataclass(frozen=True)
 class SwapEvent:
     version: str
-    outcome: str  # "full", "delta", "memory" (the previous model, kept in memory) or "rejected"
+    outcome: str  # "full", "delta", "memory" (the previous model or an arm, kept in memory), "arm" (loaded for an experiment) or "rejected"
     at: float
     ms: float
     detail: str = ""
@@ -127,6 +127,7 @@ class ModelHolder:
     def __init__(self, keep_events: int = 100) -> None:
         self.current: ServedModel | None = None
         self.previous: ServedModel | None = None
+        self.arms: dict[str, ServedModel] = {}  # versions an experiment serves beside current (one dict swap per change)
         self.events: list[SwapEvent] = []
         self.rejected: dict[str, str] = {}  # target version -> why (not retried until asked)
         self._keep = keep_events
@@ -137,7 +138,7 @@ class ModelHolder:
 
     def served_versions(self) -> list[str]:
         """Versions in the order they started serving."""
-        return [e.version for e in self.events if e.outcome != "rejected"]
+        return [e.version for e in self.events if e.outcome not in ("rejected", "arm")]
 
 
 class RegistryWatcher:
@@ -145,17 +146,25 @@ class RegistryWatcher:
 
     def __init__(self, registry: ModelRegistry, holder: ModelHolder, loader: ModelLoader, interval_s: float = 0.5,
                  prepare: Callable[[ServedModel], None] | None = None,
-                 on_swap: Callable[[SwapEvent], None] | None = None) -> None:
+                 on_swap: Callable[[SwapEvent], None] | None = None,
+                 wanted: Callable[[], set[str]] | None = None) -> None:
         self.registry = registry
         self.holder = holder
         self.loader = loader
         self.interval_s = interval_s
         self.prepare = prepare or (lambda m: None)  # e.g. read the new catalogue's features before the swap
         self.on_swap = on_swap or (lambda e: None)
+        self.wanted = wanted or set  # the versions a running experiment serves (each loaded beside current)
         self._loop = Periodic("registry-watcher", self.check, interval_s, self._report)
 
     def check(self, force: bool = False) -> SwapEvent | None:
-        """Bring the served model in line with the registry pointer; returns what happened, if anything."""
+        """Bring the served model in line with the registry pointer, and the experiment's arms in
+        line with its versions; returns what happened to the pointer's model, if anything."""
+        event = self._follow_pointer(force)
+        self._sync_arms(force)
+        return event
+
+    def _follow_pointer(self, force: bool) -> SwapEvent | None:
         target = self.registry.served()
         h = self.holder
         if target is None or (h.current is not None and h.current.version == target):
@@ -165,23 +174,60 @@ class RegistryWatcher:
         with h._lock:
             return self._swap_to(target)
 
+    def _sync_arms(self, force: bool) -> None:
+        """Load each version an experiment serves that is not the pointer's (through deltas from
+        the served model when it can); drop the ones no longer wanted. A version that fails to
+        load is recorded as rejected, and its arm's users get the served model meanwhile."""
+        h = self.holder
+        wanted = self.wanted() - ({h.current.version} if h.current else set())
+        if set(h.arms) == wanted:
+            return
+        arms = {v: m for v, m in h.arms.items() if v in wanted}
+        for version in sorted(wanted - set(arms)):
+            if version in h.rejected and not force:
+                continue
+            started = time.perf_counter()
+            with h._lock:
+                try:
+                    arms[version] = self._load(version, h.current)[0]
+                except LOAD_ERRORS as e:
+                    h.rejected[version] = str(e)
+                    event = SwapEvent(version, "rejected", time.time(), (time.perf_counter() - started) * 1000,
+                                      f"experiment arm: {e}")
+                else:
+                    h.rejected.pop(version, None)
+                    event = SwapEvent(version, "arm", time.time(), (time.perf_counter() - started) * 1000,
+                                      "loaded for an experiment arm")
+            h.record(event)
+            self.on_swap(event)
+        h.arms = arms  # one reference assignment, as for current
+
+    def _load(self, target: str, current: ServedModel | None) -> tuple[ServedModel, str]:
+        """``target`` built from what is in memory ("memory"), the served model's deltas ("delta") or
+        its files ("full"), with its item snapshot prepared."""
+        h = self.holder
+        if h.previous is not None and h.previous.version == target:
+            new, outcome = h.previous, "memory"
+        elif target in h.arms:  # an experiment's arm becoming the served version (a promoted canary)
+            new, outcome = h.arms[target], "memory"
+        else:
+            chain = self.loader.delta_chain(current.version, target, set(h.rejected)) if current else None
+            if chain:
+                new, outcome = self.loader.via_deltas(current, chain), "delta"
+            else:
+                new, outcome = self.loader.full(target), "full"
+        try:
+            self.prepare(new)
+        except Exception:  # noqa: BLE001 - e.g. Redis busy: requests read item features directly until the next refresh
+            pass
+        return new, outcome
+
     def _swap_to(self, target: str) -> SwapEvent:
         h = self.holder
         started = time.perf_counter()
         current = h.current
         try:
-            if h.previous is not None and h.previous.version == target:
-                new, outcome = h.previous, "memory"
-            else:
-                chain = self.loader.delta_chain(current.version, target, set(h.rejected)) if current else None
-                if chain:
-                    new, outcome = self.loader.via_deltas(current, chain), "delta"
-                else:
-                    new, outcome = self.loader.full(target), "full"
-            try:
-                self.prepare(new)
-            except Exception:  # noqa: BLE001 - e.g. Redis busy: requests read item features directly until the next refresh
-                pass
+            new, outcome = self._load(target, current)
         except LOAD_ERRORS as e:
             h.rejected[target] = str(e)
             event = SwapEvent(target, "rejected", time.time(), (time.perf_counter() - started) * 1000, str(e))

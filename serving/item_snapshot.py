@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -61,9 +61,12 @@ class ItemSnapshotter:
     """Reads the catalogue's item features; keeps the latest snapshot for the served model."""
 
     def __init__(self, settings: Settings, model: Callable[[], ServedModel | None], interval_s: float,
-                 readers: Callable[[tuple[str, ...], str], OnlineFeatureReader] | None = None) -> None:
-        """``readers(refs, join_key)``: the online store's readers by default (a replay passes its own)."""
+                 readers: Callable[[tuple[str, ...], str], OnlineFeatureReader] | None = None,
+                 also: Callable[[], Iterable[ServedModel]] = tuple) -> None:
+        """``readers(refs, join_key)``: the online store's readers by default (a replay passes its own);
+        ``also``: the other models served now (an experiment's arms), refreshed beside ``model``'s."""
         self.settings = settings
+        self.also = also
         self._make_reader = readers or (lambda refs, key: OnlineFeatureReader(settings, refs, key))
         self.model = model
         self.interval_s = interval_s
@@ -71,7 +74,7 @@ class ItemSnapshotter:
         self.errors = 0
         self.last_error = ""
         self._readers: dict[tuple[str, ...], OnlineFeatureReader] = {}
-        self._loop = Periodic("item-snapshot", self.refresh, interval_s, self._report)
+        self._loop = Periodic("item-snapshot", self.refresh_all, interval_s, self._report)
         windows = sorted(settings.features.windows, key=lambda w: w.size_s)
         self._windows = [(f"{names.ITEM_POPULARITY}:pop_{w.name}", w.size_s * 1000) for w in windows]
         self._as_of = f"{names.ITEM_POPULARITY}:pop_as_of_ms"
@@ -88,6 +91,12 @@ class ItemSnapshotter:
     def current(self) -> ItemSnapshot | None:
         served = self.model()
         return self._by_version.get(served.version) if served else None
+
+    def refresh_all(self) -> None:
+        """The served model's snapshot and each experiment arm's."""
+        self.refresh()
+        for other in list(self.also()):
+            self.refresh(other)
 
     def refresh(self, served: ServedModel | None = None) -> ItemSnapshot | None:
         """Read a model's catalogue now: the served one, or a new one before it is swapped in."""
@@ -125,7 +134,7 @@ class ItemSnapshotter:
         trending = [items[i] for i in order if activity[i] > 0]
         snap = ItemSnapshot(served.version, served.catalogue, served.index, dense, trending, clock, time.time(),
                             (time.perf_counter() - started) * 1000, refs, values, stamps, len(changed))
-        keep = {served.version} | ({current.version} if (current := self.model()) else set())
+        keep = {served.version} | ({current.version} if (current := self.model()) else set()) | {m.version for m in self.also()}
         self._by_version = {v: s for v, s in {**self._by_version, served.version: snap}.items() if v in keep}
         return snap
 

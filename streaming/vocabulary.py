@@ -70,6 +70,14 @@ class EventVocabulary:
                 weights[name] = float(spec.weight)
         return cls({a: t for a, t in aliases.items() if a != t}, labels, weights, training.rating_threshold)
 
+    def engaging(self, only: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The types that engage a shown item (attribution): ``only`` when given (checked), else
+        every type not labelled negative (a view, a click, a rating of any value)."""
+        if only is not None:
+            _check_types(only, "attribution.event_types")
+            return tuple(only)
+        return tuple(t for t, rule in self.labels.items() if rule != "negative")
+
     def label(self, event_type: str, value: float | None) -> float:
         """1 for a positive, 0 for a negative, NaN for an event without a label (a view)."""
         rule = self.labels[event_type]
