@@ -29,8 +29,9 @@ partition) are counted and not attributed.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from streaming.lateness import Lateness
 
@@ -70,14 +71,34 @@ class _User:
     requests: set[str] = field(default_factory=set)
 
 
+class UserStore(Protocol):
+    """Where each user's state is kept: a dict here, Flink map state in the job (a value is put
+    back after every change, so a store that serialises values sees it)."""
+
+    def get(self, user_id: str) -> "_User | None": ...
+    def put(self, user_id: str, user: "_User") -> None: ...
+    def remove(self, user_id: str) -> None: ...
+    def items(self) -> Iterable[tuple[str, "_User"]]: ...
+
+
+class DictUsers(dict):
+    """A :class:`UserStore` in memory."""
+
+    def put(self, user_id: str, user: "_User") -> None:
+        self[user_id] = user
+
+    def remove(self, user_id: str) -> None:
+        del self[user_id]
+
+
 class LiveAttribution:
     """Per-user pending lists and engaging events, and the increments each new record causes."""
 
-    def __init__(self, window_ms: int, engaging: Collection[str], slack_ms: int) -> None:
+    def __init__(self, window_ms: int, engaging: Collection[str], slack_ms: int, users: UserStore | None = None) -> None:
         self.window_ms = window_ms
         self.engaging = frozenset(engaging)
         self.lateness = Lateness(slack_ms)
-        self.users: dict[str, _User] = {}
+        self.users: UserStore = users if users is not None else DictUsers()
         self.late = 0  # records not attributed because they came too late
         self.newest = -1  # the newest time seen on any partition
 
@@ -86,7 +107,7 @@ class LiveAttribution:
         shown_at = int(record["event_clock_ms"] if record.get("event_clock_ms") is not None else record["served_at_ms"])
         if self._late(partition, shown_at):
             return []
-        user = self.users.setdefault(record["user_id"], _User())
+        user = self.users.get(record["user_id"]) or _User()
         if record["request_id"] in user.requests:
             return []
         user.requests.add(record["request_id"])
@@ -99,19 +120,20 @@ class LiveAttribution:
             out += [Increment(v, a, source_field(s, position, "shown")) for s in sources]
         for item, t in user.events.values():  # engaging events that arrived before the list
             out += self._engage(shown, item, t)
+        self.users.put(record["user_id"], user)
         return out
 
     def event(self, record: dict, partition: int) -> list[Increment]:
         t = int(record["event_time"])
         if self._late(partition, t) or record["event_type"] not in self.engaging:
             return []
-        user = self.users.get(record["user_id"])
-        if user is None:
-            user = self.users[record["user_id"]] = _User()
+        user = self.users.get(record["user_id"]) or _User()
         if record["event_id"] in user.events:
             return []
         user.events[record["event_id"]] = (record["item_id"], t)
-        return [inc for shown in user.lists for inc in self._engage(shown, record["item_id"], t)]
+        out = [inc for shown in user.lists for inc in self._engage(shown, record["item_id"], t)]
+        self.users.put(record["user_id"], user)
+        return out
 
     def _engage(self, shown: _List, item: str, t: int) -> list[Increment]:
         if item not in shown.items or item in shown.engaged or not shown.shown_at < t <= shown.shown_at + self.window_ms:
@@ -137,18 +159,20 @@ class LiveAttribution:
         A record is accepted down to ``newest - slack``: an event that old can still engage lists
         shown up to a window before it, an impression that old claims only later events."""
         horizon = self.newest - self.lateness.slack_ms
-        dropped = []
-        for user_id, user in self.users.items():
-            kept = [s for s in user.lists if s.shown_at + self.window_ms >= horizon]
-            if len(kept) != len(user.lists):
-                user.lists = kept
-                user.requests = {s.request_id for s in kept}
-            user.events = {e: (i, t) for e, (i, t) in user.events.items() if t >= horizon}
-            if not user.lists and not user.events:
-                dropped.append(user_id)
-        for user_id in dropped:
-            del self.users[user_id]
-        return len(dropped)
+        changed: dict[str, _User | None] = {}
+        for user_id, user in list(self.users.items()):
+            lists = [s for s in user.lists if s.shown_at + self.window_ms >= horizon]
+            events = {e: (i, t) for e, (i, t) in user.events.items() if t >= horizon}
+            if not lists and not events:
+                changed[user_id] = None
+            elif len(lists) != len(user.lists) or len(events) != len(user.events):
+                changed[user_id] = _User(lists, events, {s.request_id for s in lists})
+        for user_id, user in changed.items():
+            if user is None:
+                self.users.remove(user_id)
+            else:
+                self.users.put(user_id, user)
+        return sum(1 for u in changed.values() if u is None)
 
 
-__all__ = ["Increment", "LiveAttribution", "NO_ARM", "source_field"]
+__all__ = ["DictUsers", "Increment", "LiveAttribution", "NO_ARM", "UserStore", "source_field"]

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from batch.attribution import by_source_and_position, by_version, events_frame, impressions_frame
-from streaming.attribution_counts import AttributionCounts
+from streaming.attribution_counts import AttributionCounts, RunningTotals
 from streaming.live_attribution import LiveAttribution, source_field
 
 WINDOW = 10_000
@@ -108,8 +108,15 @@ def test_counts_land_in_redis_and_read_back(settings) -> None:
     counts.clear()
     imps, events = _traffic(3)
     live = LiveAttribution(WINDOW, ENGAGING, 1_000)
-    for kind, r in _stream(imps, events, 3):
-        counts.add(live.impression(r, 0) if kind == "imp" else live.event(r, 1), now_ms=123)
+    shards = [RunningTotals(), RunningTotals()]  # two job shards, each writing its own totals
+    for n, (kind, r) in enumerate(_stream(imps, events, 3)):
+        shards[n % 2].apply(live.impression(r, 0) if kind == "imp" else live.event(r, 1))
+        if n % 7 == 0:
+            counts.write(n % 2, shards[n % 2], now_ms=123)
+    for shard, running in enumerate(shards):
+        counts.write(shard, running, now_ms=123)
+        running.changed = set(running.totals)
+        counts.write(shard, running, now_ms=123)  # written again (a restored job replaying): the same totals
     batch = by_version(impressions_frame(imps), events_frame(events), WINDOW, ENGAGING)
     got = {(t.version, t.arm): t for t in counts.all()}
     assert set(got) == {(r.model_version, r.arm) for r in batch.itertuples()}
