@@ -21,8 +21,11 @@ streaming attribution must reproduce (issue 22); the lake's tables are its input
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pandas as pd
+
+from streaming.lake import read_events
 
 from streaming.live_attribution import NO_ARM  # lists served outside any experiment
 
@@ -46,6 +49,24 @@ def events_frame(records: Iterable[dict]) -> pd.DataFrame:
     """event_id, user_id, item_id, event_type, event_time; one row per event id."""
     frame = pd.DataFrame(list(records), columns=["event_id", "user_id", "item_id", "event_type", "event_time"])
     return frame.drop_duplicates("event_id")
+
+
+def lake_impressions(path: Path, version: int | None = None) -> pd.DataFrame:
+    """:func:`impressions_frame`'s rows from the lake's ``impressions`` table (the attribution job
+    lands one row per shown item; a list logged twice counts once, by request id)."""
+    t = read_events(path, version, ["request_id", "user_id", "model_version", "arm", "shown_at", "item_id",
+                                    "position", "sources", "kafka_partition", "kafka_offset"]).to_pandas()
+    first = t.groupby("request_id")["kafka_offset"].transform("min") == t["kafka_offset"]  # the first copy's rows
+    t = t[first].drop_duplicates(["request_id", "item_id"]).reset_index(drop=True)
+    t["sources"] = t["sources"].map(tuple)
+    return t[["request_id", "user_id", "model_version", "arm", "shown_at", "item_id", "position", "sources"]]
+
+
+def lake_events(path: Path, version: int | None = None) -> pd.DataFrame:
+    """:func:`events_frame` from the lake's ``events`` table (late events are left out, as live
+    attribution leaves them)."""
+    t = read_events(path, version, ["event_id", "user_id", "item_id", "event_type", "event_time", "late"]).to_pandas()
+    return events_frame(t[~t["late"]].drop(columns="late").to_dict("records"))
 
 
 def engaged(shown: pd.DataFrame, events: pd.DataFrame, window_ms: int, engaging: Sequence[str]) -> pd.Series:
@@ -84,4 +105,5 @@ def by_source_and_position(shown: pd.DataFrame, events: pd.DataFrame, window_ms:
     return out
 
 
-__all__ = ["NO_ARM", "by_source_and_position", "by_version", "engaged", "events_frame", "impressions_frame"]
+__all__ = ["NO_ARM", "by_source_and_position", "by_version", "engaged", "events_frame", "impressions_frame", "lake_events",
+           "lake_impressions"]

@@ -438,6 +438,15 @@ class Paths(BaseModel):
         return self.lake_dir / "events"
 
     @property
+    def impressions_table(self) -> Path:
+        """Every shown item of every served list, landed by the attribution job (streaming.lake.ImpressionRow)."""
+        return self.lake_dir / "impressions"
+
+    @property
+    def attribution_checkpoint_dir(self) -> Path:
+        return self.root / "flink" / "attribution-checkpoints"
+
+    @property
     def feast_dir(self) -> Path:
         return self.root / "feast"
 

@@ -62,6 +62,38 @@ EVENTS_SCHEMA = pa.schema([
 PARTITION_BY = ["event_date"]
 
 
+class ImpressionRow(NamedTuple):
+    """One shown item of a served list, as the attribution job lands it in the ``impressions``
+    table (the LakeWriter adds ``topic_epoch`` and ``event_date``, the UTC date of ``shown_at``)."""
+
+    request_id: str
+    user_id: str
+    model_version: str
+    arm: str  # streaming.live_attribution.NO_ARM outside any experiment
+    served_at_ms: int  # wall clock
+    shown_at: int  # ms, the stream's event clock when served (wall clock when unknown): what attribution uses
+    item_id: str
+    position: int
+    score: float
+    sources: list[str]
+    kafka_partition: int
+    kafka_offset: int
+
+    @classmethod
+    def of_record(cls, record: dict, shown_at: int, arm: str, partition: int, offset: int) -> list["ImpressionRow"]:
+        return [cls(record["request_id"], record["user_id"], record["model_version"], arm, int(record["served_at_ms"]),
+                    shown_at, i["item_id"], int(i["position"]), float(i.get("score", 0.0)), list(i["sources"]),
+                    partition, offset) for i in record["items"]]
+
+
+IMPRESSIONS_SCHEMA = pa.schema([
+    *zip(ImpressionRow._fields, (pa.string(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string(),
+                                 pa.int32(), pa.float64(), pa.list_(pa.string()), pa.int32(), pa.int64()), strict=True),
+    ("topic_epoch", pa.string()),
+    ("event_date", pa.string()),
+])
+
+
 def append_events(settings: Settings, events: Sequence["Event"], first_offset: int = 0) -> int:
     """Write events straight into the lake, as partition 0 from ``first_offset`` on (imports, tests and
     benchmarks that skip the topic; the stream job writes its own rows)."""
@@ -138,6 +170,9 @@ class LakeWriter:
     path: Path
     app_prefix: str
     epoch: str = "kafka"
+    schema: pa.Schema = EVENTS_SCHEMA  # its row fields, then topic_epoch and event_date
+    time_field: int = EVENT_TIME  # the row field whose UTC date partitions the table
+    offset_field: int = KAFKA_OFFSET
     commits: int = 0
     rows: int = 0
     skipped: int = 0
@@ -146,6 +181,14 @@ class LakeWriter:
     def for_settings(cls, settings: Settings) -> "LakeWriter":
         epoch = topic_epoch(settings)
         return cls(settings.paths.events_table, f"{settings.stream.job_name}:{settings.topics.events}:{epoch}", epoch)
+
+    @classmethod
+    def for_impressions(cls, settings: Settings) -> "LakeWriter":
+        """The attribution job's writer of the ``impressions`` table (one row per shown item)."""
+        epoch = topic_epoch(settings)
+        return cls(settings.paths.impressions_table, f"{settings.attribution.job_name}:{settings.topics.impressions}:{epoch}",
+                   epoch, IMPRESSIONS_SCHEMA, ImpressionRow._fields.index("shown_at"),
+                   ImpressionRow._fields.index("kafka_offset"))
 
     def app_id(self, partition: int) -> str:
         return f"{self.app_prefix}:p{partition}"
@@ -182,18 +225,18 @@ class LakeWriter:
         for partition, rows in sorted(rows_by_partition.items()):
             total += len(rows)
             done = self.committed_offset(partition, existing)
-            new = [r for r in rows if r[KAFKA_OFFSET] > done]
+            new = [r for r in rows if r[self.offset_field] > done]
             if new:
                 fresh.extend(new)
-                transactions.append(Transaction(app_id=self.app_id(partition), version=max(r[KAFKA_OFFSET] for r in new)))
+                transactions.append(Transaction(app_id=self.app_id(partition), version=max(r[self.offset_field] for r in new)))
         self.skipped += total - len(fresh)
         if not fresh:
             return 0
         columns = list(zip(*fresh))
-        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, EVENTS_SCHEMA)]
+        arrays = [pa.array(col, type=f.type) for col, f in zip(columns, self.schema)]
         arrays.append(pa.array([self.epoch] * len(fresh), type=pa.string()))
-        arrays.append(pa.array([event_date(t) for t in columns[EVENT_TIME]], type=pa.string()))
-        table = pa.Table.from_arrays(arrays, schema=EVENTS_SCHEMA)
+        arrays.append(pa.array([event_date(t) for t in columns[self.time_field]], type=pa.string()))
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
         older = existing is not None and "topic_epoch" not in {f.name for f in existing.schema().fields}
         write_deltalake(
             str(self.path),

@@ -100,12 +100,12 @@ class LiveAttribution:
         self.lateness = Lateness(slack_ms)
         self.users: UserStore = users if users is not None else DictUsers()
         self.late = 0  # records not attributed because they came too late
-        self.newest = -1  # the newest time seen on any partition
+        self.newest = {"impressions": -1, "events": -1}  # the newest time seen on each stream
 
     # -- records -------------------------------------------------------------------------------
     def impression(self, record: dict, partition: int) -> list[Increment]:
         shown_at = int(record["event_clock_ms"] if record.get("event_clock_ms") is not None else record["served_at_ms"])
-        if self._late(partition, shown_at):
+        if self._late("impressions", partition, shown_at):
             return []
         user = self.users.get(record["user_id"]) or _User()
         if record["request_id"] in user.requests:
@@ -125,7 +125,7 @@ class LiveAttribution:
 
     def event(self, record: dict, partition: int) -> list[Increment]:
         t = int(record["event_time"])
-        if self._late(partition, t) or record["event_type"] not in self.engaging:
+        if self._late("events", partition, t) or record["event_type"] not in self.engaging:
             return []
         user = self.users.get(record["user_id"]) or _User()
         if record["event_id"] in user.events:
@@ -145,20 +145,34 @@ class LiveAttribution:
         shown.engaged.add(item)
         return out + [Increment(shown.version, shown.arm, source_field(s, position, "engaged")) for s in sources]
 
-    def _late(self, partition: int, t: int) -> bool:
+    def _late(self, stream: str, partition: int, t: int) -> bool:
+        """The lateness rule per partition (``partition`` numbers must differ across the two streams)."""
         if self.lateness.observe(partition, t):
             self.late += 1
             return True
-        self.newest = max(self.newest, t)
+        self.newest[stream] = max(self.newest[stream], t)
         return False
+
+    def horizon(self) -> int:
+        """Records older than this are not attributed any more, so state older than it can go.
+
+        The slower of the two streams sets it (as a watermark over both inputs): a topic read
+        behind the other must still find its partners. But a stream that lags by more than a
+        window, or is idle, holds it back by one window at most, so the state stays bounded;
+        records of a stream that far behind may miss matches."""
+        seen = [t for t in self.newest.values() if t >= 0]
+        if not seen:
+            return -1
+        newest, slowest = max(seen), (min(seen) if len(seen) == len(self.newest) else -1)  # a stream not seen yet lags
+        return max(slowest, newest - self.window_ms) - self.lateness.slack_ms
 
     # -- state ---------------------------------------------------------------------------------
     def expire(self) -> int:
         """Drop what no record that is not late can still match; returns the users dropped.
 
-        A record is accepted down to ``newest - slack``: an event that old can still engage lists
+        A record is accepted down to the :meth:`horizon`: an event that old can still engage lists
         shown up to a window before it, an impression that old claims only later events."""
-        horizon = self.newest - self.lateness.slack_ms
+        horizon = self.horizon()
         changed: dict[str, _User | None] = {}
         for user_id, user in list(self.users.items()):
             lists = [s for s in user.lists if s.shown_at + self.window_ms >= horizon]

@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("batch", ("batch",)),
     ("entry points: the CLI and the demo", ("infra.cli",)),
 ]
-PYFLINK_MODULES = {"streaming.job.feature_job", "streaming.job.feature_functions"}  # the stream job's own modules
+PYFLINK_MODULES = {"streaming.job.feature_job", "streaming.job.feature_functions", "streaming.job.attribution_job",
+                   "streaming.job.attribution_function"}  # the stream job's own modules
 KAFKA_FACTORY = "infra.kafka_clients"
 
 

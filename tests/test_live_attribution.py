@@ -11,37 +11,7 @@ import pytest
 from batch.attribution import by_source_and_position, by_version, events_frame, impressions_frame
 from streaming.attribution_counts import AttributionCounts, RunningTotals
 from streaming.live_attribution import LiveAttribution, source_field
-
-WINDOW = 10_000
-ENGAGING = ("click", "purchase")
-
-
-def _traffic(seed: int, n_lists: int = 300) -> tuple[list[dict], list[dict]]:
-    """Lists served to a few users over time, and events after them: some on shown items within
-    the window, some after it, some of other types or items, some duplicated."""
-    rng = random.Random(seed)
-    users, items = [f"u{i}" for i in range(12)], [f"i{i}" for i in range(30)]
-    imps, events = [], []
-    t = 0
-    for n in range(n_lists):
-        t += rng.randint(0, 400)
-        user = rng.choice(users)
-        shown = rng.sample(items, 5)
-        rec = {"request_id": f"r{n}", "user_id": user, "model_version": rng.choice(["v1", "v2"]),
-               "arm": rng.choice([None, "control", "canary"]), "served_at_ms": 10 ** 12 + t, "event_clock_ms": t,
-               "items": [{"item_id": it, "position": p, "score": 1 - p / 10, "sources": rng.sample(["similar", "popular"], rng.randint(1, 2))}
-                         for p, it in enumerate(shown)]}
-        imps.append(rec)
-        if rng.random() < 0.05:
-            imps.append(dict(rec))  # logged twice
-        for _ in range(rng.randint(0, 3)):
-            ev = {"event_id": f"e{len(events)}", "user_id": user, "item_id": rng.choice(shown + items[:3]),
-                  "event_type": rng.choice(["click", "purchase", "view"]), "event_time": t + rng.choice([0, 1, 500, WINDOW, WINDOW + 1, 3 * WINDOW])}
-            events.append(ev)
-            if rng.random() < 0.1:
-                events.append(dict(ev))  # delivered twice
-    return imps, events
-
+from tests.attribution_traffic import ENGAGING, WINDOW, traffic as _traffic
 
 def _stream(imps: list[dict], events: list[dict], seed: int) -> list[tuple[str, dict]]:
     """Both streams interleaved by time, shuffled within a small slack (as two topics arrive)."""
@@ -87,7 +57,8 @@ def test_state_is_dropped_once_nothing_can_match_it() -> None:
     _, live = _live_totals(_stream(imps, events, 0), slack_ms=1_000, expire_every=1)
     live.expire()
     kept = sum(len(u.lists) for u in live.users.values())
-    horizon = live.newest - 1_000
+    horizon = live.horizon()
+    assert horizon >= max(live.newest.values()) - WINDOW - 1_000
     assert kept < 100  # of 600 lists: only those whose window is still open
     assert all(s.shown_at + WINDOW >= horizon for u in live.users.values() for s in u.lists)
 
@@ -127,3 +98,15 @@ def test_counts_land_in_redis_and_read_back(settings) -> None:
         assert t.updated_at_ms == 123 and sum(s for s, _ in t.by_source.values()) >= t.shown
     counts.clear()
     assert counts.all() == []
+
+
+def test_a_stream_read_behind_the_other_still_finds_its_partners() -> None:
+    # all engaging events first, then the lists they engage (one topic read ahead of the other, by
+    # less than a window of event time): the sweep must keep the events for the lists to claim
+    live = LiveAttribution(WINDOW, ENGAGING, slack_ms=0)
+    imp = {"request_id": "r", "user_id": "u", "model_version": "v", "arm": None, "served_at_ms": 0, "event_clock_ms": 1_000,
+           "items": [{"item_id": "a", "position": 0, "sources": ["similar"]}]}
+    live.event({"event_id": "x", "user_id": "u", "item_id": "a", "event_type": "click", "event_time": 1_500}, 1)
+    live.event({"event_id": "y", "user_id": "w", "item_id": "b", "event_type": "click", "event_time": 1_000 + WINDOW // 2}, 1)
+    live.expire()
+    assert "engaged" in [i.field for i in live.impression(imp, 0)]

@@ -24,8 +24,9 @@ from pyflink.common import Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor
 
-from infra.settings import Settings, settings_from_snapshot, settings_snapshot
+from infra.settings import Settings
 from streaming.job.dead_letters import JobDeadLetters
+from streaming.job.settings_handoff import CarriesSettings
 from streaming.job.item_updates import ItemUpdates, route
 from streaming.job.lake_buffer import LakeBuffer
 from streaming.job.micro_batch import MicroBatch, ReadBatch, read_batch
@@ -45,23 +46,13 @@ WRITER_BUSY_RETRY_MS = 10
 BEHIND_MS = 1000  # a job whose oldest unwritten record is older than this is catching up
 
 
-class _FeatureFunction(KeyedProcessFunction):
-    """Shared plumbing: settings, online writer, flush timer, metrics file."""
+class _FeatureFunction(CarriesSettings, KeyedProcessFunction):
+    """Shared plumbing: settings (pickled without secrets), online writer, flush timer, metrics file."""
 
     role = "feature"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled into the job graph with every secret masked: the workers take them from their
-        environment (the job's own, or the TaskManagers' on a cluster)."""
-        return {**self.__dict__, "settings": settings_snapshot(self.settings)}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        import os
-
-        self.__dict__.update({**state, "settings": settings_from_snapshot(state["settings"], os.environ)})
 
     def open(self, runtime_context: RuntimeContext) -> None:
         from streaming.job.feature_writer import make_writer

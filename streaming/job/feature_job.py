@@ -25,12 +25,14 @@ from infra.settings import Settings, secret_env
 SOURCE_TABLE = "recsys_events"
 
 
-def flink_config(settings: Settings, restore: Path | None = None) -> dict[str, str]:
-    """Flink + PyFlink configuration for this job (settings.stream.flink_config wins)."""
+def flink_config(settings: Settings, restore: Path | None = None, job_name: str | None = None,
+                 checkpoint_dir: Path | None = None) -> dict[str, str]:
+    """Flink + PyFlink configuration for this job, or another one of the engine's (the
+    attribution job passes its name and checkpoint directory); settings.stream.flink_config wins."""
     s = settings.stream
-    checkpoints = settings.paths.checkpoint_dir.absolute().as_uri()
+    checkpoints = (checkpoint_dir or settings.paths.checkpoint_dir).absolute().as_uri()
     conf = {
-        "pipeline.name": s.job_name,
+        "pipeline.name": job_name or s.job_name,
         "parallelism.default": str(s.parallelism),
         "execution.checkpointing.interval": f"{s.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
@@ -61,23 +63,27 @@ def flink_config(settings: Settings, restore: Path | None = None) -> dict[str, s
     return conf
 
 
-def source_ddl(settings: Settings) -> str:
+def source_ddl(settings: Settings, table: str = SOURCE_TABLE, topics: tuple[str, ...] | None = None,
+               group_id: str | None = None, client_prefix: str | None = None) -> str:
+    """The Kafka source table: the events topic for this job; ``topics`` (semicolon-joined for
+    the connector) for another, which then also gets each record's ``topic``."""
     from infra.kafka_clients import java_properties
 
     s = settings.stream
     client = "".join(f"  'properties.{k}' = '{_sql_quoted(v)}',\n" for k, v in java_properties(settings).items())
+    topic_column = "  `topic` STRING METADATA VIRTUAL,\n" if topics else ""
     return f"""
-CREATE TABLE {SOURCE_TABLE} (
+CREATE TABLE {table} (
   payload BYTES,
-  `partition` INT METADATA VIRTUAL,
+{topic_column}  `partition` INT METADATA VIRTUAL,
   `offset` BIGINT METADATA VIRTUAL,
   `timestamp` TIMESTAMP_LTZ(3) METADATA VIRTUAL,
   proc_time AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',
-  'topic' = '{settings.topics.events}',
-{client}  'properties.group.id' = '{s.group_id}',
-  'properties.client.id.prefix' = '{s.job_name}',
+  'topic' = '{";".join(topics) if topics else settings.topics.events}',
+{client}  'properties.group.id' = '{group_id or s.group_id}',
+  'properties.client.id.prefix' = '{client_prefix or s.job_name}',
   'properties.fetch.max.wait.ms' = '{s.fetch_max_wait_ms}',
   'scan.startup.mode' = 'earliest-offset',
   'format' = 'raw'

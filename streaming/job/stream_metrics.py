@@ -21,6 +21,11 @@ def metrics_dir(settings: "Settings") -> Path:
     return settings.paths.run_dir / "stream-metrics"
 
 
+def attribution_metrics_dir(settings: "Settings") -> Path:
+    """Where the attribution job writes its counters (apart from the feature job's)."""
+    return settings.paths.run_dir / "attribution-metrics"
+
+
 class MetricsFile:
     """Counters of one function instance, written atomically at most every ``every_s``."""
 

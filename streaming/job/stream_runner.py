@@ -40,15 +40,24 @@ def _spec(settings: Settings, argv: list[str], known_jobs: frozenset[Path] = fro
     )
 
 
-def _job_dirs(settings: Settings) -> list[Path]:
-    root = settings.paths.checkpoint_dir
+def job_dirs(root: Path) -> list[Path]:
+    """The job directories Flink created under a checkpoint root (one per job started)."""
     return [d for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
 
 
-def latest_checkpoint(settings: Settings) -> Path | None:
-    """The newest complete retained checkpoint (a chk-N directory with _metadata)."""
-    found = [m.parent for d in _job_dirs(settings) for m in d.glob("chk-*/_metadata")]
+def _job_dirs(settings: Settings) -> list[Path]:
+    return job_dirs(settings.paths.checkpoint_dir)
+
+
+def newest_checkpoint(root: Path) -> Path | None:
+    """The newest complete retained checkpoint under ``root`` (a chk-N directory with _metadata)."""
+    found = [m.parent for d in job_dirs(root) for m in d.glob("chk-*/_metadata")]
     return max(found, key=lambda p: p.joinpath("_metadata").stat().st_mtime) if found else None
+
+
+def latest_checkpoint(settings: Settings) -> Path | None:
+    """The feature job's newest complete retained checkpoint."""
+    return newest_checkpoint(settings.paths.checkpoint_dir)
 
 
 def start(settings: Settings, fresh: bool = False, timeout_s: float = 120.0) -> tuple[int, Path | None]:
