@@ -27,7 +27,11 @@ from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEven
 from serving.item_details import ItemDetails
 from serving.impressions import ImpressionLog, impression, new_request_id
 from serving.item_snapshot import ItemSnapshotter
-from serving.experiments import ExperimentStore, assign
+from infra.periodic import Periodic
+from serving.experiments import ROLLOUT, ExperimentStore, assign
+from serving.rollout import RolloutGuard, results as experiment_results
+from serving.rollout_guard import WAIT
+from streaming.attribution_counts import TOTALS, AttributionCounts
 from serving.metrics import ApiMetrics
 from serving.quality import quality_summary
 from serving.recommender import Recommender, event_clock
@@ -94,6 +98,10 @@ class ServingContext:
         self.watcher = RegistryWatcher(self.registry, self.holder, self.loader, settings.serving.watch_interval_s,
                                        prepare=self.snapshots.prepare, on_swap=self._swapped,
                                        wanted=self._experiment_versions)
+        self.counts = AttributionCounts.for_settings(settings)
+        self.guard = RolloutGuard(settings, self.registry, self.experiments, self.counts)
+        self._guard_loop = Periodic("rollout-guard", self._guard_check, settings.experiments.rollout.check_every_s,
+                                    lambda e: None)  # Redis down: the next check tries again
         self.recommender = Recommender(settings)
         self.item_details = ItemDetails(settings)
         self.impressions = (ImpressionLog(settings, lambda outcome, n: self.metrics.impressions.labels(outcome).inc(n))
@@ -103,6 +111,12 @@ class ServingContext:
         self.started_at = time.time()
         r = settings.redis
         self.redis = redis.Redis(host=r.host, port=r.port, password=r.secret, socket_timeout=2)
+
+    def _guard_check(self) -> None:
+        decision = self.guard.check()
+        if decision is not None and decision.action != WAIT:
+            self.metrics.rollout_decisions.labels(decision.action).inc()
+            self.watcher.check()  # a promoted canary serves everyone now
 
     def _experiment_versions(self) -> set[str]:
         exp = self.experiments.running()
@@ -137,12 +151,14 @@ class ServingContext:
         _freeze_heap()
         self.watcher.start()
         self.snapshots.start()
+        self._guard_loop.start()
         if self.impressions is not None:
             self.impressions.start()
 
     def stop(self) -> None:
         self.watcher.stop()
         self.snapshots.stop()
+        self._guard_loop.stop()
         if self.impressions is not None:
             self.impressions.stop()
         if self._producer is not None:
@@ -342,8 +358,24 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
                       "lineage": {k: meta.get(k) for k in ("table_version", "code_version", "feature_registry_digest",
                                                            "created_at", "base_version", "served_version")},
                       "metrics": meta.get("metrics"), "popularity": meta.get("popularity")}
+        exp = ctx.experiments.current()
+        last = ctx.guard.last
         return {"served": served, "registry_current": ctx.registry.served(), "registry_history": ctx.registry.history(),
-                "swaps": [e.to_dict() for e in ctx.holder.events], "rejected": ctx.holder.rejected}
+                "swaps": [e.to_dict() for e in ctx.holder.events], "rejected": ctx.holder.rejected,
+                "experiment": exp.model_dump() if exp else None, "arms_loaded": sorted(ctx.holder.arms),
+                "guard": last.decision.to_dict() | {"experiment": last.experiment} if last.decision else None}
+
+    @app.get("/experiment", tags=["operations"])
+    def experiment() -> Any:
+        """The running (or last) experiment or rollout: each arm's live counts and its hit rate
+        against the control's with an interval (from the attribution job's counts)."""
+        exp = ctx.experiments.current()
+        if exp is None:
+            return JSONResponse({"detail": "no experiment yet: `recsys experiment start` or `recsys rollout VERSION`"}, 404)
+        try:
+            return experiment_results(exp, ctx.counts, settings.experiments.confidence)
+        except redis.RedisError as e:
+            raise HTTPException(503, f"the attribution counts cannot be read from Redis ({e})") from e
 
     @app.get("/stats", tags=["operations"])
     def stats() -> dict:
@@ -370,7 +402,13 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def metrics() -> Response:
-        """Prometheus metrics."""
+        """Prometheus metrics (with live attribution's counts, read from Redis now)."""
+        try:
+            for t in ctx.counts.all():
+                for what in TOTALS:
+                    ctx.metrics.attributed.labels(t.version, t.arm, what).set(getattr(t, what))
+        except redis.RedisError:
+            pass  # the API's own metrics still answer
         return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(_require_admin)])
@@ -400,6 +438,28 @@ def create_app(settings: Settings, background: bool = True) -> FastAPI:
             raise HTTPException(409, str(e)) from e
         event = ctx.watcher.check(force=True)
         return {"promoted": version, "event": event.to_dict() if event else None}
+
+    @app.post("/admin/experiment/stop", tags=["admin"], dependencies=[Depends(_require_admin)])
+    def admin_experiment_stop() -> dict:
+        """End the running experiment or rollout now (the pointer stays where it is)."""
+        try:
+            ended = ctx.experiments.end("stopped", "stopped through the admin API")
+        except ValueError as e:
+            raise HTTPException(409, str(e)) from e
+        return {"ended": ended.model_dump()}
+
+    @app.post("/admin/rollout/{action}", tags=["admin"], dependencies=[Depends(_require_admin)])
+    def admin_rollout(action: Annotated[str, PathParam(pattern="^(promote|rollback)$")]) -> dict:
+        """Override the guard: promote the running rollout's canary now, or roll it back."""
+        exp = ctx.experiments.running()
+        if exp is None or exp.kind != ROLLOUT:
+            raise HTTPException(409, "no rollout is running")
+        if action == "promote":
+            ctx.guard.promote(exp, "promoted by hand through the admin API")
+        else:
+            ctx.guard.roll_back(exp, "rolled back by hand through the admin API")
+        event = ctx.watcher.check(force=True)
+        return {"experiment": ctx.experiments.current().model_dump(), "event": event.to_dict() if event else None}
 
     @app.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     def ui() -> HTMLResponse:

@@ -52,6 +52,7 @@ class Experiment(BaseModel):
     ended_at: str | None = None
     outcome: str | None = None  # stopped, promoted, rolled_back
     reason: str | None = None
+    earlier_versions: dict[str, list[str]] = Field(default_factory=dict, description="per arm, the versions it served before its current one (a rollout's canary follows the online learner's newest)")
 
     @model_validator(mode="after")
     def _arms_make_sense(self) -> "Experiment":
@@ -74,6 +75,10 @@ class Experiment(BaseModel):
     @property
     def versions(self) -> set[str]:
         return {a.version for a in self.arms}
+
+    def served_by(self, arm: str) -> list[str]:
+        """Every version this arm has served, oldest first: its lists are counted under each."""
+        return [*self.earlier_versions.get(arm, []), self.arm(arm).version]
 
 
 def bucket(salt: str, experiment: str, user_id: str) -> float:
@@ -145,6 +150,18 @@ class ExperimentStore:
                                  "(`recsys experiment stop`, or let its rollout decide)")
             self._write(exp)
         return exp
+
+    def move_arm(self, arm: str, version: str, only_if: str) -> bool:
+        """Point the running experiment's ``arm`` at a newer ``version``, only while it serves
+        ``only_if`` (compare and set); its earlier lists still count for it."""
+        with self._lock():
+            running = self.running()
+            if running is None or running.arm(arm).version != only_if:
+                return False
+            arms = [a.model_copy(update={"version": version}) if a.name == arm else a for a in running.arms]
+            earlier = {**running.earlier_versions, arm: [*running.earlier_versions.get(arm, []), only_if]}
+            self._write(running.model_copy(update={"arms": arms, "earlier_versions": earlier}))
+        return True
 
     def end(self, outcome: str, reason: str, name: str | None = None) -> Experiment:
         """End the running experiment (only if it is ``name``, when given) and keep it in the history."""

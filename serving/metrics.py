@@ -34,4 +34,8 @@ class ApiMetrics:
                               ["outcome"], registry=r)
         self.impressions = Counter("recsys_impressions", f"served lists for the impression log by outcome "
                                    f"({', '.join(OUTCOMES)})", ["outcome"], registry=r)
+        self.attributed = Gauge("recsys_attributed", "live attribution's counts per model version and arm "
+                                "(lists, hits, shown, engaged; read from Redis at each scrape)", ["version", "arm", "what"], registry=r)
+        self.rollout_decisions = Counter("recsys_rollout_decisions", "the rollout guard's decisions (promote, rollback)",
+                                         ["action"], registry=r)
         self.snapshot_age = Gauge("recsys_item_snapshot_age_seconds", "age of the item feature snapshot", registry=r)

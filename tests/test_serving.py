@@ -33,6 +33,10 @@ from models.registry import ModelRegistry
 from models.synthetic import publish_nudged_version
 from batch.evaluate import holdout
 from serving.app import create_app
+from serving.experiments import CANARY, CONTROL, Experiment, ExperimentStore, assign
+from infra.settings import ArmSettings
+from streaming.attribution_counts import AttributionCounts, RunningTotals
+from streaming.live_attribution import Increment
 from serving.online_features import OnlineFeatureReader
 from streaming.job import stream_runner
 from streaming.producer import EventProducer
@@ -506,3 +510,89 @@ def test_an_item_that_becomes_popular_is_recommended_after_the_next_online_delta
         time.sleep(0.2)
     assert "trend-item-1" in items
     assert {"trending", "popular"} & set(items["trend-item-1"]["sources"])
+
+
+def _wait_arms(server: Server, versions: set[str], timeout_s: float = 30) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = _get(server, "/model").json()
+        if set(m["arms_loaded"]) == versions:
+            return m
+        time.sleep(0.05)
+    raise TimeoutError(f"the API did not load the arms {versions} within {timeout_s}s: {m['arms_loaded']}")
+
+
+def test_an_experiment_serves_each_user_their_arm_and_logs_it(stack):
+    server, events = stack
+    registry = ModelRegistry(server.settings.paths.models_dir)
+    control = registry.served()
+    other = publish_nudged_version(registry, 7)  # published, not promoted
+    store = ExperimentStore(server.settings.paths.experiments_dir)
+    exp = store.start(Experiment(name="ab-test", arms=[ArmSettings(name="a", version=control, share=0.5),
+                                                        ArmSettings(name="b", version=other, share=0.5)]))
+    try:
+        _wait_arms(server, {other})
+        users = sorted({e.user_id for e in events})[:40] + ["someone-new-1", "someone-new-2"]
+        served = [_get(server, f"/recommendations/{u}", k=5).json() for u in users]
+        again = [_get(server, f"/recommendations/{u}", k=5).json() for u in users]
+        salt = server.settings.experiments.salt
+        for first, second, user in zip(served, again, users):
+            arm = assign(exp, user, salt)
+            assert (first["arm"], first["model_version"]) == (arm.name, arm.version)  # the arm's own version
+            assert (second["arm"], second["model_version"]) == (first["arm"], first["model_version"])  # sticky
+        assert {r["arm"] for r in served} == {"a", "b"}
+        logged = _impressions(server, len(served) * 2)
+        assert all(logged[r["request_id"]]["arm"] == r["arm"] for r in served)
+        body = _get(server, "/experiment").json()
+        assert body["experiment"]["name"] == "ab-test" and [a["arm"] for a in body["arms"]] == ["a", "b"]
+        assert "vs_control" in body["arms"][1]
+    finally:
+        store.end("stopped", "test over")
+    _wait_arms(server, set())
+    after = _get(server, f"/recommendations/{users[0]}", k=5).json()
+    assert after["arm"] is None and after["model_version"] == control
+
+
+def _fake_counts(server: Server, control: str, canary: str, control_hits: int, canary_hits: int, lists: int) -> None:
+    """What the attribution job would have written for both arms (its per-shard totals in Redis)."""
+    running = RunningTotals()
+    running.apply([Increment(control, CONTROL, "lists", lists), Increment(control, CONTROL, "hits", control_hits),
+                   Increment(canary, CANARY, "lists", lists), Increment(canary, CANARY, "hits", canary_hits)])
+    AttributionCounts.for_settings(server.settings).write(0, running, now_ms=int(time.time() * 1000))
+
+
+def test_the_guard_rolls_back_a_worse_canary_and_promotes_a_good_one(stack):
+    from serving.rollout import start_rollout
+
+    server, events = stack
+    s = server.settings
+    registry = ModelRegistry(s.paths.models_dir)
+    control = registry.served()
+    counts = AttributionCounts.for_settings(s)
+    worse = publish_nudged_version(registry, 11)
+    start_rollout(s, worse)
+    _wait_arms(server, {worse})
+    users = sorted({e.user_id for e in events})[:60]
+    arms = {_get(server, f"/recommendations/{u}").json()["arm"] for u in users}
+    assert arms == {CANARY, CONTROL}
+    _fake_counts(server, control, worse, control_hits=1000, canary_hits=600, lists=5000)
+    server.ctx._guard_check()
+    m = _get(server, "/model").json()
+    assert m["experiment"]["outcome"] == "rolled_back" and m["guard"]["action"] == "rollback"
+    assert "canary hit rate 0.1200 vs control 0.2000" in m["experiment"]["reason"]
+    assert m["registry_current"] == control and m["served"]["version"] == control
+    counts.clear()
+
+    better = publish_nudged_version(registry, 12)
+    start_rollout(s, better)
+    _wait_arms(server, {better})
+    _fake_counts(server, control, better, control_hits=1000, canary_hits=1010, lists=s.experiments.rollout.budget_lists)
+    server.ctx._guard_check()
+    m = server.wait_for(better)
+    assert m["experiment"]["outcome"] == "promoted" and m["registry_current"] == better
+    assert m["served"]["version"] == better and m["arms_loaded"] == []
+    assert [e["outcome"] for e in m["swaps"] if e["version"] == better][-1] == "memory"  # the canary was loaded already
+    assert 'recsys_rollout_decisions_total{action="rollback"} 1.0' in _get(server, "/metrics").text
+    counts.clear()
+    registry.promote(control)
+    server.wait_for(control)

@@ -39,6 +39,7 @@ from models.ranking import Batch, build_model, dense_optimizer, predict
 from models.id_table import IDS_FILE, ModelIds, model_ids, training_ids
 from models.registry import ModelIntegrityError, ModelRegistry, code_version
 from models.train import Examples, TrainLog, fit
+from serving.rollout import serve_new_version
 
 LOWER_IS_BETTER = {"logloss"}
 
@@ -361,7 +362,7 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
     if no_delta:
         console.print(f"[yellow]no delta from {served}:[/] {no_delta}")
     if ok and promote:
-        registry.promote(new_version)
+        ok = serve_new_version(settings, registry, new_version)  # at once, or to a canary under the guard
     result = RetrainResult(new_version, ok and promote, reason, metrics, popularity, served, served_metrics,
                            data.table_version, registry.path(new_version) / "report", delta_rows)
     console.print(f"[bold]{new_version}[/]: AUC {metrics['auc']:.4f}, log loss {metrics['logloss']:.4f}, "

@@ -49,6 +49,7 @@ from models.id_table import IDS_FILE, model_ids
 from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTable
 from models.incremental import IncrementalModel
 from models.registry import ModelRegistry, code_version
+from serving.rollout import on_canary, serve_new_version
 from streaming.events import Event
 from streaming.lake import topic_epoch
 from streaming.lateness import Lateness
@@ -170,7 +171,9 @@ class OnlineLearner:
         (A learner that does not promote follows the version it started from.)"""
         served = self.registry.served()
         expected = self.version if self.settings.online.promote else self.started_from
-        return served is not None and served != expected
+        if served is None or served == expected:
+            return False
+        return not (self.settings.online.promote and on_canary(self.settings, self.version))  # a guarded rollout's canary
 
     # -- learning ------------------------------------------------------------------------------
     def offer(self, partition: int, offset: int, event: Event) -> bool:
@@ -237,7 +240,8 @@ class OnlineLearner:
                 extra_files={IDS_FILE: ids_file} if ids_file else {})
         if problem is not None:
             raise RuntimeError(f"online version {version} has no delta ({problem}): servers will load it in full")
-        if self.settings.online.promote and not self.registry.promote(version, only_if_serving=self.version):
+        if self.settings.online.promote and not serve_new_version(self.settings, self.registry, version,
+                                                                  only_if_serving=self.version, previous=self.version):
             self.registry.remove(version)  # the pointer moved meanwhile: never undo a nightly promotion
             return None
         result = PublishResult(version, self._since_publish_events, self._since_publish_examples, rows,

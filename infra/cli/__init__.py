@@ -11,12 +11,12 @@ import argparse
 import os
 from typing import Sequence
 
-from infra.cli import events, features, serve, stack, training
+from infra.cli import events, experiments, features, serve, stack, training
 from infra.cli.console import console
 from infra.noise import quiet_third_party_noise
 from infra.settings import load_settings
 
-AREAS = (stack, events, features, training, serve)
+AREAS = (stack, events, features, training, serve, experiments)
 
 
 def build_parser() -> argparse.ArgumentParser:
