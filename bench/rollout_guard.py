@@ -84,7 +84,7 @@ def main() -> int:
                      f"naive peeking A/A false {r['naive_false']:.3f}" for r in rows)
     record("guard_detects_degraded_version", value=value, baseline=max(r["naive_false"] for r in rows), ratio=value,
            unit="share of seeds (baseline: naive peeking's worst A/A false-rollback share)", goal=0.95,
-           command=command_line("bench/rollout_guard.py", parser, args),
+           command=command_line("rollout_guard.py", parser, args),
            note=f"{args.seeds} seeds per case, canary share {s.canary_share}, budget {s.budget_lists} canary lists, "
                 f"alpha {s.alpha}; {note}")
     console.print(f"guard_detects_degraded_version = {value:.3f} (goal 0.95); plot {args.plot}")
