@@ -243,6 +243,7 @@ class TrainingSettings(BaseModel):
     hard_sampling: str = Field(default="zipf", pattern="^(zipf|full)$", description="zipf: hard_negatives drawn from the pool ~ 1/(rank + 10) with a log-q correction; full: the pool's first hard_negatives items, all of them (what the API ranks)")
     popular_pool: int = Field(default=50, ge=0, description="listwise: the most-labelled items join the pool of hard negatives (the API proposes them too)")
     negatives_per_positive: int = Field(default=4, ge=0, description="uniform negatives per positive (listwise: added to the hard ones; fill in when the neighbourhood has too few)")
+    impression_negatives: int = Field(default=0, ge=0, description="per positive, up to N more negatives: items shown to the user and not engaged (the attribution job's impressions table), from lists whose attribution window closed before the positive, newest first; with negatives_per_positive it sets the mix; 0 = sampled negatives only")
     negative_popularity_power: float = Field(default=0.0, ge=0, description="negatives ~ item count ** this (0 = uniform, the default: popularity-weighted negatives teach the model to rank popular items down and lost to plain popularity on top-K)")
     validation: str = Field(default="last_days", pattern="^(last_days|last_per_user)$")
     validation_days: float = Field(default=7.0, gt=0, description="last_days: events in the final N days validate")

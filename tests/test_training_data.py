@@ -107,3 +107,28 @@ def test_event_type_weights_reach_the_examples_and_the_lists(lake_settings):
     assert (real["weight"] == 2.5).all() and (sampled["weight"] == 1.0).all()
     assert (data.ranker_lists.frame["weight"] == 2.5).all()
     assert _weights(data.examples) is not None and _weights(data.examples.assign(weight=1.0)) is None
+
+
+def test_impression_negatives_are_shown_not_engaged_and_point_in_time(tmp_path):
+    """Hand-made: user u is shown a, b, c at t=1000; engages b at 1500; rates d highly at 5000
+    (window closed) and e at 1800 (window still open). Negatives from the impressions go only to
+    the 5000 positive, are c and a (never the engaged b, never an item u rated), last shown first."""
+    from streaming.lake import ImpressionRow
+
+    s = Settings(data_dir=tmp_path, ml100k_path=ML100K,
+                 training={"impression_negatives": 2, "negatives_per_positive": 0, "validation_days": 0.00001},
+                 attribution={"window_s": 1.0, "event_types": ["click", "rating"]})
+    t0 = 1_700_000_000_000
+    events = [("e1", "u", "b", "click", None, t0 + 1500), ("e2", "u", "e", "rating", 5.0, t0 + 1800),
+              ("e3", "u", "d", "rating", 5.0, t0 + 5000), ("e4", "w", "a", "rating", 5.0, t0 + 6000)]
+    LakeWriter.for_settings(s).append(0, [(i, u, it, typ, v, t, None, 0, n, False, 0)
+                                          for n, (i, u, it, typ, v, t) in enumerate(events)])
+    record = {"request_id": "r1", "user_id": "u", "model_version": "v1", "served_at_ms": 0,
+              "items": [{"item_id": x, "position": p, "score": 1.0, "sources": ["similar"]} for p, x in enumerate("abc")]}
+    LakeWriter.for_impressions(s).append(0, ImpressionRow.of_record(record, t0 + 1000, "-", 0, 0))
+    examples = build(s).examples
+    negatives = examples[examples["sampled"]]
+    assert sorted(negatives[["event_id", "item_id"]].values.tolist()) == [["e3:imp0", "c"], ["e3:imp1", "a"]]
+    assert (negatives["label"] == 0).all() and (negatives["event_time"] == t0 + 5000).all()
+    without = build(s.model_copy(update={"training": s.training.model_copy(update={"impression_negatives": 0})})).examples
+    assert not without["sampled"].any()

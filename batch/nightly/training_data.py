@@ -7,7 +7,9 @@ objective (the default) the training rows are the lists of ``batch.nightly.train
 over every valid event); the labelled events and sampled negatives below remain the validation
 rows and the record of what was trained on. Each positive also gets
 ``negatives_per_positive`` sampled items the user had not interacted with, drawn with probability
-~ popularity ** power from the training period (never from the validation period). The split is
+~ popularity ** power from the training period (never from the validation period), and, with
+``impression_negatives``, up to that many more from what the API showed the user and the user did
+not engage with (:func:`impression_negatives`): the two counts set the mix. The split is
 by time, never random: either everything in the last N days validates, or each user's last N
 labelled interactions do. Same table version + seed -> the same examples.
 """
@@ -63,7 +65,7 @@ def valid_events(settings: Settings, version: int | None = None) -> tuple[int, p
     df = df.assign(label=vocab.label_array(types, df["value"].astype(float).to_numpy()),
                    weight=1.0 if weights is None else weights)
     df = df.sort_values(["event_time", "event_id"], kind="stable").reset_index(drop=True)
-    return table.version(), df[["event_id", "user_id", "item_id", "event_time", "label", "weight"]]
+    return table.version(), df[["event_id", "user_id", "item_id", "event_type", "event_time", "label", "weight"]]
 
 
 def labelled_events(settings: Settings, version: int | None = None) -> tuple[int, pd.DataFrame]:
@@ -98,7 +100,7 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
     seen = events.groupby("user_id")["item_id"].agg(set).to_dict()
     positives = events[events["label"] == 1.0]
     k = cfg.negatives_per_positive
-    negatives = []
+    negatives = impression_negatives(settings, every, positives, seen) if cfg.impression_negatives else []
     if k and len(catalogue):
         draws = rng.choice(len(catalogue), size=(len(positives), k * 3), p=weights)  # spare draws for rejections
         for row, candidates in zip(positives.itertuples(index=False), draws):
@@ -126,6 +128,54 @@ def build(settings: Settings, version: int | None = None) -> TrainingData:
         ranker_lists = fold(settings, every, heads, cutoff, lists=ranker_list_settings(settings),
                             since_ms=cutoff - int(days * DAY_MS) if days else None, categories=categories)
     return TrainingData(table_version, examples.reset_index(drop=True), lists, ranker_lists, categories)
+
+
+def shown_not_engaged(settings: Settings, events: pd.DataFrame) -> dict[str, tuple[list[int], list[str]]]:
+    """Per user, the items the API showed and the user did not engage with within the attribution
+    window, as (times their window closed, items), sorted by that time: from the lake's
+    ``impressions`` table (empty when there is none yet), judged against ``events`` (the pinned
+    table's valid events) with batch.attribution's definition."""
+    from batch.attribution import engaged, events_frame, lake_impressions
+
+    try:
+        shown = lake_impressions(settings.paths.impressions_table)
+    except FileNotFoundError:
+        return {}
+    if shown.empty:
+        return {}
+    window_ms = int(settings.attribution.window_s * 1000)
+    engaging = EventVocabulary.from_settings(settings).engaging(settings.attribution.event_types)
+    typed = events_frame(events[["event_id", "user_id", "item_id", "event_type", "event_time"]].to_dict("records"))
+    shown = shown[shown["shown_at"] + window_ms <= int(events["event_time"].max())]  # outcomes the table can know
+    missed = shown[~engaged(shown, typed, window_ms, engaging)].assign(closed=lambda f: f["shown_at"] + window_ms)
+    missed = missed.sort_values(["user_id", "closed"], kind="stable")
+    return {user: (g["closed"].tolist(), g["item_id"].tolist()) for user, g in missed.groupby("user_id", sort=False)}
+
+
+def impression_negatives(settings: Settings, every: pd.DataFrame, positives: pd.DataFrame,
+                         seen: dict[str, set[str]]) -> list[tuple]:
+    """Up to ``training.impression_negatives`` negatives per positive from the user's shown and
+    not engaged items. Point-in-time: only lists whose attribution window had closed by the
+    positive's time (their outcome was known then), newest first; never an item the user ever
+    interacted with (as for sampled negatives)."""
+    from bisect import bisect_right
+
+    missed = shown_not_engaged(settings, every)
+    k = settings.training.impression_negatives
+    out = []
+    for row in positives.itertuples(index=False):
+        closed, items = missed.get(row.user_id, ((), ()))
+        taken, used = 0, set()
+        for j in range(bisect_right(closed, row.event_time) - 1, -1, -1):
+            item = items[j]
+            if item in used or item in seen[row.user_id]:
+                continue
+            used.add(item)
+            out.append((f"{row.event_id}:imp{taken}", row.user_id, item, row.event_time, 0.0, 1.0, row.split, True))
+            taken += 1
+            if taken == k:
+                break
+    return out
 
 
 def training_categories(settings: Settings) -> ItemCategories | None:
