@@ -26,6 +26,7 @@ import numpy as np
 from features.live import LiveFeatures
 from infra.settings import TrainingSettings
 from batch.nightly.training_lists import Popular, list_items, list_size
+from batch.shown_lists import ShownLists
 from models.categories import ItemCategories
 from models.cross_features import all_extras, cross_features
 from models.incremental import Row
@@ -41,7 +42,8 @@ class EventExamples:
     def __init__(self, cfg: TrainingSettings, vocabulary: EventVocabulary, features: LiveFeatures, catalogue: dict[str, int],
                  on_new_item: Callable[[str], None] = lambda item: None,
                  similarity: "Neighbours | DailySimilarity | None" = None, cross: bool = True,
-                 ranker_lists: TrainingSettings | None = None, categories: ItemCategories | None = None) -> None:
+                 ranker_lists: TrainingSettings | None = None, categories: ItemCategories | None = None,
+                 shown: "ShownLists | None" = None) -> None:
         self.cfg = cfg
         self.vocabulary = vocabulary
         self.features = features
@@ -53,6 +55,7 @@ class EventExamples:
         self.listwise = cfg.objective == "listwise"
         self.ranker_lists = ranker_lists if similarity is not None else None  # how the ranker's lists are made
         self.categories = categories  # the catalogue's, for the ranker lists' category affinity
+        self.shown = shown  # lists served so far: training.impression_negatives come from them (pointwise)
         # lists only: what each user touched since this object started (negatives avoid it), popular items
         self.seen: dict[str, set[str]] = {}
         self.popular = Popular(cfg.popular_pool)
@@ -133,4 +136,8 @@ class EventExamples:
             avoid = set(recent) | {event.item_id}
             draws = rng.integers(0, len(self.items), size=k * 3)
             items += [c for c in dict.fromkeys(self.items[d] for d in draws) if c not in avoid][:k]
+        m = self.cfg.impression_negatives
+        if label == 1.0 and m and self.shown is not None:
+            avoid = set(recent) | set(items) | self.seen.get(event.user_id, set())
+            items += [c for c in self.shown.not_engaged(event.user_id, event.event_time, m + len(avoid)) if c not in avoid][:m]
         return items, [0.0] * len(items)

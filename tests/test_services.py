@@ -139,6 +139,10 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
     api, knn, popularity, scored = float(per_event[1]), float(per_event[2]), float(per_event[3]), int(per_event[4])
     assert scored >= 100
     assert api > popularity and knn > popularity  # the live recommendations beat popularity on the held-out day
+    live = re.search(r"live attribution: ([\d,]+) of ([\d,]+) served lists counted, ([\d,]+) with an engaged item", flat)
+    assert live, flat[-3000:]  # the attribution job joined what the API served with what the users did next
+    counted, sent, engaged = (int(live[i].replace(",", "")) for i in (1, 2, 3))
+    assert counted >= sent > 50 and 0 < engaged < counted  # ~100 lists: the held-out day has 11 users
     report = json.loads((Path(cli_env["RECSYS_DATA_DIR"]) / "reports" / "holdout.json").read_text())
     assert report["per_event"]["hr_item_knn"] == pytest.approx(knn, abs=5e-4)  # what the dashboard's panel shows
     table = [line for line in result.stdout.splitlines() if "│" in line]

@@ -546,6 +546,11 @@ def test_an_experiment_serves_each_user_their_arm_and_logs_it(stack):
         body = _get(server, "/experiment").json()
         assert body["experiment"]["name"] == "ab-test" and [a["arm"] for a in body["arms"]] == ["a", "b"]
         assert "vs_control" in body["arms"][1]
+        from infra import chromium
+
+        if chromium.binary() is not None:  # the dashboard's experiment panel shows it with both arms
+            dom = chromium.dump_dom(server.url + "/ui")
+            assert "experiment <b>ab-test</b>" in dom and f"<td>b</td><td>{other}</td><td>50%</td>" in dom
     finally:
         store.end("stopped", "test over")
     _wait_arms(server, set())

@@ -49,6 +49,7 @@ from batch.evaluate.baselines import build_baselines
 from batch.event_examples import EventExamples
 from batch.evaluate.prequential_report import Report, Scores
 from batch.evaluate.served_replay import ServedReplay
+from batch.shown_lists import ShownLists
 from batch.nightly.training_lists import ranker_list_settings
 from models.categories import ItemCategories
 from models.cross_features import EXTRA_NAMES, cross_features
@@ -153,10 +154,14 @@ class Prequential:
         cfg = settings.model
         self.similarity = (DailySimilarity(CoOccurrence(cfg.similarity_pair_with), cfg.similarity_top_k, self.every_ms)
                            if cfg.cross_features or settings.ranker.enabled else None)
+        # what the served strategy showed: the impressions training.impression_negatives reads
+        self.shown = (ShownLists(int(settings.attribution.window_s * 1000),
+                                 self.vocabulary.engaging(settings.attribution.event_types))
+                      if settings.training.impression_negatives else None)
         self.examples = EventExamples(settings.training, self.vocabulary, self.features, {}, self._new_item, self.similarity,
                                       cross=cfg.cross_features,
                                       ranker_lists=ranker_list_settings(settings) if settings.ranker.enabled else None,
-                                      categories=categories)
+                                      categories=categories, shown=self.shown)
         if settings.ranker.enabled and settings.ranker.category_affinity and categories is None:
             raise ValueError("ranker.category_affinity needs the catalogue's categories: pass --catalogue (e.g. u.item)")
         self.categories = categories
@@ -223,6 +228,8 @@ class Prequential:
     def _feed(self, event: Event, index: int, online: IncrementalModel | None) -> None:
         if online is not None:  # as the learner does: managed ids count the event first
             online.admit(event.user_id, event.item_id, event.event_time, self.examples.items[:WARM_START_FROM])
+        if self.shown is not None:
+            self.shown.event(event.user_id, event.item_id, event.event_time, event.event_type.value)
         listed = self.examples.ranker_list(event, (index,))
         if listed is not None:
             self.lists.add(event.event_time, *listed)
@@ -313,6 +320,8 @@ class Prequential:
         ranks = {"popularity": _rank_of(pop, target)}
         served = [i.item_id for i in self.served.recommend(e.user_id, self.k, exclude=seen).items]
         ranks["served"] = served.index(e.item_id) if e.item_id in served else None
+        if self.shown is not None:  # the list the user was shown just before the event (an impression)
+            self.shown.shown(e.user_id, e.event_time - 1, served)
         batches: dict[tuple, Batch] = {}  # models sharing a mapping and a table share the batch
         for name, v in models.items():
             key = (ids_key(v.ids), id(v.similarity))

@@ -41,7 +41,7 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
     from batch.online import learn_runner
     from features.store import apply
     from serving import runner
-    from streaming.job import stream_runner
+    from streaming.job import attribution_runner, stream_runner
 
     started = time.monotonic()
     console.rule("[bold]1. local stack")
@@ -73,6 +73,7 @@ def run_demo(settings: Settings, console: Console, speedup: float | None = None,
         return code
     finally:
         learn_runner.stop(settings)  # also on errors: never leave a job behind
+        attribution_runner.stop(settings)
         stream_runner.stop(settings)
         if runner.running_pid(settings) is not None:
             url = runner.base_url(settings)
@@ -168,6 +169,47 @@ def _latency(url: str, users: list[str], n: int = 300) -> tuple[float, float]:
     return times[len(times) // 2], times[int(len(times) * 0.99) - 1]
 
 
+def _start_attribution(settings: Settings, console: Console) -> None:
+    from streaming.job import attribution_runner
+
+    with console.status("starting the live attribution job (PyFlink: impressions joined with the events after them)..."):
+        pid, restored = attribution_runner.start(settings)
+    window = settings.attribution.window_s / 60
+    console.print(f"[green]✓[/] attribution job pid {pid}, {'resumed from ' + str(restored) if restored else 'fresh start'}: "
+                  f"every list the API serves is joined with the user's events in the next {window:g} minutes")
+
+
+def _live_attribution(settings: Settings, console: Console, url: str) -> None:
+    """Live CTR and hit rate per served version, as the attribution job counted them in Redis."""
+    from streaming.attribution_counts import AttributionCounts
+    from streaming.job import attribution_runner
+
+    sent = _impressions_sent(url)
+    with console.status("waiting for the attribution job to count every served list..."):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and attribution_runner.status(settings).metrics.get("impressions_in", 0) < sent:
+            time.sleep(0.25)
+        time.sleep(max(1.0, 3 * settings.attribution.batch_ms / 1000))  # the last micro-batch's counts land
+    totals = AttributionCounts.for_settings(settings).all()
+    table = Table("model version", "arm", "lists", "hit rate", "CTR", "users",
+                  title=f"live attribution: lists served and engaged within {settings.attribution.window_s / 60:g} min (Redis)")
+    for t in totals:
+        table.add_row(t.version, t.arm, f"{t.lists:,}", f"{t.hits / t.lists:.3f}" if t.lists else "-",
+                      f"{t.engaged / t.shown:.3f}" if t.shown else "-", f"{t.users:,}")
+    console.print(table)
+    lists = sum(t.lists for t in totals)
+    console.print(f"live attribution: {lists:,} of {int(sent):,} served lists counted, "
+                  f"{sum(t.hits for t in totals):,} with an engaged item")
+
+
+def _impressions_sent(url: str) -> float:
+    import re
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = re.search(r'recsys_impressions_total\{outcome="sent"\} ([0-9.e+]+)', text)
+    return float(found[1]) if found else 0.0
+
+
 def _start_learner(settings: Settings, console: Console, every_s: float) -> None:
     from batch.online import learn_runner
 
@@ -226,6 +268,7 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     url = runner.base_url(settings)
     _wait_for_version(url, first.version)
     console.print(f"[green]✓[/] API pid {status.pid} on {url} serving {first.version} (docs {url}/docs, dashboard {url}/ui)")
+    _start_attribution(settings, console)
     _show(settings, console, url, f"recommendations at {day} 00:00")
     check = holdout.evaluate(url, settings, history, last_days, k=10)
     console.print(f"[bold]{check.describe()}[/]")
@@ -235,6 +278,7 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     per_event = _prequential_replay(settings, console, url, history, last_days)
     console.print(f"[bold]{per_event.describe()}[/]")
     holdout.write_report(settings.paths.holdout_report, day, check, per_event)
+    _live_attribution(settings, console, url)
     online = learn_runner.read_status(settings) or {}
     console.print(f"online learner: {online.get('published', 0)} versions published while the day played "
                   f"({online.get('events_published', 0):,} events trained into them)")
