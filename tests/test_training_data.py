@@ -132,3 +132,29 @@ def test_impression_negatives_are_shown_not_engaged_and_point_in_time(tmp_path):
     assert (negatives["label"] == 0).all() and (negatives["event_time"] == t0 + 5000).all()
     without = build(s.model_copy(update={"training": s.training.model_copy(update={"impression_negatives": 0})})).examples
     assert not without["sampled"].any()
+
+
+def test_a_replay_takes_impression_negatives_from_the_lists_it_served():
+    """The stream form (batch.shown_lists, what `recsys evaluate` feeds): a positive's rows get the
+    shown and not engaged items of lists whose window closed, besides the sampled ones."""
+    from batch.event_examples import EventExamples
+    from batch.shown_lists import ShownLists
+    from features.live import LiveFeatures
+    from features.model_inputs import FeatureSpec
+    from infra.settings import FeatureSettings
+    from streaming.events import Event
+    from streaming.vocabulary import EventVocabulary
+
+    settings = Settings(training={"impression_negatives": 2, "negatives_per_positive": 0})
+    spec = FeatureSpec(("user_stats:n_events",), ("item_stats:n_events",), "user_recent:recent_items", "d")
+    live = LiveFeatures(FeatureSettings(), spec)
+    shown = ShownLists(window_ms=1_000, engaging={"click"})
+    examples = EventExamples(settings.training, EventVocabulary.from_settings(settings), live, {"x": 1}, shown=shown)
+    shown.shown("u", 0, ["a", "b", "c"])
+    click = Event(event_id="e1", user_id="u", item_id="b", event_type="click", event_time=500)
+    shown.event("u", "b", 500, "click")
+    early = examples.make(click, (0,))
+    assert [r[1] for r in early] == ["b"]  # the list's window is still open at 500: nothing to take yet
+    later = Event(event_id="e2", user_id="u", item_id="x", event_type="click", event_time=2_000)
+    rows = examples.make(later, (1,))
+    assert [(r[1], r[2]) for r in rows] == [("x", 1.0), ("c", 0.0), ("a", 0.0)]  # never the engaged b
