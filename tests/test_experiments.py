@@ -133,3 +133,29 @@ def test_new_versions_are_handed_over_at_once_or_under_the_guard(tmp_path) -> No
     assert not serve_new_version(guarded, registry, other, previous=first)
     exp = ExperimentStore(guarded.paths.experiments_dir).running()
     assert exp.served_by(CANARY) == [nightly, online1, online2] and registry.served() == first
+
+
+def test_the_cli_says_what_to_do(tmp_path, monkeypatch, capsys) -> None:
+    import torch
+
+    from infra.cli import main
+    from models.registry import ModelRegistry
+
+    monkeypatch.setenv("RECSYS_DATA_DIR", str(tmp_path))
+    assert main(["experiment", "start"]) == 2
+    assert "say what to compare: `recsys experiment start --name ab --arm" in capsys.readouterr().out
+    assert main(["experiment", "start", "--name", "ab", "--arm", "a=v0001"]) == 2
+    assert "write it as name=version:share" in capsys.readouterr().out
+    assert main(["experiment", "start", "--name", "ab", "--arm", "a=v0001:0.5", "--arm", "b=v0002:0.5"]) == 2
+    assert "no model version v0001, v0002 in the registry" in capsys.readouterr().out
+    assert main(["rollout", "v0001"]) == 2
+    assert "nothing is served yet" in capsys.readouterr().out
+    registry = ModelRegistry(tmp_path / "models")
+    a, b = (registry.publish({"w": torch.zeros(1)}, {"kind": "test"}) for _ in range(2))
+    registry.promote(a)
+    assert main(["experiment", "start", "--name", "ab", "--arm", f"a={a}:0.5", "--arm", f"b={b}:0.5"]) == 0
+    assert main(["rollout", b]) == 2 and "experiment 'ab' is running: stop it first" in capsys.readouterr().out
+    monkeypatch.setenv("RECSYS_REDIS__PORT", "1")  # nothing listens there
+    assert main(["experiment", "status"]) == 2 and "start it with `recsys up`" in " ".join(capsys.readouterr().out.split())
+    assert main(["experiment", "stop"]) == 0 and main(["rollout", b]) == 0
+    assert f"rolling out {b} to 10% of users beside {a}" in " ".join(capsys.readouterr().out.split())

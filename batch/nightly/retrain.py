@@ -363,6 +363,9 @@ def run(settings: Settings, version: int | None = None, progress: bool = True, p
         console.print(f"[yellow]no delta from {served}:[/] {no_delta}")
     if ok and promote:
         ok = serve_new_version(settings, registry, new_version)  # at once, or to a canary under the guard
+        if settings.experiments.rollout.guard_new_versions and registry.served() != new_version:
+            reason += (f"; rolled out to {settings.experiments.rollout.canary_share:.0%} of users under the guard "
+                       "(`recsys experiment status`)" if ok else "; another rollout is running: not served")
     result = RetrainResult(new_version, ok and promote, reason, metrics, popularity, served, served_metrics,
                            data.table_version, registry.path(new_version) / "report", delta_rows)
     console.print(f"[bold]{new_version}[/]: AUC {metrics['auc']:.4f}, log loss {metrics['logloss']:.4f}, "

@@ -85,7 +85,13 @@ def show_status(settings: Settings, store) -> int:  # noqa: ANN001 - serving.exp
     if exp is None:
         console.print("no experiment yet: `recsys experiment start ...` or `recsys rollout VERSION`")
         return 3
-    out = results(exp, AttributionCounts.for_settings(settings), settings.experiments.confidence)
+    import redis
+
+    try:
+        out = results(exp, AttributionCounts.for_settings(settings), settings.experiments.confidence)
+    except redis.RedisError as e:
+        raise ConnectionError(f"the attribution counts live in Redis at {settings.redis.host}:{settings.redis.port}, "
+                              f"which does not answer ({e}): start it with `recsys up`") from e
     state = exp.status if exp.status == "running" else f"ended: {exp.outcome}"
     table = Table(title=f"{exp.kind} {exp.name} ({state}) · started {exp.started_at[:19]}")
     for column in ("arm", "version", "share", "lists", "hit rate", "CTR", "users", f"vs {out['control']} ({settings.experiments.confidence:.0%} interval)"):
