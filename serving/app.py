@@ -28,7 +28,7 @@ from serving.item_details import ItemDetails
 from serving.impressions import ImpressionLog, impression, new_request_id
 from serving.item_snapshot import ItemSnapshotter
 from infra.periodic import Periodic
-from serving.experiments import ROLLOUT, ExperimentStore, assign
+from serving.experiments import ROLLOUT, ExperimentStore, arm_label, assign
 from serving.rollout import RolloutGuard, results as experiment_results
 from serving.rollout_guard import WAIT
 from streaming.attribution_counts import TOTALS, AttributionCounts
@@ -52,7 +52,7 @@ class RecommendationOut(BaseModel):
     request_id: str = Field(description="this list's id: its record in the impressions topic carries it")
     user_id: str
     model_version: str
-    arm: str | None = Field(description="the user's experiment arm (serving.experiments); null outside any experiment")
+    arm: str | None = Field(description="the user's experiment arm as '<experiment>/<arm>' (serving.experiments); null outside any experiment")
     cold_start: bool = Field(description="the user has no history yet: trending and popular items")
     recent_items: list[str]
     items: list[ScoredItemOut]
@@ -132,7 +132,7 @@ class ServingContext:
             return current, None
         arm = assign(exp, user_id, self.settings.experiments.salt)
         model = current if arm.version == current.version else self.holder.arms.get(arm.version)
-        return (model, arm.name) if model is not None else (current, None)
+        return (model, arm_label(exp, arm.name)) if model is not None else (current, None)
 
     def _swapped(self, event: SwapEvent) -> None:
         self.metrics.swaps.labels(event.outcome).inc()

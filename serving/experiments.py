@@ -81,6 +81,12 @@ class Experiment(BaseModel):
         return [*self.earlier_versions.get(arm, []), self.arm(arm).version]
 
 
+def arm_label(experiment: Experiment, arm: str) -> str:
+    """What a served list's impression (and so attribution) calls the arm: ``<experiment>/<arm>``,
+    so two experiments' arms never pool their counts, even with the same version and arm name."""
+    return f"{experiment.name}/{arm}"
+
+
 def bucket(salt: str, experiment: str, user_id: str) -> float:
     """The user's place in [0, 1) for this experiment (uniform, stable, independent across experiments)."""
     digest = hashlib.blake2b(f"{salt}\x1f{experiment}\x1f{user_id}".encode(), digest_size=8).digest()
@@ -178,4 +184,4 @@ class ExperimentStore:
 
 
 __all__ = ["CANARY", "CONTROL", "ENDED", "EXPERIMENT", "Experiment", "ExperimentStore", "ROLLOUT", "RUNNING",
-           "assign", "bucket"]
+           "arm_label", "assign", "bucket"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from infra.settings import Settings
 from models.registry import ModelRegistry
 from serving.arm_comparison import ArmCounts, compare
-from serving.experiments import CANARY, CONTROL, ROLLOUT, Experiment, ExperimentStore
+from serving.experiments import CANARY, CONTROL, ROLLOUT, Experiment, ExperimentStore, arm_label
 from serving.rollout_guard import PROMOTE, ROLLBACK, Decision, decide
 from infra.settings import ArmSettings
 from streaming.attribution_counts import AttributionCounts
@@ -49,7 +49,7 @@ def arm_counts(exp: Experiment, counts: AttributionCounts) -> dict[str, ArmCount
     """Each arm's attributed lists, hits, shown and engaged items, over every version it served."""
     out = {}
     for arm in exp.arms:
-        totals = [counts.read(version, arm.name) for version in exp.served_by(arm.name)]
+        totals = [counts.read(version, arm_label(exp, arm.name)) for version in exp.served_by(arm.name)]
         out[arm.name] = ArmCounts(sum(t.lists for t in totals), sum(t.hits for t in totals),
                                   sum(t.shown for t in totals), sum(t.engaged for t in totals))
     return out
@@ -61,7 +61,7 @@ def results(exp: Experiment, counts: AttributionCounts, confidence: float) -> di
     control = per_arm[exp.control.name]
     arms = []
     for arm in exp.arms:
-        users = sum(counts.read(v, arm.name).users for v in exp.served_by(arm.name))
+        users = sum(counts.read(v, arm_label(exp, arm.name)).users for v in exp.served_by(arm.name))
         row = {"arm": arm.name, "version": arm.version, "share": arm.share, **per_arm[arm.name].to_dict(), "users": users}
         if arm.name != exp.control.name:
             row["vs_control"] = compare(control, per_arm[arm.name], confidence).to_dict()

@@ -9,7 +9,8 @@ decides with :func:`decide`:
 * **roll back** as soon as the always-valid test (``serving.arm_comparison``) has evidence
   >= 1 / ``alpha`` that the canary's hit rate is below ``(1 - max_drop)`` x the control's;
 * **promote** when the same evidence says it is above that line, or when the canary has served
-  ``budget_lists`` lists without a rollback (no harm shown within the budget).
+  ``budget_lists`` lists without a rollback (no harm shown within the budget) - but never while
+  neither arm has a single engaged item (no signal: attribution may not be running).
 
 Because the test stays valid under continuous looking, a canary as good as the control is rolled
 back in at most ``alpha`` of rollouts however often the guard checks (measured by
@@ -70,6 +71,9 @@ def decide(control: ArmCounts, canary: ArmCounts, s: RolloutSettings) -> Decisio
     if evidence >= threshold:
         return Decision(PROMOTE, f"{said}: not worse than the control beyond rollout.max_drop={s.max_drop:.0%} "
                                  f"(evidence {evidence:.1f} >= {threshold:.0f})", evidence, c)
+    if control.hits + canary.hits == 0:  # nothing engaged at all: no signal to judge by
+        return Decision(WAIT, f"{said}: no engaged item attributed in either arm, nothing to judge by "
+                              "(is the attribution job running? `recsys attribution status`)", evidence, c)
     if canary.lists >= s.budget_lists:
         return Decision(PROMOTE, f"{said}: no harm shown within rollout.budget_lists={s.budget_lists} "
                                  f"(evidence {evidence:.1f} < {threshold:.0f})", evidence, c)

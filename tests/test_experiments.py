@@ -92,8 +92,8 @@ def test_the_guard_acts_on_the_counts_in_redis(settings, tmp_path) -> None:
                                                          ArmSettings(name=CONTROL, version="v0001", share=0.9)]))
     assert guard.check().action == "wait" and store.running() is not None  # nothing counted yet
     running = RunningTotals()
-    running.apply([Increment("v0001", CONTROL, "lists", 9000), Increment("v0001", CONTROL, "hits", 1800),
-                   Increment("v0002", CANARY, "lists", 1000), Increment("v0002", CANARY, "hits", 100)])
+    running.apply([Increment("v0001", "r/control", "lists", 9000), Increment("v0001", "r/control", "hits", 1800),
+                   Increment("v0002", "r/canary", "lists", 1000), Increment("v0002", "r/canary", "hits", 100)])
     counts.write(0, running, now_ms=1)
     assert guard.check().action == "rollback"
     assert store.current().outcome == "rolled_back" and pointer.current == "v0001"

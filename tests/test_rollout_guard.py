@@ -49,3 +49,8 @@ def test_a_tolerated_drop_is_not_rolled_back() -> None:
     # 5% below the control with a 10% tolerance: never rolled back, promoted at the latest at the budget
     runs = [simulate(0.2, 0.19, RolloutSettings(max_drop=0.1), seed) for seed in range(20)]
     assert all(r.action == PROMOTE for r in runs)
+
+
+def test_no_engagement_at_all_is_no_reason_to_promote() -> None:
+    d = decide(ArmCounts(50_000, 0), ArmCounts(SETTINGS.budget_lists, 0), SETTINGS)
+    assert d.action == WAIT and "is the attribution job running?" in d.reason

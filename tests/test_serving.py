@@ -538,9 +538,9 @@ def test_an_experiment_serves_each_user_their_arm_and_logs_it(stack):
         salt = server.settings.experiments.salt
         for first, second, user in zip(served, again, users):
             arm = assign(exp, user, salt)
-            assert (first["arm"], first["model_version"]) == (arm.name, arm.version)  # the arm's own version
+            assert (first["arm"], first["model_version"]) == (f"ab-test/{arm.name}", arm.version)  # the arm's own version
             assert (second["arm"], second["model_version"]) == (first["arm"], first["model_version"])  # sticky
-        assert {r["arm"] for r in served} == {"a", "b"}
+        assert {r["arm"] for r in served} == {"ab-test/a", "ab-test/b"}
         logged = _impressions(server, len(served) * 2)
         assert all(logged[r["request_id"]]["arm"] == r["arm"] for r in served)
         body = _get(server, "/experiment").json()
@@ -561,8 +561,9 @@ def test_an_experiment_serves_each_user_their_arm_and_logs_it(stack):
 def _fake_counts(server: Server, control: str, canary: str, control_hits: int, canary_hits: int, lists: int) -> None:
     """What the attribution job would have written for both arms (its per-shard totals in Redis)."""
     running = RunningTotals()
-    running.apply([Increment(control, CONTROL, "lists", lists), Increment(control, CONTROL, "hits", control_hits),
-                   Increment(canary, CANARY, "lists", lists), Increment(canary, CANARY, "hits", canary_hits)])
+    c, k = f"rollout-{canary}/{CONTROL}", f"rollout-{canary}/{CANARY}"  # serving.experiments.arm_label
+    running.apply([Increment(control, c, "lists", lists), Increment(control, c, "hits", control_hits),
+                   Increment(canary, k, "lists", lists), Increment(canary, k, "hits", canary_hits)])
     AttributionCounts.for_settings(server.settings).write(0, running, now_ms=int(time.time() * 1000))
 
 
@@ -579,7 +580,7 @@ def test_the_guard_rolls_back_a_worse_canary_and_promotes_a_good_one(stack):
     _wait_arms(server, {worse})
     users = sorted({e.user_id for e in events})[:60]
     arms = {_get(server, f"/recommendations/{u}").json()["arm"] for u in users}
-    assert arms == {CANARY, CONTROL}
+    assert arms == {f"rollout-{worse}/{CANARY}", f"rollout-{worse}/{CONTROL}"}
     _fake_counts(server, control, worse, control_hits=1000, canary_hits=600, lists=5000)
     server.ctx._guard_check()
     m = _get(server, "/model").json()
