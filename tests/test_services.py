@@ -139,11 +139,6 @@ def test_demo_main_job_runs_the_whole_chain(cli_env: dict[str, str]) -> None:
     api, knn, popularity, scored = float(per_event[1]), float(per_event[2]), float(per_event[3]), int(per_event[4])
     assert scored >= 100
     assert api > popularity and knn > popularity  # the live recommendations beat popularity on the held-out day
-    degraded = re.search(r"rollout of a deliberately degraded version \(its ranker reversed\) (v\d+) beside v0001: ([\d,]+) lists "
-                         r"served, ([\d,]+) simulated clicks; ✓ rolled back: canary hit rate", flat)
-    assert degraded, flat[-4000:]  # the guard caught it from live hit rates
-    good = re.search(r"rollout of a good version \(the served model, nudged\) (v\d+) beside v0001: .*?; ✓ promoted: ", flat)
-    assert good, flat[-4000:]
     live = re.search(r"live attribution: ([\d,]+) of ([\d,]+) served lists counted, ([\d,]+) with an engaged item", flat)
     assert live, flat[-3000:]  # the attribution job joined what the API served with what the users did next
     counted, sent, engaged = (int(live[i].replace(",", "")) for i in (1, 2, 3))

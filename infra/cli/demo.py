@@ -18,7 +18,7 @@ from rich.table import Table
 
 from infra.cli.report import topics_table
 from infra.services import up
-from infra.settings import RolloutSettings, Settings
+from infra.settings import Settings
 from streaming.events import DAY_MS, Event
 from streaming.ingest import send_events
 from streaming.pacing import Pacer
@@ -27,7 +27,6 @@ from streaming.replay import load_events
 from streaming.topics import scan_topic
 
 SHOW_USERS = ("1", "42", "196")
-DEMO_GUARD = {"min_lists": 15, "budget_lists": 60, "check_every_s": 1.0}  # ml-100k's held-out day: ~500 events, 11 users
 
 
 def split_at_day_boundary(events: list[Event], holdout_days: int = 1) -> tuple[list[Event], list[Event], int]:
@@ -174,73 +173,10 @@ def _start_attribution(settings: Settings, console: Console) -> None:
     from streaming.job import attribution_runner
 
     with console.status("starting the live attribution job (PyFlink: impressions joined with the events after them)..."):
-        pid, restored = attribution_runner.start(settings, fresh=True)
+        pid, restored = attribution_runner.start(settings)
     window = settings.attribution.window_s / 60
     console.print(f"[green]✓[/] attribution job pid {pid}, {'resumed from ' + str(restored) if restored else 'fresh start'}: "
                   f"every list the API serves is joined with the user's events in the next {window:g} minutes")
-
-
-def _guarded_rollouts(settings: Settings, console: Console, url: str, history: list[Event], held_out: list[Event]) -> None:
-    """A degraded version, then a good one, each rolled out to half the users while simulated users
-    play the held-out day (batch.evaluate.simulated_users); the API's guard decides both."""
-    from batch.evaluate.simulated_users import play
-    from infra.services import ensure_topics
-    from models.registry import ModelRegistry
-    from models.synthetic import publish_degraded_version, publish_nudged_version
-    from serving.experiments import ExperimentStore
-    from serving.rollout import start_rollout
-    from streaming.job import attribution_runner
-
-    r, defaults = settings.experiments.rollout, RolloutSettings()
-    console.print(f"demo-sized guard: decides from {r.min_lists} lists per arm, promotes after {r.budget_lists} canary lists "
-                  f"without harm (the defaults, {defaults.min_lists} and {defaults.budget_lists}, suit real traffic; "
-                  f"this day has {len(held_out):,} events from {len({e.user_id for e in held_out})} users)")
-    sim = settings.model_copy(update={"topics": settings.topics.model_copy(update={"events": settings.topics.events + ".simulated"})})
-    ensure_topics(sim)
-    with console.status("starting the attribution job on the simulated users' clicks..."):
-        attribution_runner.start(sim, fresh=True)
-    registry, store = ModelRegistry(settings.paths.models_dir), ExperimentStore(settings.paths.experiments_dir)
-    window_ms = int(settings.attribution.window_s * 1000)
-    try:
-        with EventProducer(sim) as producer:
-            for what, version in (("a deliberately degraded version (its ranker reversed)", publish_degraded_version(registry)),
-                                  ("a good version (the served model, nudged)", publish_nudged_version(registry, 1))):
-                control = registry.served()
-                start_rollout(settings, version, share=0.5)
-                _wait_for_arm(url, version)
-                clock = httpx.get(url + "/stats", timeout=10).json()["item_snapshot"]["event_time_ms"]
-
-                def click(user: str, item: str, n: int, version: str = version, clock: int = clock) -> None:
-                    producer.send(Event(event_id=f"sim-{version}-{n}", user_id=user, item_id=item, event_type="click",
-                                        event_time=clock + 1))
-                    producer.flush()
-
-                def decided() -> bool:
-                    return store.running() is None
-
-                played = play(url, history, held_out, window_ms, click, decided)
-                deadline = time.monotonic() + 60
-                while not decided() and time.monotonic() < deadline:  # the last clicks reach the counts
-                    time.sleep(0.5)
-                exp = store.current()
-                mark = {"rolled_back": "[green]✓ rolled back[/]", "promoted": "[green]✓ promoted[/]"}.get(exp.outcome or "", "[yellow]undecided[/]")
-                console.print(f"rollout of {what} {version} beside {control}: {played.lists:,} lists served, "
-                              f"{played.engaged:,} simulated clicks; {mark}: {exp.reason or 'no decision within the day'}")
-                if exp.status == "running":
-                    store.end("stopped", "the held-out day ran out before the guard decided")
-                elif exp.outcome == "promoted":
-                    _wait_for_version(url, version)
-    finally:
-        attribution_runner.stop(sim)
-
-
-def _wait_for_arm(url: str, version: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if version in httpx.get(url + "/model", timeout=10).json()["arms_loaded"]:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"the API did not load {version} for its experiment arm within {timeout_s}s: see {url}/model")
 
 
 def _live_attribution(settings: Settings, console: Console, url: str) -> None:
@@ -317,8 +253,6 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     from serving import runner
     from streaming.lake import read_events
 
-    settings = settings.model_copy(update={"experiments": settings.experiments.model_copy(update={
-        "rollout": settings.experiments.rollout.model_copy(update=DEMO_GUARD)})})  # the API's guard, at the demo's size
     loaded = load_events(settings.ml100k_path)
     history, last_days, boundary = split_at_day_boundary(loaded.events, holdout_days)
     day = time.strftime("%Y-%m-%d", time.gmtime(boundary / 1000))
@@ -338,11 +272,9 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     check = holdout.evaluate(url, settings, history, last_days, k=10)
     console.print(f"[bold]{check.describe()}[/]")
 
-    console.rule("[bold]6. closing the loop: two guarded rollouts, the held-out day played by simulated users")
-    _guarded_rollouts(settings, console, url, history, last_days)
-    _start_attribution(settings, console)  # fresh: the simulated clicks' counts are cleared
+    _start_attribution(settings, console)
 
-    console.rule(f"[bold]7. the held-out day arrives: {len(last_days):,} events, recommend before each minute, then send it")
+    console.rule(f"[bold]6. the held-out day arrives: {len(last_days):,} events, recommend before each minute, then send it")
     _start_learner(settings, console, online_every_s)
     per_event = _prequential_replay(settings, console, url, history, last_days)
     console.print(f"[bold]{per_event.describe()}[/]")
@@ -352,7 +284,7 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
     console.print(f"online learner: {online.get('published', 0)} versions published while the day played "
                   f"({online.get('events_published', 0):,} events trained into them)")
     sent += len(last_days)
-    second = _retrain(settings, console, "8. next nightly retrain: new version + delta")
+    second = _retrain(settings, console, "7. next nightly retrain: new version + delta")
     model = _wait_for_version(url, second.version)
     if second.promoted:
         _wait_for_rebase(settings, second.version)
@@ -365,7 +297,7 @@ def _pipeline(settings: Settings, console: Console, speedup: float | None, holdo
         console.print(f"[red]✗[/] {second.version} was rejected: {model['rejected'].get(second.version)}")
     _show(settings, console, url, "recommendations after the last day")
 
-    console.rule("[bold]9. summary")
+    console.rule("[bold]8. summary")
     p50, p99 = _latency(url, [e.user_id for e in last_days] + list(SHOW_USERS))
     lake = read_events(settings.paths.events_table, columns=["event_id"])
     summary = Table("", "")
