@@ -73,6 +73,19 @@ class ModelIntegrityError(ValueError):
     """A stored version does not match its manifest (or cannot be read)."""
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes on one machine (``flock`` on ``path``), for files that
+    several processes change: the serving pointer here, the experiment file (serving.experiments)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -241,16 +254,9 @@ class ModelRegistry:
     def history(self) -> list[str]:
         return list(self._serving()["history"])
 
-    @contextlib.contextmanager
-    def _pointer_lock(self) -> Iterator[None]:
+    def _pointer_lock(self) -> contextlib.AbstractContextManager[None]:
         """Serialises changes of the serving pointer across processes (nightly job, learner, CLI)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".serving.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return exclusive_lock(self.root / ".serving.lock")
 
     def promote(self, version: str, only_if_serving: str | None = None) -> bool:
         """Point serving at ``version`` (kept in the history, so rollback can return). With

@@ -23,17 +23,17 @@ True
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from infra.settings import ArmSettings
+from models.registry import exclusive_lock
 
 CURRENT, HISTORY = "current.json", "history.jsonl"
 RUNNING, ENDED = "running", "ended"
@@ -132,16 +132,9 @@ class ExperimentStore:
         f = self.directory / HISTORY
         return [Experiment.model_validate_json(line) for line in f.read_text().splitlines() if line] if f.is_file() else []
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         """One change at a time across processes (CLI, the API's guard, the nightly job)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return exclusive_lock(self.directory / ".lock")
 
     def _write(self, exp: Experiment) -> None:
         tmp = self.current_file.with_suffix(".tmp")

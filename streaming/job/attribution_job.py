@@ -14,14 +14,10 @@ are on and retained on cancel; ``--restore PATH`` resumes from one.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
-from infra.noise import quiet_third_party_noise
-from infra.processes import received_settings
-from infra.settings import Settings, secret_env
+from infra.settings import Settings
 
 SOURCE_TABLE = "recsys_attribution_source"
 
@@ -68,17 +64,9 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML settings file (as for recsys)")
-    parser.add_argument("--restore", type=Path, help="checkpoint directory (chk-N) to resume from")
-    args = parser.parse_args(argv)
-    if args.config:
-        os.environ["RECSYS_CONFIG"] = args.config
-    quiet_third_party_noise()
-    settings = received_settings()
-    os.environ.update(secret_env(settings))
-    build(settings, args.restore).execute(settings.attribution.job_name)
-    return 0
+    from streaming.job.feature_job import run_job
+
+    return run_job(argv, __doc__, build, lambda s: s.attribution.job_name)
 
 
 if __name__ == "__main__":

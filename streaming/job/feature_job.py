@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from infra.noise import quiet_third_party_noise
 from infra.processes import received_settings
@@ -171,8 +172,12 @@ def build(settings: Settings, restore: Path | None = None):  # noqa: ANN201 - a 
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_job(argv: list[str] | None, description: str, graph: Callable[[Settings, Path | None], Any],
+            job_name: Callable[[Settings], str]) -> int:
+    """A job's entry point (this one's, and the attribution job's): ``--config``, ``--restore``,
+    the settings its runner handed over (or file + env), secrets into the environment the Python
+    workers read, then the graph is built and executed."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML settings file (as for recsys)")
     parser.add_argument("--restore", type=Path, help="checkpoint directory (chk-N) to resume from")
     args = parser.parse_args(argv)
@@ -181,9 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party_noise()
     settings = received_settings()  # exact settings of `recsys stream start` (or file + env)
     os.environ.update(secret_env(settings))  # the Python workers (and their writers) read secrets from here
-    env = build(settings, args.restore)
-    env.execute(settings.stream.job_name)
+    graph(settings, args.restore).execute(job_name(settings))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(argv, __doc__, build, lambda s: s.stream.job_name)
 
 
 if __name__ == "__main__":
