@@ -27,7 +27,7 @@ import pandas as pd
 
 from streaming.lake import read_events
 
-from streaming.live_attribution import NO_ARM  # lists served outside any experiment
+from streaming.live_attribution import NO_ARM, shown_at  # NO_ARM: lists served outside any experiment
 
 
 def impressions_frame(records: Iterable[dict]) -> pd.DataFrame:
@@ -37,9 +37,8 @@ def impressions_frame(records: Iterable[dict]) -> pd.DataFrame:
         if r["request_id"] in seen:
             continue
         seen.add(r["request_id"])
-        shown_at = r["event_clock_ms"] if r.get("event_clock_ms") is not None else r["served_at_ms"]
         for i in r["items"]:
-            rows.append((r["request_id"], r["user_id"], r["model_version"], r.get("arm") or NO_ARM, int(shown_at),
+            rows.append((r["request_id"], r["user_id"], r["model_version"], r.get("arm") or NO_ARM, shown_at(r),
                          i["item_id"], int(i["position"]), tuple(i["sources"])))
     return pd.DataFrame(rows, columns=["request_id", "user_id", "model_version", "arm", "shown_at", "item_id",
                                        "position", "sources"])

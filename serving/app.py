@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from features.model_inputs import RegistrySpecCache
 from infra.settings import Settings
 from models.registry import ModelRegistry
-from serving.hot_swap import ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
+from serving.hot_swap import NOT_SERVED, ModelHolder, ModelLoader, RegistryWatcher, SwapEvent
 from serving.item_details import ItemDetails
 from serving.impressions import ImpressionLog, impression, new_request_id
 from serving.item_snapshot import ItemSnapshotter
@@ -137,7 +137,7 @@ class ServingContext:
     def _swapped(self, event: SwapEvent) -> None:
         self.metrics.swaps.labels(event.outcome).inc()
         gc.freeze()  # the new model's objects join the frozen heap (no collection: that would stall requests)
-        if event.outcome not in ("rejected", "arm"):
+        if event.outcome not in NOT_SERVED:
             self.metrics.swap_seconds.observe(event.ms / 1000)
             for version in {e.version for e in self.holder.events} - {event.version}:
                 self.metrics.model_info.labels(version).set(0)

@@ -34,6 +34,7 @@ from models.similarity import SIMILARITY_FILE, SIMILARITY_SOURCE, SimilarityTabl
 from models.registry import CATALOGUE, META, ModelIntegrityError, ModelRegistry, VersionMeta, delta_dir_name
 from serving.served_model import Lineage, ServedModel, SmokeTestFailed
 
+NOT_SERVED = ("rejected", "arm")  # swap outcomes after which the version does not serve everyone
 LOAD_ERRORS = (ModelIntegrityError, model_delta.DeltaError, FeatureSpecMismatch, SmokeTestFailed, OSError,
                KeyError, ValueError, RuntimeError)
 
@@ -138,7 +139,7 @@ class ModelHolder:
 
     def served_versions(self) -> list[str]:
         """Versions in the order they started serving."""
-        return [e.version for e in self.events if e.outcome not in ("rejected", "arm")]
+        return [e.version for e in self.events if e.outcome not in NOT_SERVED]
 
 
 class RegistryWatcher:

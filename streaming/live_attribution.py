@@ -49,6 +49,12 @@ class Increment:
     user: str | None = None
 
 
+def shown_at(record: dict) -> int:
+    """When a served list counts as shown: its ``event_clock_ms`` (the stream's event time when the
+    API served it, so a replayed log is attributed in its own time), else its wall-clock ``served_at_ms``."""
+    return int(record["event_clock_ms"] if record.get("event_clock_ms") is not None else record["served_at_ms"])
+
+
 def source_field(source: str, position: int, what: str) -> str:
     """The counter of one source at one position: ``src:<source>:<position>:shown|engaged``."""
     return f"src:{source}:{position}:{what}"
@@ -104,14 +110,14 @@ class LiveAttribution:
 
     # -- records -------------------------------------------------------------------------------
     def impression(self, record: dict, partition: int) -> list[Increment]:
-        shown_at = int(record["event_clock_ms"] if record.get("event_clock_ms") is not None else record["served_at_ms"])
-        if self._late("impressions", partition, shown_at):
+        at = shown_at(record)
+        if self._late("impressions", partition, at):
             return []
         user = self.users.get(record["user_id"]) or _User()
         if record["request_id"] in user.requests:
             return []
         user.requests.add(record["request_id"])
-        shown = _List(record["request_id"], record["model_version"], record.get("arm") or NO_ARM, shown_at,
+        shown = _List(record["request_id"], record["model_version"], record.get("arm") or NO_ARM, at,
                       {i["item_id"]: (int(i["position"]), tuple(i["sources"])) for i in record["items"]})
         user.lists.append(shown)
         v, a = shown.version, shown.arm
@@ -189,4 +195,4 @@ class LiveAttribution:
         return sum(1 for u in changed.values() if u is None)
 
 
-__all__ = ["DictUsers", "Increment", "LiveAttribution", "NO_ARM", "UserStore", "source_field"]
+__all__ = ["DictUsers", "Increment", "LiveAttribution", "NO_ARM", "UserStore", "shown_at", "source_field"]

@@ -32,7 +32,7 @@ from streaming.job.micro_batch import MicroBatch
 from streaming.job.settings_handoff import CarriesSettings
 from streaming.job.stream_metrics import MetricsFile, attribution_metrics_dir
 from streaming.lake import ImpressionRow, LakeWriter
-from streaming.live_attribution import NO_ARM, LiveAttribution
+from streaming.live_attribution import NO_ARM, LiveAttribution, shown_at
 from streaming.vocabulary import EventVocabulary
 
 PICKLED = Types.PICKLED_BYTE_ARRAY()
@@ -54,7 +54,7 @@ def _served_list(payload: bytes) -> dict | None:
         for item in record["items"]:
             item["item_id"], item["position"], item["sources"] = str(item["item_id"]), int(item["position"]), list(item["sources"])
         record["user_id"] = str(record["user_id"])
-        int(record["event_clock_ms"] if record.get("event_clock_ms") is not None else record["served_at_ms"])
+        shown_at(record)  # it has a time
         return record
     except (ValueError, TypeError, KeyError):
         return None
@@ -116,8 +116,7 @@ class AttributionFunction(CarriesSettings, KeyedProcessFunction):
                     self.metrics.inc("bad_impressions")
                     continue
                 totals.apply(live.impression(record, IMPRESSION_PARTITION + batch.partition))
-                shown_at = int(record["event_clock_ms"] if record.get("event_clock_ms") is not None else record["served_at_ms"])
-                rows += ImpressionRow.of_record(record, shown_at, record.get("arm") or NO_ARM, batch.partition, offset)
+                rows += ImpressionRow.of_record(record, shown_at(record), record.get("arm") or NO_ARM, batch.partition, offset)
             self.metrics.inc("impressions_in", len(batch.records))
         else:
             for _, payload in batch.records:
